@@ -1,0 +1,51 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "uring-echo",
+    platforms: [.macOS(.v15)],  // Linux only in practice; io_uring does not exist elsewhere.
+    products: [
+        .library(name: "URing", targets: ["URing"]),
+        .library(name: "SocketPool", targets: ["SocketPool"]),
+        .library(name: "EchoServer", targets: ["EchoServer"]),
+        .executable(name: "uring-echo", targets: ["uring-echo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CURing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        .target(name: "URing", dependencies: ["CURing"]),
+        .target(name: "SocketPool", dependencies: ["URing"]),
+        .target(
+            name: "EchoServer",
+            dependencies: [
+                "SocketPool",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "uring-echo",
+            dependencies: [
+                "EchoServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Test-only helpers: a per-thread malloc counter (C) and loopback socket helpers (Swift).
+        .target(name: "CTestSupport", path: "Sources/CTestSupport"),
+        .target(name: "TestSupport", dependencies: ["CTestSupport", "URing"]),
+        .testTarget(name: "URingTests", dependencies: ["URing", "TestSupport"]),
+        .testTarget(name: "SocketPoolTests", dependencies: ["SocketPool", "TestSupport"]),
+        .testTarget(name: "EchoServerTests", dependencies: ["EchoServer", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

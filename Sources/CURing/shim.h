@@ -1,0 +1,73 @@
+// The one C header the Swift side sees.
+//
+// Include order matters: <linux/io_uring.h> (also pulled in by other Swift
+// modules through Glibc/swift-system) and liburing's bundled copy of it share
+// an include guard. Bringing in <sys/socket.h> and the system's uapi header
+// first makes every module agree on one definition of the io_uring structs.
+#ifndef CURING_SHIM_H
+#define CURING_SHIM_H
+
+#include <sys/socket.h>
+#include <linux/io_uring.h>
+#include <liburing.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/mman.h>
+#include <sys/eventfd.h>
+#include <errno.h>
+#include <string.h>
+
+// Small helpers for what Swift cannot reach cleanly (anonymous unions,
+// flexible array members) or what liburing 2.3 gets wrong. They are the only
+// places outside liburing that write SQE fields.
+
+/// Sets the SQE flags (IOSQE_*), keeping those already set.
+static inline void curing_sqe_add_flags(struct io_uring_sqe *sqe, unsigned char flags) {
+    sqe->flags |= flags;
+}
+
+/// Selects a provided-buffer group for a recv (IOSQE_BUFFER_SELECT + buf_group).
+static inline void curing_sqe_set_buffer_group(struct io_uring_sqe *sqe, unsigned short group) {
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = group;
+}
+
+/// Targets a fixed-file slot. liburing 2.3 stores `index + 1` and wraps
+/// IORING_FILE_INDEX_ALLOC to 0 (a plain accept); this writes the field
+/// itself: `IORING_FILE_INDEX_ALLOC` asks the kernel to choose the slot.
+static inline void curing_sqe_set_file_index(struct io_uring_sqe *sqe, unsigned int index) {
+    sqe->file_index = (index == IORING_FILE_INDEX_ALLOC) ? IORING_FILE_INDEX_ALLOC : index + 1;
+}
+
+/// Adds to the SQE's ioprio field (multishot accept / recv flags live there).
+static inline void curing_sqe_add_ioprio(struct io_uring_sqe *sqe, unsigned short bits) {
+    sqe->ioprio |= bits;
+}
+
+static inline unsigned int curing_sqe_index(struct io_uring *ring, struct io_uring_sqe *sqe) {
+    return (unsigned int)(sqe - ring->sq.sqes);
+}
+
+static inline unsigned int curing_sq_entries(struct io_uring *ring) { return ring->sq.ring_entries; }
+static inline unsigned int curing_cq_entries(struct io_uring *ring) { return ring->cq.ring_entries; }
+static inline unsigned int curing_ring_fd(struct io_uring *ring) { return (unsigned int)ring->ring_fd; }
+
+/// Reads the kernel's CQ overflow counter (completions the kernel had to hold back).
+static inline unsigned int curing_cq_overflow(struct io_uring *ring) {
+    return io_uring_smp_load_acquire(ring->cq.koverflow);
+}
+
+static inline void curing_buf_ring_init(void *br) { io_uring_buf_ring_init((struct io_uring_buf_ring *)br); }
+
+static inline void curing_buf_ring_add(void *br, void *addr, unsigned int len, unsigned short bid,
+                                       int mask, int offset) {
+    io_uring_buf_ring_add((struct io_uring_buf_ring *)br, addr, len, bid, mask, offset);
+}
+
+static inline void curing_buf_ring_advance(void *br, int count) {
+    io_uring_buf_ring_advance((struct io_uring_buf_ring *)br, count);
+}
+
+static inline int curing_errno(void) { return errno; }
+
+#endif

@@ -1,0 +1,2 @@
+// SocketPool: reusable descriptors, sessions, request contexts and buffers (in progress).
+@_exported import URing

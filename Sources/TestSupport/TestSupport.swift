@@ -1,0 +1,194 @@
+// Helpers shared by the test targets: loopback sockets driven with plain blocking calls (the
+// "client" side of a test, deliberately not io_uring), descriptor and allocation counts, and the
+// io_uring availability check. Not part of any product.
+import CTestSupport
+import Glibc
+import URing
+
+/// Why io_uring cannot be used here, or `nil` when it can.
+///
+/// Checks `/proc/sys/kernel/io_uring_disabled` (1 or 2 restrict or disable it) and then tries a
+/// real ring: setup failing with `ENOSYS` or `EPERM` means the kernel lacks or forbids io_uring.
+public func ioUringUnavailableReason() -> String? {
+    if let text = try? readFile("/proc/sys/kernel/io_uring_disabled"),
+        let value = Int(text.trimmingCharacters(in: " \n")), value != 0
+    {
+        if value == 2 { return "io_uring is disabled (/proc/sys/kernel/io_uring_disabled = 2)" }
+    }
+    do {
+        _ = try Ring(RingOptions(entries: 2, flagPreference: [[]]))
+    } catch {
+        if error.errno == .notImplemented || error.errno == .notPermitted {
+            return "io_uring is unavailable: io_uring_setup failed with \(error.errno)"
+        }
+    }
+    return nil
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s.removeFirst() }
+        while let l = s.last, set.contains(l) { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Reads a small text file (for /proc).
+public func readFile(_ path: String) throws -> String {
+    guard let f = fopen(path, "r") else { throw URingError("fopen \(path)", errno: .current) }
+    defer { fclose(f) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, f)
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// The number of open descriptors of this process (entries of /proc/self/fd, less the one used to list it).
+public func openDescriptorCount() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    var count = 0
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { count += 1 }
+    }
+    closedir(dir)
+    return count - 1
+}
+
+/// Heap allocations made by the calling thread so far (see CTestSupport's interposer).
+public func threadAllocations() -> UInt64 { ctest_thread_allocations() }
+
+/// Whether ``threadAllocations()`` counts (false under sanitizers, which bring their own malloc).
+public var allocationCounterAvailable: Bool { ctest_allocation_counter_available() != 0 }
+
+/// A plain blocking TCP (or socketpair) endpoint for the client side of tests.
+public struct TestSocket: Sendable {
+    /// The descriptor.
+    public let fd: Int32
+
+    /// Wraps an existing descriptor.
+    public init(fd: Int32) { self.fd = fd }
+
+    /// Connects to 127.0.0.1:`port` with a blocking socket and a receive timeout.
+    public static func connect(port: UInt16, host: String = "127.0.0.1", timeout: Int = 10) throws -> TestSocket {
+        let fd = try Sockets.makeTCP()
+        let address = SocketAddress(host: host, port: port)!
+        let result = address.withSockAddr { Glibc.connect(fd, $0, $1) }
+        if result < 0 {
+            let e = Errno.current
+            Glibc.close(fd)
+            throw URingError("connect", errno: e)
+        }
+        let s = TestSocket(fd: fd)
+        s.setTimeout(seconds: timeout)
+        try? Sockets.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+        return s
+    }
+
+    /// A connected pair of stream sockets (`socketpair(AF_UNIX, SOCK_STREAM)`).
+    public static func pair() throws -> (TestSocket, TestSocket) {
+        var fds: [Int32] = [0, 0]
+        if socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) < 0 {
+            throw URingError("socketpair", errno: .current)
+        }
+        return (TestSocket(fd: fds[0]), TestSocket(fd: fds[1]))
+    }
+
+    /// Sets SO_RCVTIMEO and SO_SNDTIMEO so a blocked test fails instead of hanging.
+    public func setTimeout(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Writes all of `bytes`.
+    public func writeAll(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try writeAll($0) }
+    }
+
+    /// Writes all of `buffer`.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < buffer.count {
+            let n = send(fd, buffer.baseAddress! + offset, buffer.count - offset, Int32(MSG_NOSIGNAL))
+            if n < 0 {
+                let e = Errno.current
+                if e == .interrupted { continue }
+                throw URingError("send", errno: e)
+            }
+            offset += n
+        }
+    }
+
+    /// Reads exactly `count` bytes, or throws (EOF or timeout).
+    public func readExactly(_ count: Int) throws -> [UInt8] {
+        var result = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            let n = result.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
+            if n < 0 {
+                let e = Errno.current
+                if e == .interrupted { continue }
+                throw URingError("recv", errno: e)
+            }
+            if n == 0 { throw URingError("recv: EOF after \(offset) of \(count) bytes", errno: .notConnected) }
+            offset += n
+        }
+        return result
+    }
+
+    /// Reads once, up to `max` bytes; returns [] at EOF.
+    public func readSome(max: Int = 65536) throws -> [UInt8] {
+        var result = [UInt8](repeating: 0, count: max)
+        while true {
+            let n = result.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, max, 0) }
+            if n < 0 {
+                let e = Errno.current
+                if e == .interrupted { continue }
+                throw URingError("recv", errno: e)
+            }
+            return Array(result[0..<n])
+        }
+    }
+
+    /// Reads until EOF.
+    public func readToEnd() throws -> [UInt8] {
+        var all: [UInt8] = []
+        while true {
+            let chunk = try readSome()
+            if chunk.isEmpty { return all }
+            all += chunk
+        }
+    }
+
+    /// `shutdown(SHUT_WR)`: a half-close, the peer reads EOF.
+    public func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Closes with SO_LINGER 0 so the peer sees a reset (RST) instead of FIN.
+    public func reset() {
+        var l = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        Glibc.close(fd)
+    }
+
+    /// Closes the descriptor.
+    public func close() { Glibc.close(fd) }
+}
+
+/// A deterministic byte pattern: byte i of stream `seed`.
+public func patternBytes(seed: UInt64, offset: Int = 0, count: Int) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    for i in 0..<count {
+        var x = seed &+ UInt64(offset + i) &* 0x9E37_79B9_7F4A_7C15
+        x ^= x >> 31
+        x = x &* 0xBF58_476D_1CE4_E5B9
+        x ^= x >> 29
+        out[i] = UInt8(truncatingIfNeeded: x)
+    }
+    return out
+}

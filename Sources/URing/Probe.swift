@@ -1,0 +1,78 @@
+import CURing
+
+/// An io_uring request type (`IORING_OP_*`).
+public struct Opcode: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The opcode number.
+    public let rawValue: UInt8
+    /// Wraps an opcode number.
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// `IORING_OP_NOP`
+    public static let nop = Opcode(rawValue: 0)
+    /// `IORING_OP_TIMEOUT`
+    public static let timeout = Opcode(rawValue: 11)
+    /// `IORING_OP_ACCEPT`
+    public static let accept = Opcode(rawValue: 13)
+    /// `IORING_OP_ASYNC_CANCEL`
+    public static let asyncCancel = Opcode(rawValue: 14)
+    /// `IORING_OP_LINK_TIMEOUT`
+    public static let linkTimeout = Opcode(rawValue: 15)
+    /// `IORING_OP_CONNECT`
+    public static let connect = Opcode(rawValue: 16)
+    /// `IORING_OP_CLOSE`
+    public static let close = Opcode(rawValue: 19)
+    /// `IORING_OP_SEND`
+    public static let send = Opcode(rawValue: 26)
+    /// `IORING_OP_RECV`
+    public static let recv = Opcode(rawValue: 27)
+    /// `IORING_OP_PROVIDE_BUFFERS`
+    public static let provideBuffers = Opcode(rawValue: 31)
+    /// `IORING_OP_SHUTDOWN`
+    public static let shutdown = Opcode(rawValue: 34)
+    /// `IORING_OP_MSG_RING`
+    public static let msgRing = Opcode(rawValue: 40)
+    /// `IORING_OP_SEND_ZC`
+    public static let sendZeroCopy = Opcode(rawValue: 47)
+
+    /// The name of a known opcode, or its number.
+    public var description: String {
+        let names: [UInt8: String] = [
+            0: "NOP", 11: "TIMEOUT", 13: "ACCEPT", 14: "ASYNC_CANCEL", 15: "LINK_TIMEOUT", 16: "CONNECT",
+            19: "CLOSE", 26: "SEND", 27: "RECV", 31: "PROVIDE_BUFFERS", 34: "SHUTDOWN", 40: "MSG_RING",
+            47: "SEND_ZC",
+        ]
+        return names[rawValue] ?? "opcode \(rawValue)"
+    }
+}
+
+/// Which opcodes the running kernel supports (`io_uring_get_probe_ring`).
+public struct Probe: Sendable, Hashable {
+    /// The highest opcode the kernel knows, plus one.
+    public let opcodeCount: Int
+    private var supported: [Bool]
+
+    /// Whether the kernel supports `opcode`.
+    /// - Parameter opcode: the request type.
+    public func supports(_ opcode: Opcode) -> Bool {
+        Int(opcode.rawValue) < supported.count && supported[Int(opcode.rawValue)]
+    }
+
+    init(_ probe: UnsafeMutablePointer<io_uring_probe>) {
+        let count = Int(probe.pointee.last_op) + 1
+        opcodeCount = count
+        supported = (0..<256).map { op in op < count && io_uring_opcode_supported(probe, Int32(op)) != 0 }
+    }
+}
+
+extension Ring {
+    /// Asks the kernel which opcodes it supports (`io_uring_get_probe_ring`).
+    /// - Returns: the probe result.
+    /// - Throws: ``URingError`` with `ENOMEM` or `EINVAL` when the probe fails.
+    public func probe() throws(URingError) -> Probe {
+        guard let probe = io_uring_get_probe_ring(ring) else {
+            throw URingError("io_uring_get_probe_ring", errno: .current)
+        }
+        defer { io_uring_free_probe(probe) }
+        return Probe(probe)
+    }
+}

@@ -1,0 +1,359 @@
+import CURing
+import Glibc
+
+/// A descriptor a request acts on: a plain fd, or a slot of the ring's registered file table.
+@frozen
+public struct FileRef: Hashable, Sendable, CustomStringConvertible {
+    /// The fd, or the slot index when ``isFixed`` is set.
+    public let raw: Int32
+    /// Whether ``raw`` is a registered-file slot (`IOSQE_FIXED_FILE`).
+    public let isFixed: Bool
+
+    @inlinable init(raw: Int32, isFixed: Bool) {
+        self.raw = raw
+        self.isFixed = isFixed
+    }
+
+    /// A plain file descriptor.
+    /// - Parameter fd: the descriptor.
+    @inlinable public static func fd(_ fd: Int32) -> FileRef { FileRef(raw: fd, isFixed: false) }
+
+    /// A slot of the registered file table (a socket that exists only inside the ring).
+    /// - Parameter index: the slot index.
+    @inlinable public static func slot(_ index: UInt32) -> FileRef {
+        FileRef(raw: Int32(bitPattern: index), isFixed: true)
+    }
+
+    /// `fd 7` or `slot 3`.
+    public var description: String { isFixed ? "slot \(raw)" : "fd \(raw)" }
+}
+
+/// Where an accepted connection's descriptor goes.
+public enum AcceptTarget: Hashable, Sendable {
+    /// A new plain descriptor (with `SOCK_CLOEXEC`), returned in the completion's result.
+    case descriptor
+    /// This registered-file slot (the IOCP `AcceptEx` with a pre-made socket). Single-shot only.
+    case slot(UInt32)
+    /// A free slot the kernel chooses (`IORING_FILE_INDEX_ALLOC`); the result is the slot index.
+    case anySlot
+}
+
+/// `IOSQE_*` flags for one submission entry.
+public struct SubmissionOptions: OptionSet, Sendable, Hashable {
+    /// The raw `IOSQE_*` bits.
+    public let rawValue: UInt8
+    /// Wraps raw `IOSQE_*` bits.
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// `IOSQE_IO_DRAIN`: start only after everything before it completed.
+    public static let drain = SubmissionOptions(rawValue: 1 << 1)
+    /// `IOSQE_IO_LINK`: the next entry starts only after this one succeeds.
+    public static let link = SubmissionOptions(rawValue: 1 << 2)
+    /// `IOSQE_IO_HARDLINK`: like ``link``, but the chain continues after a failure.
+    public static let hardLink = SubmissionOptions(rawValue: 1 << 3)
+    /// `IOSQE_ASYNC`: go straight to a worker thread.
+    public static let async = SubmissionOptions(rawValue: 1 << 4)
+    /// `IOSQE_CQE_SKIP_SUCCESS`: post no completion unless the request fails.
+    public static let skipSuccess = SubmissionOptions(rawValue: 1 << 6)
+}
+
+@usableFromInline let fixedFileFlag: UInt8 = 1 << 0  // IOSQE_FIXED_FILE
+@usableFromInline let acceptMultishotFlag: UInt16 = 1 << 0  // IORING_ACCEPT_MULTISHOT
+@usableFromInline let recvMultishotFlag: UInt16 = 1 << 1  // IORING_RECV_MULTISHOT
+@usableFromInline let cancelAll: Int32 = 1 << 0  // IORING_ASYNC_CANCEL_ALL
+@usableFromInline let cancelFixedFD: UInt32 = 1 << 3  // IORING_ASYNC_CANCEL_FD_FIXED
+@usableFromInline let fileIndexAlloc: UInt32 = ~0  // IORING_FILE_INDEX_ALLOC
+
+// Typed preparation of every request the project uses. Each method takes a free SQE (submitting
+// first when the queue is full), fills it through liburing's `io_uring_prep_*`, and sets
+// `user_data` to `tag`. Nothing is submitted until `submit*` is called.
+extension Ring {
+    /// Takes a free SQE, submitting what is queued when the submission queue is full.
+    @inlinable
+    func nextSQE() throws(URingError) -> UnsafeMutablePointer<io_uring_sqe> {
+        var sqe = io_uring_get_sqe(ring)
+        if sqe == nil {
+            counters.pointee.submitsForFullQueue &+= 1
+            try submit()
+            sqe = io_uring_get_sqe(ring)
+            guard sqe != nil else { throw URingError("io_uring_get_sqe", errno: .busy) }
+        }
+        return sqe.unsafelyUnwrapped
+    }
+
+    @inlinable
+    func finish(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ tag: UInt64, _ options: SubmissionOptions, fixed: Bool) {
+        io_uring_sqe_set_data64(sqe, tag)
+        let flags = options.rawValue | (fixed ? fixedFileFlag : 0)
+        if flags != 0 { curing_sqe_add_flags(sqe, flags) }
+    }
+
+    @inlinable
+    func scratchSlot(_ sqe: UnsafeMutablePointer<io_uring_sqe>) -> UnsafeMutablePointer<SubmissionScratch> {
+        scratch + Int(curing_sqe_index(ring, sqe))
+    }
+
+    /// Prepares a no-op (`IORING_OP_NOP`): completes with result 0.
+    /// - Parameters:
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareNop(tag: UInt64, options: SubmissionOptions = []) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_nop(sqe)
+        finish(sqe, tag, options, fixed: false)
+    }
+
+    /// Prepares an accept on `listener` (`IORING_OP_ACCEPT`).
+    ///
+    /// The result is the new fd (``AcceptTarget/descriptor``), 0 (``AcceptTarget/slot(_:)``) or
+    /// the slot the kernel chose (``AcceptTarget/anySlot``). A multishot accept (Linux 5.19) posts
+    /// one completion per connection while ``Completion/hasMore`` is set.
+    /// - Parameters:
+    ///   - listener: the listening socket.
+    ///   - target: where the accepted socket goes.
+    ///   - multishot: keep accepting with one request (`IORING_ACCEPT_MULTISHOT`).
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` with `EINVAL` for a multishot accept into a chosen slot (the kernel
+    ///   can only choose the slot itself then), or if no SQE could be had.
+    @inlinable
+    public func prepareAccept(
+        _ listener: FileRef, into target: AcceptTarget = .descriptor, multishot: Bool = false,
+        tag: UInt64, options: SubmissionOptions = []
+    ) throws(URingError) {
+        if multishot, case .slot = target { throw URingError("accept", errno: .invalidArgument) }
+        let sqe = try nextSQE()
+        // A direct accept with SOCK_CLOEXEC fails with EINVAL: a slot has no close-on-exec bit.
+        let flags: Int32 = target == .descriptor ? Int32(SOCK_CLOEXEC.rawValue) : 0
+        io_uring_prep_accept(sqe, listener.raw, nil, nil, flags)
+        if multishot { curing_sqe_add_ioprio(sqe, acceptMultishotFlag) }
+        switch target {
+        case .descriptor: break
+        case .slot(let index): curing_sqe_set_file_index(sqe, index)
+        case .anySlot: curing_sqe_set_file_index(sqe, fileIndexAlloc)
+        }
+        finish(sqe, tag, options, fixed: listener.isFixed)
+    }
+
+    /// Prepares a connect (`IORING_OP_CONNECT`). The address is copied into the ring's own memory,
+    /// so it need not outlive this call. Connecting to ``SocketAddress/unspecified`` dissolves the
+    /// socket's association (an abortive disconnect), after which it can connect again.
+    /// - Parameters:
+    ///   - socket: the socket to connect.
+    ///   - address: the peer.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareConnect(
+        _ socket: FileRef, to address: SocketAddress, tag: UInt64, options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        let slot = scratchSlot(sqe)
+        slot.pointee.address = address.storage
+        let length = address.length
+        withUnsafeMutablePointer(to: &slot.pointee.address) { storage in
+            storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                io_uring_prep_connect(sqe, socket.raw, sa, length)
+            }
+        }
+        finish(sqe, tag, options, fixed: socket.isFixed)
+    }
+
+    /// Prepares a receive into a caller-owned buffer (`IORING_OP_RECV`). The buffer must stay
+    /// valid until the completion arrives. The result is the byte count, 0 at end of stream.
+    /// - Parameters:
+    ///   - socket: the socket to read.
+    ///   - buffer: where the bytes go.
+    ///   - flags: `MSG_*` flags for `recv(2)`.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareRecv(
+        _ socket: FileRef, into buffer: UnsafeMutableRawBufferPointer, flags: Int32 = 0,
+        tag: UInt64, options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_recv(sqe, socket.raw, buffer.baseAddress, buffer.count, flags)
+        finish(sqe, tag, options, fixed: socket.isFixed)
+    }
+
+    /// Prepares a receive that takes its buffer from a provided-buffer ring
+    /// (`IOSQE_BUFFER_SELECT`), optionally multishot (`IORING_RECV_MULTISHOT`, Linux 6.0).
+    ///
+    /// Each completion names the buffer it filled (``Completion/bufferID``); give it back with
+    /// ``BufferRing/recycle(_:)``. When the ring is empty the request ends with `ENOBUFS` and the
+    /// data stays in the socket: submit it again once buffers are back.
+    /// - Parameters:
+    ///   - socket: the socket to read.
+    ///   - group: the buffer group id of the ``BufferRing``.
+    ///   - multishot: keep receiving with one request.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareRecv(
+        _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, tag: UInt64,
+        options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_recv(sqe, socket.raw, nil, 0, 0)
+        if multishot { curing_sqe_add_ioprio(sqe, recvMultishotFlag) }
+        curing_sqe_set_buffer_group(sqe, group)
+        finish(sqe, tag, options, fixed: socket.isFixed)
+    }
+
+    /// Prepares a send (`IORING_OP_SEND`) with `MSG_NOSIGNAL` always added, so a closed peer is an
+    /// `EPIPE` result, never a `SIGPIPE`. The result may be short of `buffer.count`: send the rest
+    /// from where it stopped. The buffer must stay valid until the completion arrives.
+    /// - Parameters:
+    ///   - socket: the socket to write.
+    ///   - buffer: the bytes to send.
+    ///   - flags: further `MSG_*` flags.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareSend(
+        _ socket: FileRef, from buffer: UnsafeRawBufferPointer, flags: Int32 = 0, tag: UInt64,
+        options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_send(sqe, socket.raw, buffer.baseAddress, buffer.count, flags | Int32(MSG_NOSIGNAL))
+        finish(sqe, tag, options, fixed: socket.isFixed)
+    }
+
+    /// Prepares a close (`IORING_OP_CLOSE`) of a plain descriptor or of a registered slot
+    /// (`close_direct`, which frees the slot for reuse).
+    ///
+    /// A close does not end a request still pending on the socket: such a recv keeps the socket
+    /// open and swallows the peer's next bytes. Cancel (``prepareCancel(_:all:tag:options:)``) or
+    /// shut down first, and close when nothing is in flight.
+    /// - Parameters:
+    ///   - file: the fd or slot.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareClose(_ file: FileRef, tag: UInt64, options: SubmissionOptions = []) throws(URingError) {
+        let sqe = try nextSQE()
+        if file.isFixed {
+            io_uring_prep_close_direct(sqe, UInt32(bitPattern: file.raw))
+        } else {
+            io_uring_prep_close(sqe, file.raw)
+        }
+        finish(sqe, tag, options, fixed: false)
+    }
+
+    /// Prepares a `shutdown(2)` (`IORING_OP_SHUTDOWN`).
+    /// - Parameters:
+    ///   - socket: the socket.
+    ///   - how: `SHUT_RD`, `SHUT_WR` or `SHUT_RDWR`.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareShutdown(_ socket: FileRef, how: Int32, tag: UInt64, options: SubmissionOptions = [])
+        throws(URingError)
+    {
+        let sqe = try nextSQE()
+        io_uring_prep_shutdown(sqe, socket.raw, how)
+        finish(sqe, tag, options, fixed: socket.isFixed)
+    }
+
+    /// Prepares a cancel of the request(s) submitted with `user_data == target`
+    /// (`IORING_OP_ASYNC_CANCEL`). The cancelled request completes with `ECANCELED`; this one
+    /// with the number cancelled (with `all`) or 0, or `ENOENT` when nothing matched, or
+    /// `EALREADY` when the target was already running.
+    /// - Parameters:
+    ///   - target: the `user_data` to cancel.
+    ///   - all: cancel every match (`IORING_ASYNC_CANCEL_ALL`), not only the first.
+    ///   - tag: this request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareCancel(_ target: UInt64, all: Bool = false, tag: UInt64, options: SubmissionOptions = [])
+        throws(URingError)
+    {
+        let sqe = try nextSQE()
+        io_uring_prep_cancel64(sqe, target, all ? cancelAll : 0)
+        finish(sqe, tag, options, fixed: false)
+    }
+
+    /// Prepares a cancel of every request pending on `file` (`IORING_ASYNC_CANCEL_FD`, with
+    /// `IORING_ASYNC_CANCEL_FD_FIXED` for a slot; Linux 6.0). The result is the number cancelled,
+    /// or `ENOENT` when none was pending.
+    /// - Parameters:
+    ///   - file: the fd or slot whose requests to cancel.
+    ///   - tag: this request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareCancel(file: FileRef, tag: UInt64, options: SubmissionOptions = []) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_cancel_fd(sqe, file.raw, UInt32(cancelAll) | (file.isFixed ? cancelFixedFD : 0))
+        finish(sqe, tag, options, fixed: false)
+    }
+
+    /// Prepares a timeout (`IORING_OP_TIMEOUT`): completes with `ETIME` after `duration`, or with 0
+    /// once `count` other completions have arrived (when `count` > 0).
+    /// - Parameters:
+    ///   - duration: how long; copied into the ring's memory.
+    ///   - count: completions that end the timeout early, 0 for none.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareTimeout(_ duration: Duration, count: UInt32 = 0, tag: UInt64, options: SubmissionOptions = [])
+        throws(URingError)
+    {
+        let sqe = try nextSQE()
+        let slot = scratchSlot(sqe)
+        slot.pointee.timespec = __kernel_timespec(duration)
+        io_uring_prep_timeout(sqe, &slot.pointee.timespec, count, 0)
+        finish(sqe, tag, options, fixed: false)
+    }
+
+    /// Prepares a linked timeout (`IORING_OP_LINK_TIMEOUT`) for the entry prepared just before,
+    /// which must carry ``SubmissionOptions/link``. If `duration` passes first, that request is
+    /// cancelled (`ECANCELED`) and this one completes with `ETIME`; otherwise this one completes
+    /// with `ECANCELED`.
+    /// - Parameters:
+    ///   - duration: how long the linked request may take.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareLinkTimeout(_ duration: Duration, tag: UInt64, options: SubmissionOptions = [])
+        throws(URingError)
+    {
+        let sqe = try nextSQE()
+        let slot = scratchSlot(sqe)
+        slot.pointee.timespec = __kernel_timespec(duration)
+        io_uring_prep_link_timeout(sqe, &slot.pointee.timespec, 0)
+        finish(sqe, tag, options, fixed: false)
+    }
+
+    /// Prepares a message to another ring (`IORING_OP_MSG_RING`, Linux 5.18): a completion with
+    /// `user_data == targetTag` and `res == result` appears on the ring whose fd is `ringDescriptor`.
+    /// This is how one ring wakes or stops another without a lock.
+    /// - Parameters:
+    ///   - ringDescriptor: the target ring's ``Ring/descriptor``.
+    ///   - result: the `res` of the completion posted there.
+    ///   - targetTag: the `user_data` of the completion posted there.
+    ///   - tag: this request's `user_data` (its own completion reports the send's success).
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareMessage(
+        toRing ringDescriptor: Int32, result: Int32, targetTag: UInt64, tag: UInt64,
+        options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_msg_ring(sqe, ringDescriptor, UInt32(bitPattern: result), targetTag, 0)
+        finish(sqe, tag, options, fixed: false)
+    }
+}

@@ -1,0 +1,347 @@
+import CURing
+import Glibc
+
+/// One io_uring instance: the io_uring form of an IOCP completion port.
+///
+/// `Ring` owns a `struct io_uring` at a stable heap address, the memory its requests point into
+/// (timeouts and connect addresses are copied there until submission) and the array completions are
+/// harvested into. It is non-copyable and not `Sendable`: a ring belongs to the thread that made it,
+/// which is also what `IORING_SETUP_SINGLE_ISSUER` promises the kernel. Create it on the thread that
+/// will submit to it.
+///
+/// Setup tries a chain of flag sets (``RingOptions/flagPreference``) and keeps the first one the
+/// kernel grants; ``setupFlags`` and ``refusedSetups`` say what happened.
+public struct Ring: ~Copyable {
+    @usableFromInline let ring: UnsafeMutablePointer<io_uring>
+    @usableFromInline let cqeBatch: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
+    @usableFromInline let cqeBatchCapacity: UInt32
+    @usableFromInline let scratch: UnsafeMutablePointer<SubmissionScratch>
+    @usableFromInline let counters: UnsafeMutablePointer<RingCounters>
+
+    /// The setup flags the kernel granted (the first accepted entry of the preference chain,
+    /// plus `IORING_SETUP_CQSIZE` when a completion queue size was asked for).
+    public let setupFlags: SetupFlags
+    /// The features the kernel reported at setup (`io_uring_params.features`).
+    public let features: Features
+    /// The flag sets tried before ``setupFlags`` and the errno each was refused with.
+    public let refusedSetups: [(flags: SetupFlags, errno: Errno)]
+    /// Submission queue size granted by the kernel.
+    public let submissionEntries: UInt32
+    /// Completion queue size granted by the kernel.
+    public let completionEntries: UInt32
+    /// The ring's file descriptor: the target of a `MSG_RING` request from another ring.
+    public let descriptor: Int32
+    /// Whether the ring fd was registered (`io_uring_register_ring_fd`), which spares the kernel a
+    /// file table lookup on every `io_uring_enter`.
+    public let ringDescriptorRegistered: Bool
+
+    /// Creates a ring, trying each flag set of `options.flagPreference` in turn.
+    ///
+    /// Maps to `io_uring_queue_init_params`. A flag set refused with `EINVAL` (unknown or
+    /// unsupported flags) moves on to the next; `ENOSYS` and `EPERM` (io_uring absent or disabled)
+    /// stop at once, as nothing further down the chain could succeed.
+    /// - Parameter options: sizes and the flag preference chain.
+    /// - Throws: ``URingError`` for `io_uring_queue_init_params` when no flag set was granted.
+    public init(_ options: RingOptions = RingOptions()) throws(URingError) {
+        let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        ring.initialize(to: io_uring())
+        var refused: [(flags: SetupFlags, errno: Errno)] = []
+        var granted: SetupFlags? = nil
+        var params = io_uring_params()
+        let chain = options.flagPreference.isEmpty ? [SetupFlags()] : options.flagPreference
+        for candidate in chain {
+            var flags = candidate
+            params = io_uring_params()
+            let cq = options.completionEntries ?? (options.entries &* 4)
+            if cq > options.entries {
+                flags.insert(.cqSize)
+                params.cq_entries = cq
+            }
+            params.flags = flags.rawValue
+            let result = io_uring_queue_init_params(options.entries, ring, &params)
+            if result == 0 {
+                granted = flags
+                break
+            }
+            let errno = Errno(rawValue: -result)
+            refused.append((candidate, errno))
+            if errno == .notImplemented || errno == .notPermitted || errno == .noMemory {
+                break
+            }
+        }
+        guard let granted else {
+            ring.deallocate()
+            throw URingError("io_uring_queue_init_params", errno: refused.last?.errno ?? .invalidArgument)
+        }
+        self.ring = ring
+        self.setupFlags = granted
+        self.features = Features(rawValue: params.features)
+        self.refusedSetups = refused
+        self.submissionEntries = curing_sq_entries(ring)
+        self.completionEntries = curing_cq_entries(ring)
+        self.descriptor = Int32(bitPattern: curing_ring_fd(ring))
+        self.cqeBatchCapacity = completionEntries
+        self.cqeBatch = .allocate(capacity: Int(completionEntries))
+        self.scratch = .allocate(capacity: Int(submissionEntries))
+        self.scratch.initialize(repeating: SubmissionScratch(), count: Int(submissionEntries))
+        self.counters = .allocate(capacity: 1)
+        self.counters.initialize(to: RingCounters())
+        self.ringDescriptorRegistered = options.registerRingDescriptor && io_uring_register_ring_fd(ring) == 1
+    }
+
+    deinit {
+        io_uring_queue_exit(ring)
+        ring.deallocate()
+        cqeBatch.deallocate()
+        scratch.deallocate()
+        counters.deallocate()
+    }
+
+    /// Counters kept by this ring since setup.
+    public var statistics: RingCounters { counters.pointee }
+
+    /// Completions the kernel had to hold back because the CQ was full (the CQ ring's overflow
+    /// counter). With `IORING_FEAT_NODROP` none of them is lost; they are delivered once room frees.
+    public var completionQueueOverflow: UInt32 { curing_cq_overflow(ring) }
+
+    /// Submission entries prepared but not yet submitted.
+    public var pendingSubmissions: UInt32 { io_uring_sq_ready(ring) }
+
+    /// Completions ready to harvest without entering the kernel.
+    public var readyCompletions: UInt32 { io_uring_cq_ready(ring) }
+
+    // MARK: Submission
+
+    /// Submits every prepared entry. Maps to `io_uring_submit`.
+    /// - Returns: the number of entries the kernel consumed.
+    /// - Throws: ``URingError`` for `io_uring_submit` (`EINTR` is retried).
+    @inlinable
+    @discardableResult
+    public func submit() throws(URingError) -> Int {
+        while true {
+            counters.pointee.submitCalls &+= 1
+            let result = io_uring_submit(ring)
+            if result >= 0 { return Int(result) }
+            if result == -EINTR { continue }
+            throw URingError("io_uring_submit", result: result)
+        }
+    }
+
+    /// Submits every prepared entry and waits until at least `count` completions are ready.
+    /// Maps to `io_uring_submit_and_wait`: one `io_uring_enter` per call.
+    ///
+    /// Under `IORING_SETUP_DEFER_TASKRUN` completions are only posted while the owning thread is in
+    /// this call (or ``submitAndWait(_:timeout:)``), so a completion loop must wait here rather
+    /// than only ``submit()``.
+    /// - Parameter count: completions to wait for; 0 only submits (but still runs deferred work).
+    /// - Returns: the number of entries the kernel consumed.
+    /// - Throws: ``URingError`` for `io_uring_submit_and_wait`. `EINTR` returns 0 instead, so a
+    ///   signal wakes the caller.
+    @inlinable
+    @discardableResult
+    public func submitAndWait(_ count: UInt32 = 1) throws(URingError) -> Int {
+        counters.pointee.submitCalls &+= 1
+        let result = io_uring_submit_and_wait(ring, count)
+        if result >= 0 { return Int(result) }
+        if result == -EINTR { return 0 }
+        throw URingError("io_uring_submit_and_wait", result: result)
+    }
+
+    /// Submits every prepared entry and waits until `count` completions are ready or `timeout`
+    /// passes, whichever is first. Maps to `io_uring_submit_and_wait_timeout` (with
+    /// `IORING_FEAT_EXT_ARG`, a single `io_uring_enter`).
+    /// - Parameters:
+    ///   - count: completions to wait for.
+    ///   - timeout: the longest time to wait.
+    /// - Returns: the number of entries submitted; 0 when the wait timed out or was interrupted.
+    /// - Throws: ``URingError`` for `io_uring_submit_and_wait_timeout` (not for `ETIME`/`EINTR`).
+    @inlinable
+    @discardableResult
+    public func submitAndWait(_ count: UInt32 = 1, timeout: Duration) throws(URingError) -> Int {
+        counters.pointee.submitCalls &+= 1
+        var ts = __kernel_timespec(timeout)
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        let result = io_uring_submit_and_wait_timeout(ring, &cqe, count, &ts, nil)
+        if result >= 0 { return Int(result) }
+        if result == -ETIME || result == -EINTR { return 0 }
+        throw URingError("io_uring_submit_and_wait_timeout", result: result)
+    }
+
+    // MARK: Completion
+
+    /// Hands every ready completion to `body`, then marks them all seen with one CQ advance.
+    ///
+    /// Maps to `io_uring_peek_batch_cqe` + `io_uring_cq_advance`: no allocation, no system call
+    /// (unless the kernel flagged an overflow to flush). Each ``Completion`` is a copy, so `body`
+    /// may prepare new requests; it must not harvest again from inside.
+    /// - Parameter body: called once per completion, in queue order.
+    /// - Returns: the number of completions handled.
+    /// - Throws: what `body` throws; the completions up to and including the throwing one are
+    ///   consumed, later ones stay queued.
+    @inlinable
+    @discardableResult
+    public func forEachCompletion<E: Error>(_ body: (Completion) throws(E) -> Void) throws(E) -> Int {
+        let count = io_uring_peek_batch_cqe(ring, cqeBatch, cqeBatchCapacity)
+        if count == 0 { return 0 }
+        var handled: UInt32 = 0
+        defer {
+            io_uring_cq_advance(ring, handled)
+            counters.pointee.completions &+= UInt64(handled)
+        }
+        while handled < count {
+            let cqe = cqeBatch[Int(handled)].unsafelyUnwrapped
+            let completion = Completion(tag: cqe.pointee.user_data, result: cqe.pointee.res, flags: cqe.pointee.flags)
+            handled &+= 1
+            try body(completion)
+        }
+        return Int(count)
+    }
+
+    /// Submits, waits for at least `minimum` completions, and hands every ready one to `body`:
+    /// one turn of a completion loop (`GetQueuedCompletionStatusEx`).
+    /// - Parameters:
+    ///   - minimum: completions to wait for before harvesting.
+    ///   - body: called once per completion.
+    /// - Returns: the number of completions handled.
+    /// - Throws: ``URingError`` from the submission, or what `body` throws.
+    @inlinable
+    @discardableResult
+    public func submitWaitAndHarvest(minimum: UInt32 = 1, _ body: (Completion) throws(URingError) -> Void)
+        throws(URingError) -> Int
+    {
+        try submitAndWait(minimum)
+        return try forEachCompletion(body)
+    }
+}
+
+/// Counters a ring keeps about itself.
+public struct RingCounters: Sendable, Equatable {
+    /// Calls to the submit functions (`io_uring_submit*`): at most one `io_uring_enter` each.
+    public var submitCalls: UInt64 = 0
+    /// Completions harvested.
+    public var completions: UInt64 = 0
+    /// Times a full submission queue forced an early submit while preparing a request.
+    public var submitsForFullQueue: UInt64 = 0
+
+    /// All zero.
+    public init() {}
+}
+
+/// Per-SQE memory that a request points into until it is submitted: the kernel copies a
+/// timeout's timespec and a connect's address when it consumes the SQE, so one scratch area per
+/// SQE index suffices and nothing is allocated per request.
+@usableFromInline
+struct SubmissionScratch {
+    @usableFromInline var timespec = __kernel_timespec()
+    @usableFromInline var address = sockaddr_storage()
+    @usableFromInline init() {}
+}
+
+extension __kernel_timespec {
+    @inlinable
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        let clamped = max(seconds, 0)
+        self.init(tv_sec: Int64(clamped), tv_nsec: seconds < 0 ? 0 : Int64(attoseconds / 1_000_000_000))
+    }
+}
+
+/// Options for ``Ring/init(_:)``.
+public struct RingOptions: Sendable {
+    /// Submission queue entries (rounded up to a power of two by the kernel).
+    public var entries: UInt32
+    /// Completion queue entries; `nil` asks for four times ``entries``, so bursts of completions
+    /// (multishot requests post many per SQE) rarely hit the overflow path.
+    public var completionEntries: UInt32?
+    /// Flag sets to try in order; the first the kernel grants wins.
+    public var flagPreference: [SetupFlags]
+    /// Register the ring fd with the kernel (`io_uring_register_ring_fd`); saves a file lookup per
+    /// `io_uring_enter`. Failure to register is not an error.
+    public var registerRingDescriptor: Bool
+
+    /// The chain used by default: `SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL` (Linux 6.1),
+    /// then `COOP_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL` (5.19), then `SUBMIT_ALL` (5.18), then none.
+    public static let automaticFlags: [SetupFlags] = [
+        [.singleIssuer, .deferTaskrun, .submitAll],
+        [.coopTaskrun, .taskrunFlag, .submitAll],
+        [.submitAll],
+        [],
+    ]
+
+    /// Creates options.
+    /// - Parameters:
+    ///   - entries: submission queue size.
+    ///   - completionEntries: completion queue size, `nil` for 4 × `entries`.
+    ///   - flagPreference: the flag sets to try in order.
+    ///   - registerRingDescriptor: whether to register the ring fd.
+    public init(
+        entries: UInt32 = 256,
+        completionEntries: UInt32? = nil,
+        flagPreference: [SetupFlags] = RingOptions.automaticFlags,
+        registerRingDescriptor: Bool = true
+    ) {
+        self.entries = entries
+        self.completionEntries = completionEntries
+        self.flagPreference = flagPreference
+        self.registerRingDescriptor = registerRingDescriptor
+    }
+}
+
+/// `IORING_SETUP_*` flags.
+public struct SetupFlags: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    /// The raw flag bits as passed in `io_uring_params.flags`.
+    public let rawValue: UInt32
+    /// Wraps raw `IORING_SETUP_*` bits.
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// `IORING_SETUP_CQSIZE`: the completion queue size is given explicitly.
+    public static let cqSize = SetupFlags(rawValue: 1 << 3)
+    /// `IORING_SETUP_CLAMP`: clamp sizes to the maximum rather than fail.
+    public static let clamp = SetupFlags(rawValue: 1 << 4)
+    /// `IORING_SETUP_SUBMIT_ALL` (5.18): keep submitting after a request fails to prepare.
+    public static let submitAll = SetupFlags(rawValue: 1 << 7)
+    /// `IORING_SETUP_COOP_TASKRUN` (5.19): no interrupting IPI for task work.
+    public static let coopTaskrun = SetupFlags(rawValue: 1 << 8)
+    /// `IORING_SETUP_TASKRUN_FLAG` (5.19): flag pending task work in the SQ ring.
+    public static let taskrunFlag = SetupFlags(rawValue: 1 << 9)
+    /// `IORING_SETUP_SINGLE_ISSUER` (6.0): only one thread submits.
+    public static let singleIssuer = SetupFlags(rawValue: 1 << 12)
+    /// `IORING_SETUP_DEFER_TASKRUN` (6.1): run task work only when the owner waits for events.
+    public static let deferTaskrun = SetupFlags(rawValue: 1 << 13)
+
+    /// `SINGLE_ISSUER|DEFER_TASKRUN`, for example.
+    public var description: String {
+        let names: [(SetupFlags, String)] = [
+            (.cqSize, "CQSIZE"), (.clamp, "CLAMP"), (.submitAll, "SUBMIT_ALL"), (.coopTaskrun, "COOP_TASKRUN"),
+            (.taskrunFlag, "TASKRUN_FLAG"), (.singleIssuer, "SINGLE_ISSUER"), (.deferTaskrun, "DEFER_TASKRUN"),
+        ]
+        var parts = names.filter { contains($0.0) }.map(\.1)
+        let known = names.reduce(SetupFlags()) { $0.union($1.0) }
+        let unknown = subtracting(known)
+        if !unknown.isEmpty { parts.append("0x" + String(unknown.rawValue, radix: 16)) }
+        return parts.isEmpty ? "none" : parts.joined(separator: "|")
+    }
+}
+
+/// `IORING_FEAT_*` bits the kernel reports at setup.
+public struct Features: OptionSet, Sendable, Hashable {
+    /// The raw feature bits from `io_uring_params.features`.
+    public let rawValue: UInt32
+    /// Wraps raw `IORING_FEAT_*` bits.
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// `IORING_FEAT_NODROP`: completions are never dropped when the CQ overflows.
+    public static let noDrop = Features(rawValue: 1 << 1)
+    /// `IORING_FEAT_SUBMIT_STABLE`: data for a request is consumed at submission.
+    public static let submitStable = Features(rawValue: 1 << 2)
+    /// `IORING_FEAT_FAST_POLL`: sockets are polled internally instead of punted to a worker.
+    public static let fastPoll = Features(rawValue: 1 << 5)
+    /// `IORING_FEAT_EXT_ARG`: waits take a timeout without an extra SQE.
+    public static let extArg = Features(rawValue: 1 << 8)
+    /// `IORING_FEAT_NATIVE_WORKERS`
+    public static let nativeWorkers = Features(rawValue: 1 << 9)
+    /// `IORING_FEAT_CQE_SKIP`: `IOSQE_CQE_SKIP_SUCCESS` is honoured.
+    public static let cqeSkip = Features(rawValue: 1 << 11)
+    /// `IORING_FEAT_LINKED_FILE`
+    public static let linkedFile = Features(rawValue: 1 << 12)
+}

@@ -1,0 +1,122 @@
+import CURing
+import Glibc
+
+/// The few plain socket system calls that io_uring requests need around them (creating a
+/// listener, reading its port). They read `errno` at once, retry `EINTR` and throw
+/// ``URingError`` naming the call, so no other module touches `errno`.
+public enum Sockets {
+    /// Creates a TCP socket (`socket(2)` with `SOCK_CLOEXEC`).
+    /// - Parameter family: `AF_INET` or `AF_INET6`.
+    /// - Returns: the new descriptor.
+    /// - Throws: ``URingError`` for `socket`.
+    public static func makeTCP(family: Int32 = AF_INET) throws(URingError) -> Int32 {
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_TCP))
+        if fd < 0 { throw URingError("socket", errno: .current) }
+        return fd
+    }
+
+    /// Creates a listening TCP socket bound to `address`.
+    ///
+    /// Sets `SO_REUSEADDR`, and `SO_REUSEPORT` when asked (one listener per ring thread, the kernel
+    /// spreading connections among them). Options set here are inherited by accepted sockets, which
+    /// matters for sockets that live only in a registered slot and so take no `setsockopt`.
+    /// - Parameters:
+    ///   - address: where to listen; port 0 lets the kernel pick.
+    ///   - backlog: the `listen(2)` backlog.
+    ///   - reusePort: set `SO_REUSEPORT`.
+    ///   - noDelay: set `TCP_NODELAY` (inherited by accepted sockets).
+    /// - Returns: the listening descriptor.
+    /// - Throws: ``URingError`` for `socket`, `setsockopt`, `bind` or `listen`.
+    public static func listen(
+        on address: SocketAddress, backlog: Int32 = 1024, reusePort: Bool = false, noDelay: Bool = true
+    ) throws(URingError) -> Int32 {
+        let fd = try makeTCP(family: address.family)
+        do throws(URingError) {
+            try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            if reusePort { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
+            if noDelay { try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
+            let bound = address.withSockAddr { Glibc.bind(fd, $0, $1) }
+            if bound < 0 { throw URingError("bind \(address)", errno: .current) }
+            if Glibc.listen(fd, backlog) < 0 { throw URingError("listen", errno: .current) }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Sets an integer socket option (`setsockopt(2)`).
+    /// - Parameters:
+    ///   - fd: the socket.
+    ///   - level: `SOL_SOCKET`, `IPPROTO_TCP`, ...
+    ///   - name: the option.
+    ///   - value: its value.
+    /// - Throws: ``URingError`` for `setsockopt`.
+    public static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(URingError) {
+        var v = value
+        if setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) < 0 {
+            throw URingError("setsockopt", errno: .current)
+        }
+    }
+
+    /// Reads an integer socket option (`getsockopt(2)`).
+    /// - Parameters:
+    ///   - fd: the socket.
+    ///   - level: `SOL_SOCKET`, `IPPROTO_TCP`, ...
+    ///   - name: the option.
+    /// - Returns: the option's value.
+    /// - Throws: ``URingError`` for `getsockopt`.
+    public static func option(_ fd: Int32, _ level: Int32, _ name: Int32) throws(URingError) -> Int32 {
+        var v: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, level, name, &v, &length) < 0 { throw URingError("getsockopt", errno: .current) }
+        return v
+    }
+
+    /// The address a socket is bound to (`getsockname(2)`): how a listener on port 0 learns its port.
+    /// - Parameter fd: the socket.
+    /// - Returns: the local address.
+    /// - Throws: ``URingError`` for `getsockname`.
+    public static func localAddress(_ fd: Int32) throws(URingError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        if result < 0 { throw URingError("getsockname", errno: .current) }
+        return SocketAddress(storage: storage, length: length)
+    }
+
+    /// Closes a plain descriptor (`close(2)`; `EINTR` is not retried, as Linux has already closed it).
+    /// - Parameter fd: the descriptor.
+    /// - Throws: ``URingError`` for `close` (`EBADF` for a descriptor that was not open).
+    public static func close(_ fd: Int32) throws(URingError) {
+        if Glibc.close(fd) < 0 {
+            let errno = Errno.current
+            if errno != .interrupted { throw URingError("close", errno: errno) }
+        }
+    }
+
+    /// Creates an `eventfd` (`eventfd(2)`, non-blocking, close-on-exec): a counter another thread
+    /// can write to wake a ring that has a read pending on it.
+    /// - Returns: the descriptor.
+    /// - Throws: ``URingError`` for `eventfd`.
+    public static func makeEventFD() throws(URingError) -> Int32 {
+        let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        if fd < 0 { throw URingError("eventfd", errno: .current) }
+        return fd
+    }
+
+    /// Adds `value` to an eventfd (`write(2)` of 8 bytes). Safe from any thread.
+    /// - Parameters:
+    ///   - fd: the eventfd.
+    ///   - value: the amount to add.
+    /// - Throws: ``URingError`` for `write`.
+    public static func signalEventFD(_ fd: Int32, _ value: UInt64 = 1) throws(URingError) {
+        var v = value
+        while write(fd, &v, 8) < 0 {
+            let errno = Errno.current
+            if errno != .interrupted { throw URingError("write eventfd", errno: errno) }
+        }
+    }
+}
