@@ -1,0 +1,177 @@
+import Glibc
+
+/// Whether sessions and their buffers are made once and reused, or made per connection.
+public enum PoolMode: String, Sendable, Hashable, CaseIterable {
+    /// Preallocated sessions and buffers, fixed slots: nothing is allocated per connection.
+    case pooled
+    /// A session and a buffer allocated per connection and freed at close; plain descriptors.
+    case unpooled
+}
+
+/// Sessions for up to `capacity` connections.
+///
+/// Both modes share one code path — a table of session addresses indexed by ``SessionHandle`` —
+/// and differ only in where a session comes from and where it goes: in ``PoolMode/pooled`` mode the
+/// table points into one preallocated block of sessions and one block of buffers, made at init; in
+/// ``PoolMode/unpooled`` mode ``acquire(file:)`` allocates a session and its buffer and
+/// ``release(_:)`` frees them. That difference is what the benchmarks compare.
+///
+/// A session is recycled only when its in-flight count is zero (the IOCP `IoCount` rule):
+/// ``release(_:)`` refuses otherwise.
+///
+/// Confined to the ring's thread: not `Sendable`, no locks.
+public struct SessionPool: ~Copyable {
+    @usableFromInline let table: UnsafeMutablePointer<UnsafeMutablePointer<Session>?>
+    @usableFromInline let generations: UnsafeMutablePointer<UInt32>
+    @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
+    @usableFromInline var freeCount: Int
+    @usableFromInline let block: UnsafeMutablePointer<Session>?
+    @usableFromInline let bufferBlock: UnsafeMutableRawPointer?
+    /// Pooled or unpooled.
+    public let mode: PoolMode
+    /// The most sessions at once.
+    public let capacity: Int
+    /// Bytes of buffer per session (0 when receives use a shared buffer ring).
+    public let bufferSize: Int
+    /// Counters. In unpooled mode every hit is an allocation.
+    public private(set) var statistics = PoolStatistics()
+    /// Releases refused because requests were still in flight.
+    public private(set) var refusedReleases: UInt64 = 0
+
+    /// Creates the pool; in pooled mode, allocates every session and buffer now.
+    /// - Parameters:
+    ///   - mode: pooled or unpooled.
+    ///   - capacity: the most connections at once.
+    ///   - bufferSize: per-session buffer bytes (may be 0).
+    public init(mode: PoolMode, capacity: Int, bufferSize: Int) {
+        precondition(capacity > 0 && bufferSize >= 0)
+        self.mode = mode
+        self.capacity = capacity
+        self.bufferSize = bufferSize
+        table = .allocate(capacity: capacity)
+        table.initialize(repeating: nil, count: capacity)
+        generations = .allocate(capacity: capacity)
+        generations.initialize(repeating: 0, count: capacity)
+        freeList = .allocate(capacity: capacity)
+        for i in 0..<capacity { freeList[i] = UInt32(capacity - 1 - i) }
+        freeCount = capacity
+        statistics.capacity = capacity
+        if mode == .pooled {
+            let sessions = UnsafeMutablePointer<Session>.allocate(capacity: capacity)
+            let buffers = bufferSize > 0 ? UnsafeMutableRawPointer.allocate(byteCount: capacity * bufferSize, alignment: 64) : nil
+            for i in 0..<capacity {
+                let buffer = UnsafeMutableRawBufferPointer(start: buffers.map { $0 + i * bufferSize }, count: bufferSize)
+                (sessions + i).initialize(to: Session(index: UInt32(i), buffer: buffer))
+                table[i] = sessions + i
+            }
+            block = sessions
+            bufferBlock = buffers
+        } else {
+            block = nil
+            bufferBlock = nil
+        }
+    }
+
+    deinit {
+        if mode == .unpooled {
+            for i in 0..<capacity {
+                if let session = table[i] { Self.free(session) }
+            }
+        }
+        block?.deallocate()
+        bufferBlock?.deallocate()
+        table.deallocate()
+        generations.deallocate()
+        freeList.deallocate()
+    }
+
+    @usableFromInline
+    static func free(_ session: UnsafeMutablePointer<Session>) {
+        session.pointee.buffer.baseAddress.map { UnsafeMutableRawPointer($0).deallocate() }
+        session.deinitialize(count: 1)
+        session.deallocate()
+    }
+
+    /// Hands out a session for a new connection on `file`, in state ``SessionState/open``.
+    /// - Parameter file: the connection's slot or fd.
+    /// - Returns: its handle, or `nil` when `capacity` sessions are in use (counted as a miss).
+    public mutating func acquire(file: FileRef, slotGeneration: UInt32 = 0) -> SessionHandle? {
+        if freeCount == 0 {
+            statistics.misses &+= 1
+            return nil
+        }
+        freeCount -= 1
+        let index = freeList[freeCount]
+        let session: UnsafeMutablePointer<Session>
+        if let existing = table[Int(index)] {
+            session = existing
+        } else {
+            // Unpooled: this allocation per connection is the point of the comparison.
+            session = .allocate(capacity: 1)
+            let buffer =
+                bufferSize > 0
+                ? UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
+                : UnsafeMutableRawBufferPointer(start: nil, count: 0)
+            session.initialize(to: Session(index: index, buffer: buffer))
+            table[Int(index)] = session
+        }
+        let generation = generations[Int(index)]
+        let buffer = session.pointee.buffer
+        session.pointee = Session(index: index, buffer: buffer)
+        session.pointee.generation = generation
+        session.pointee.file = file
+        session.pointee.slotGeneration = slotGeneration
+        session.pointee.state = .open
+        statistics.noteAcquire()
+        return SessionHandle(index: index, generation: generation)
+    }
+
+    /// The session a handle names, or `nil` if it has been recycled since (counted as stale).
+    /// - Parameter handle: a handle from ``acquire(file:slotGeneration:)``.
+    public mutating func resolve(_ handle: SessionHandle) -> UnsafeMutablePointer<Session>? {
+        let index = Int(handle.index)
+        if index < capacity, generations[index] == handle.generation, let session = table[index],
+            session.pointee.state != .free
+        {
+            return session
+        }
+        statistics.staleCompletions &+= 1
+        return nil
+    }
+
+    /// The session at `index` if it is in use, without a generation check (for sweeps).
+    /// - Parameter index: a pool index.
+    public func session(at index: Int) -> UnsafeMutablePointer<Session>? {
+        guard let s = table[index], s.pointee.state != .free else { return nil }
+        return s
+    }
+
+    /// Recycles a session whose in-flight count is zero; in unpooled mode its memory is freed.
+    /// - Parameter handle: the session.
+    /// - Returns: `false` (and changes nothing) if requests are still in flight or the handle is
+    ///   stale.
+    @discardableResult
+    public mutating func release(_ handle: SessionHandle) -> Bool {
+        let index = Int(handle.index)
+        guard index < capacity, generations[index] == handle.generation, let session = table[index],
+            session.pointee.state != .free
+        else { return false }
+        guard session.pointee.inFlight == 0 else {
+            refusedReleases &+= 1
+            return false
+        }
+        session.pointee.state = .free
+        generations[index] = RequestTag.nextGeneration(after: generations[index])
+        if mode == .unpooled {
+            Self.free(session)
+            table[index] = nil
+        }
+        freeList[freeCount] = handle.index
+        freeCount += 1
+        statistics.inUse -= 1
+        return true
+    }
+
+    /// Sessions currently free.
+    public var available: Int { freeCount }
+}

@@ -1,0 +1,80 @@
+import SocketPool
+import TestSupport
+import XCTest
+
+final class RequestTagTests: XCTestCase {
+    func testTagRoundTripsOverTheWholeBitRange() {
+        let indices: [UInt32] = [0, 1, 2, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFE, 0xFFFF_FFFF, 0x1234_5678]
+        let generations: [UInt32] = [0, 1, 0x7F_FFFF, 0x80_0000, 0xFF_FFFE, 0xFF_FFFF]
+        for index in indices {
+            for generation in generations {
+                for k in 0...255 {
+                    let kind = OperationKind(rawValue: UInt8(k))
+                    let tag = RequestTag(index: index, generation: generation, kind: kind)
+                    let back = RequestTag(rawValue: tag.rawValue)
+                    XCTAssertEqual(back.index, index)
+                    XCTAssertEqual(back.generation, generation)
+                    XCTAssertEqual(back.kind, kind)
+                }
+            }
+        }
+        // Documented layout: index in the top 32 bits, generation in 8...31, kind in 0...7.
+        XCTAssertEqual(RequestTag(index: 0xAABB_CCDD, generation: 0x11_2233, kind: .send).rawValue, 0xAABB_CCDD_1122_3304)
+        // Only 24 generation bits are kept: a wider value cannot spill into the index.
+        let wide = RequestTag(index: 5, generation: 0xFFFF_FFFF, kind: .recv)
+        XCTAssertEqual(wide.index, 5)
+        XCTAssertEqual(wide.generation, 0xFF_FFFF)
+    }
+
+    func testGenerationWrapsWithin24Bits() {
+        XCTAssertEqual(RequestTag.nextGeneration(after: 0), 1)
+        XCTAssertEqual(RequestTag.nextGeneration(after: 0xFF_FFFE), 0xFF_FFFF)
+        XCTAssertEqual(RequestTag.nextGeneration(after: 0xFF_FFFF), 0)
+    }
+
+    func testContextSlabHandlesGenerationWrapAround() {
+        var slab = ContextSlab(capacity: 1, initialGeneration: 0xFF_FFFE)
+        var previous: RequestTag? = nil
+        for expected: UInt32 in [0xFF_FFFE, 0xFF_FFFF, 0, 1] {
+            let tag = slab.acquire(.recv)!
+            XCTAssertEqual(tag.generation, expected)
+            XCTAssertNotNil(slab.resolve(tag))
+            if let previous { XCTAssertNil(slab.resolve(previous), "the previous incarnation is stale") }
+            XCTAssertTrue(slab.release(tag))
+            previous = tag
+        }
+    }
+
+    func testContextSlabAcquireReleaseIsLIFOWithStableAddressesAndBoundedCapacity() {
+        var slab = ContextSlab(capacity: 3)
+        let a = slab.acquire(.recv, session: 7, sessionGeneration: 2)!
+        let b = slab.acquire(.send)!
+        let c = slab.acquire(.close)!
+        XCTAssertNil(slab.acquire(.nop), "a full slab refuses")
+        XCTAssertEqual(slab.statistics.misses, 1)
+        XCTAssertEqual(slab.statistics.inUse, 3)
+        let address = slab.context(b)
+        XCTAssertEqual(slab.resolve(a)?.pointee.session, 7)
+        XCTAssertEqual(slab.resolve(a)?.pointee.sessionGeneration, 2)
+        XCTAssertTrue(slab.release(b))
+        XCTAssertFalse(slab.release(b), "a double release is refused")
+        let d = slab.acquire(.send)!
+        XCTAssertEqual(d.index, b.index, "LIFO: the context freed last is reused first")
+        XCTAssertEqual(slab.context(d), address, "contexts do not move")
+        XCTAssertNotEqual(d.generation, b.generation)
+        XCTAssertTrue(slab.release(a))
+        XCTAssertTrue(slab.release(c))
+        XCTAssertTrue(slab.release(d))
+        XCTAssertEqual(slab.statistics.inUse, 0)
+        XCTAssertEqual(slab.statistics.highWater, 3)
+        XCTAssertEqual(slab.available, 3)
+    }
+
+    func testResolveRefusesATagWhoseKindDoesNotMatch() {
+        var slab = ContextSlab(capacity: 1)
+        let tag = slab.acquire(.recv)!
+        let forged = RequestTag(index: tag.index, generation: tag.generation, kind: .send)
+        XCTAssertNil(slab.resolve(forged))
+        XCTAssertEqual(slab.statistics.staleCompletions, 1)
+    }
+}
