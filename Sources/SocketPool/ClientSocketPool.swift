@@ -17,8 +17,8 @@ import Glibc
 ///
 /// Confined to one thread: not `Sendable`, no locks.
 public struct ClientSocketPool: ~Copyable {
-    @usableFromInline let free: UnsafeMutablePointer<Int32>
-    @usableFromInline var freeCount: Int
+    let free: UnsafeMutablePointer<Int32>
+    var freeCount: Int
     /// The most idle sockets kept for reuse.
     public let capacity: Int
     /// `AF_INET` or `AF_INET6`.

@@ -68,11 +68,11 @@ public struct PoolStatistics: Sendable, Equatable, CustomStringConvertible {
 ///
 /// Confined to the ring's thread: it is not `Sendable` and takes no locks.
 public struct ContextSlab: ~Copyable {
-    @usableFromInline let contexts: UnsafeMutablePointer<RequestContext>
-    @usableFromInline let generations: UnsafeMutablePointer<UInt32>
-    @usableFromInline let live: UnsafeMutablePointer<Bool>
-    @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
-    @usableFromInline var freeCount: Int
+    let contexts: UnsafeMutablePointer<RequestContext>
+    let generations: UnsafeMutablePointer<UInt32>
+    let live: UnsafeMutablePointer<Bool>
+    let freeList: UnsafeMutablePointer<UInt32>
+    var freeCount: Int
     /// Counters.
     public private(set) var statistics = PoolStatistics()
 

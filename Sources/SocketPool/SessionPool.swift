@@ -21,12 +21,12 @@ public enum PoolMode: String, Sendable, Hashable, CaseIterable {
 ///
 /// Confined to the ring's thread: not `Sendable`, no locks.
 public struct SessionPool: ~Copyable {
-    @usableFromInline let table: UnsafeMutablePointer<UnsafeMutablePointer<Session>?>
-    @usableFromInline let generations: UnsafeMutablePointer<UInt32>
-    @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
-    @usableFromInline var freeCount: Int
-    @usableFromInline let block: UnsafeMutablePointer<Session>?
-    @usableFromInline let bufferBlock: UnsafeMutableRawPointer?
+    let table: UnsafeMutablePointer<UnsafeMutablePointer<Session>?>
+    let generations: UnsafeMutablePointer<UInt32>
+    let freeList: UnsafeMutablePointer<UInt32>
+    var freeCount: Int
+    let block: UnsafeMutablePointer<Session>?
+    let bufferBlock: UnsafeMutableRawPointer?
     /// Pooled or unpooled.
     public let mode: PoolMode
     /// The most sessions at once.

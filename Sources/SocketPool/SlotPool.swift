@@ -54,11 +54,13 @@ public enum AcceptDecision: Hashable, Sendable {
 ///
 /// Confined to the ring's thread: not `Sendable`, no locks.
 public struct SlotPool: ~Copyable {
-    @usableFromInline let generations: UnsafeMutablePointer<UInt32>
-    @usableFromInline let leased: UnsafeMutablePointer<Bool>
-    @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
-    @usableFromInline var freeCount: Int
-    @usableFromInline var pausedEpisode = false
+    let generations: UnsafeMutablePointer<UInt32>
+    let leased: UnsafeMutablePointer<Bool>
+    let freeList: UnsafeMutablePointer<UInt32>
+    /// Where each slot sits in `freeList` (-1 when leased), so ``adopt(_:)`` is O(1).
+    let position: UnsafeMutablePointer<Int32>
+    var freeCount: Int
+    var pausedEpisode = false
     /// Number of slots.
     public let capacity: UInt32
     /// What ``nextAcceptTarget()`` does when no slot is free.
@@ -89,7 +91,11 @@ public struct SlotPool: ~Copyable {
         leased = .allocate(capacity: Int(capacity))
         leased.initialize(repeating: false, count: Int(capacity))
         freeList = .allocate(capacity: Int(capacity))
-        for i in 0..<Int(capacity) { freeList[i] = capacity - 1 - UInt32(i) }
+        position = .allocate(capacity: Int(capacity))
+        for i in 0..<Int(capacity) {
+            freeList[i] = capacity - 1 - UInt32(i)
+            position[Int(capacity) - 1 - i] = Int32(i)
+        }
         freeCount = Int(capacity)
         statistics.capacity = Int(capacity)
     }
@@ -98,6 +104,7 @@ public struct SlotPool: ~Copyable {
         generations.deallocate()
         leased.deallocate()
         freeList.deallocate()
+        position.deallocate()
     }
 
     /// Leases the most recently released free slot.
@@ -109,6 +116,7 @@ public struct SlotPool: ~Copyable {
         }
         freeCount -= 1
         let index = freeList[freeCount]
+        position[Int(index)] = -1
         leased[Int(index)] = true
         statistics.noteAcquire()
         pausedEpisode = false
@@ -142,6 +150,7 @@ public struct SlotPool: ~Copyable {
         leased[index] = false
         generations[index] = RequestTag.nextGeneration(after: generations[index])
         freeList[freeCount] = lease.index
+        position[index] = Int32(freeCount)
         freeCount += 1
         statistics.inUse -= 1
         return true
@@ -153,9 +162,14 @@ public struct SlotPool: ~Copyable {
     /// - Returns: its lease, or `nil` if the pool already had it leased (a bookkeeping error).
     public mutating func adopt(_ index: UInt32) -> SlotLease? {
         guard index < capacity, !leased[Int(index)] else { return nil }
-        guard let position = (0..<freeCount).first(where: { freeList[$0] == index }) else { return nil }
-        freeList[position] = freeList[freeCount - 1]
+        let at = Int(position[Int(index)])
+        guard at >= 0 else { return nil }
+        let last = freeList[freeCount - 1]
+        freeList[at] = last
+        position[Int(last)] = Int32(at)
+        position[Int(index)] = -1
         freeCount -= 1
+        pausedEpisode = false
         leased[Int(index)] = true
         statistics.noteAcquire()
         return SlotLease(index: index, generation: generations[Int(index)])

@@ -27,6 +27,7 @@ public struct BufferRing: ~Copyable {
     public let bufferSize: Int
     @usableFromInline let mask: Int32
     @usableFromInline var pending: Int32 = 0
+    var registered = true
 
     /// Maps, fills and registers a buffer ring.
     /// - Parameters:
@@ -105,10 +106,13 @@ public struct BufferRing: ~Copyable {
         }
     }
 
-    /// Unregisters the ring from the kernel (`io_uring_unregister_buf_ring`) and frees its memory.
+    /// Unregisters the ring from the kernel (`io_uring_unregister_buf_ring`); a second call does
+    /// nothing. The memory is freed when the value is dropped.
     /// - Parameter ring: the ring it was registered with.
-    /// - Throws: ``URingError`` for `io_uring_unregister_buf_ring`; the memory is freed either way.
-    public consuming func unregister(from ring: borrowing Ring) throws(URingError) {
+    /// - Throws: ``URingError`` for `io_uring_unregister_buf_ring`.
+    public mutating func unregister(from ring: borrowing Ring) throws(URingError) {
+        guard registered else { return }
+        registered = false
         let result = io_uring_unregister_buf_ring(ring.ring, Int32(group))
         if result < 0 { throw URingError("io_uring_unregister_buf_ring", result: result) }
     }

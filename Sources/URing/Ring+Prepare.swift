@@ -206,6 +206,23 @@ extension Ring {
         finish(sqe, tag, options, fixed: socket.isFixed)
     }
 
+    /// Prepares a read (`IORING_OP_READ`) from a non-socket descriptor such as an eventfd, at the
+    /// file's current position. The buffer must stay valid until the completion arrives.
+    /// - Parameters:
+    ///   - file: the descriptor.
+    ///   - buffer: where the bytes go.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareRead(
+        _ file: FileRef, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64, options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_read(sqe, file.raw, buffer.baseAddress, UInt32(buffer.count), UInt64.max)
+        finish(sqe, tag, options, fixed: file.isFixed)
+    }
+
     /// Prepares a send (`IORING_OP_SEND`) with `MSG_NOSIGNAL` always added, so a closed peer is an
     /// `EPIPE` result, never a `SIGPIPE`. The result may be short of `buffer.count`: send the rest
     /// from where it stopped. The buffer must stay valid until the completion arrives.

@@ -1,0 +1,278 @@
+import Dispatch
+import Glibc
+import Logging
+import Metrics
+import ServiceLifecycle
+import Synchronization
+
+/// A TCP server over io_uring: N ring threads, each with its own `SO_REUSEPORT` listener and its
+/// own ``CompletionLoop`` serving `Handler`. No state is shared between rings and no lock is taken
+/// on the hot path; the only cross-thread traffic is a stop request (an eventfd write) and the
+/// statistics each ring publishes once per housekeeping tick.
+///
+/// ```swift
+/// let server = EchoServer(configuration: config)
+/// try server.start()          // listening when this returns
+/// print(server.boundAddress!)
+/// server.stop()               // from any thread
+/// server.wait()
+/// ```
+///
+/// It is also a swift-service-lifecycle `Service`: in a `ServiceGroup`, graceful shutdown stops it.
+public final class Server<Handler: ConnectionHandler>: Sendable {
+    /// The configuration it was made with.
+    public let configuration: ServerConfiguration
+    let makeHandler: @Sendable () -> Handler
+    let logger: Logger
+    let state = Mutex(State())
+    let finished = DispatchGroup()
+    let metrics: ServerMetrics
+
+    struct State: ~Copyable {
+        var started = false
+        var stopRequested = false
+        var wakeFDs: [Int32] = []
+        var listeners: [Int32] = []
+        var perThread: [ServerStatistics] = []
+        var boundAddress: SocketAddress?
+        var setupErrors: [URingError] = []
+    }
+
+    /// Creates a server; nothing is bound until ``start()``.
+    /// - Parameters:
+    ///   - configuration: what to serve and how.
+    ///   - logger: where episodes (accept pauses, fallbacks, errors) and statistics are logged.
+    ///   - makeHandler: makes one handler per ring thread.
+    public init(
+        configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo"),
+        makeHandler: @escaping @Sendable () -> Handler
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        self.makeHandler = makeHandler
+        self.metrics = ServerMetrics()
+    }
+
+    /// Where the server listens, once started (the real port when configured with port 0).
+    public var boundAddress: SocketAddress? { state.withLock { $0.boundAddress } }
+
+    /// The counters summed over all rings, as of each ring's last housekeeping tick (at most
+    /// ``ServerConfiguration/tickInterval`` old) or its exit.
+    public var statistics: ServerStatistics {
+        state.withLock { s in
+            var total = ServerStatistics()
+            for t in s.perThread { total.add(t) }
+            return total
+        }
+    }
+
+    /// Binds the listeners and starts the ring threads; returns once every ring is serving.
+    /// - Throws: ``ServerError`` for a bad configuration, a second start, or a ring, listener or
+    ///   registration that could not be set up (then nothing is left running).
+    public func start() throws(ServerError) {
+        try configuration.validate()
+        let already = state.withLock { s in
+            let was = s.started
+            s.started = true
+            return was
+        }
+        if already { throw .alreadyStarted }
+        let threads = configuration.threads
+        var listeners: [Int32] = []
+        var wakes: [Int32] = []
+        func cleanup() {
+            for fd in listeners { _ = try? Sockets.close(fd) }
+            for fd in wakes { _ = try? Sockets.close(fd) }
+        }
+        var bound: SocketAddress
+        do throws(URingError) {
+            var address = SocketAddress(host: configuration.host, port: configuration.port)!
+            for i in 0..<threads {
+                let fd = try Sockets.listen(
+                    on: address, backlog: configuration.backlog, reusePort: threads > 1, noDelay: true)
+                listeners.append(fd)
+                if i == 0 {
+                    address = try Sockets.localAddress(fd)
+                }
+                wakes.append(try Sockets.makeEventFD())
+            }
+            bound = address
+        } catch {
+            cleanup()
+            throw .setup(error)
+        }
+        state.withLock {
+            $0.listeners = listeners
+            $0.wakeFDs = wakes
+            $0.perThread = Array(repeating: ServerStatistics(), count: threads)
+            $0.boundAddress = bound
+        }
+        let ready = DispatchSemaphore(value: 0)
+        for i in 0..<threads {
+            finished.enter()
+            let listener = listeners[i]
+            let wake = wakes[i]
+            startThread(name: "uring-echo-\(i)") { [self] in
+                defer {
+                    _ = try? Sockets.close(listener)
+                    finished.leave()
+                }
+                let loop: CompletionLoop<Handler>
+                do throws(URingError) {
+                    loop = try CompletionLoop(
+                        configuration: configuration, handler: makeHandler(), listener: listener, wakeFD: wake,
+                        logger: logger
+                    ) { [self] snapshot in publish(thread: i, snapshot) }
+                } catch {
+                    state.withLock { $0.setupErrors.append(error) }
+                    ready.signal()
+                    return
+                }
+                loop.publishStatistics()
+                ready.signal()
+                do throws(URingError) {
+                    try loop.run()
+                } catch {
+                    logger.error("ring \(i) stopped on error: \(error)")
+                    loop.teardown()
+                }
+            }
+        }
+        for _ in 0..<threads { ready.wait() }
+        let errors = state.withLock { $0.setupErrors }
+        if let first = errors.first {
+            stop()
+            wait()
+            throw .setup(first)
+        }
+        let stats = statistics
+        logger.info(
+            "listening on \(bound) with \(threads) ring(s), mode \(configuration.mode), receive \(configuration.receive), setup \(stats.setupFlags), features \(stats.features)"
+        )
+    }
+
+    /// Asks every ring to stop: no new accepts, every connection cancelled and closed, the ring
+    /// exited. Safe from any thread, any number of times; returns at once (see ``wait()``).
+    public func stop() {
+        let fds = state.withLock { s in
+            s.stopRequested = true
+            return s.wakeFDs
+        }
+        for fd in fds { try? Sockets.signalEventFD(fd) }
+    }
+
+    /// Blocks until every ring thread has exited (after ``stop()``).
+    public func wait() {
+        finished.wait()
+        closeWakeDescriptors()
+    }
+
+    /// Starts, then blocks until the server is stopped (by ``stop()`` from another thread).
+    /// - Throws: ``ServerError`` from ``start()``.
+    public func run() throws(ServerError) {
+        try start()
+        wait()
+    }
+
+    /// Waits without blocking a thread until every ring has exited.
+    public func waitUntilStopped() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            finished.notify(queue: .global()) { continuation.resume() }
+        }
+        closeWakeDescriptors()
+    }
+
+    func closeWakeDescriptors() {
+        let fds = state.withLock { s in
+            let fds = s.wakeFDs
+            s.wakeFDs = []
+            return fds
+        }
+        for fd in fds { _ = try? Sockets.close(fd) }
+    }
+
+    func publish(thread: Int, _ snapshot: ServerStatistics) {
+        let previous = state.withLock { s in
+            let p = s.perThread[thread]
+            s.perThread[thread] = snapshot
+            return p
+        }
+        metrics.record(previous: previous, current: snapshot)
+    }
+}
+
+extension Server: Service {
+    /// Runs as a swift-service-lifecycle `Service`: starts, serves, and stops on graceful shutdown
+    /// or task cancellation; returns once every ring has exited.
+    /// - Throws: ``ServerError`` from ``start()``.
+    public func run() async throws {
+        try start()
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await waitUntilStopped()
+            } onGracefulShutdown: {
+                self.stop()
+            }
+        } onCancel: {
+            self.stop()
+        }
+    }
+}
+
+/// The echo server: ``Server`` with ``EchoHandler``.
+public typealias EchoServer = Server<EchoHandler>
+
+extension Server where Handler == EchoHandler {
+    /// An echo server.
+    /// - Parameters:
+    ///   - configuration: what to serve and how.
+    ///   - logger: where to log.
+    public convenience init(configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo")) {
+        self.init(configuration: configuration, logger: logger) { EchoHandler() }
+    }
+}
+
+/// swift-metrics instruments; with no backend bootstrapped they are no-ops.
+struct ServerMetrics: Sendable {
+    let accepted = Counter(label: "uring_echo_accepted_total")
+    let closed = Counter(label: "uring_echo_closed_total")
+    let rejected = Counter(label: "uring_echo_rejected_total")
+    let bytesIn = Counter(label: "uring_echo_bytes_in_total")
+    let bytesOut = Counter(label: "uring_echo_bytes_out_total")
+    let completions = Counter(label: "uring_echo_completions_total")
+    let stale = Counter(label: "uring_echo_stale_completions_total")
+    let errors = Counter(label: "uring_echo_errors_total")
+    let active = Gauge(label: "uring_echo_active_connections")
+
+    func record(previous p: ServerStatistics, current c: ServerStatistics) {
+        func delta(_ a: UInt64, _ b: UInt64) -> Int64 { b >= a ? Int64(truncatingIfNeeded: b - a) : 0 }
+        accepted.increment(by: delta(p.accepted, c.accepted))
+        closed.increment(by: delta(p.closed, c.closed))
+        rejected.increment(by: delta(p.rejected, c.rejected))
+        bytesIn.increment(by: delta(p.bytesIn, c.bytesIn))
+        bytesOut.increment(by: delta(p.bytesOut, c.bytesOut))
+        completions.increment(by: delta(p.completions, c.completions))
+        stale.increment(by: delta(p.staleCompletions, c.staleCompletions))
+        errors.increment(by: delta(p.errors, c.errors))
+        active.record(c.active)
+    }
+}
+
+/// Starts a detached POSIX thread running `body`.
+func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+    final class Box: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) {
+            self.body = body
+        }
+    }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    let result = pthread_create(&thread, nil, { arg in
+        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+        box.body()
+        return nil
+    }, box)
+    precondition(result == 0, "pthread_create failed with \(result)")
+    pthread_detach(thread)
+}

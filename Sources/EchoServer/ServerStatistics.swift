@@ -1,0 +1,79 @@
+/// A server's counters, summed over its ring threads. A value: read it at any time through
+/// ``Server/statistics``.
+public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
+    /// Connections accepted (including those rejected at the connection cap).
+    public var accepted: UInt64 = 0
+    /// Connections open now.
+    public var active: Int = 0
+    /// Connections whose close completed.
+    public var closed: UInt64 = 0
+    /// Connections closed at once because the connection cap was reached.
+    public var rejected: UInt64 = 0
+    /// Connections closed by the idle timeout.
+    public var idleClosed: UInt64 = 0
+    /// Connections that ended with an error (reset, broken pipe, ...).
+    public var errors: UInt64 = 0
+    /// Bytes received.
+    public var bytesIn: UInt64 = 0
+    /// Bytes sent.
+    public var bytesOut: UInt64 = 0
+    /// Completions handled.
+    public var completions: UInt64 = 0
+    /// Completions dropped because their context had been recycled (generation mismatch).
+    public var staleCompletions: UInt64 = 0
+    /// Submit calls (`io_uring_enter` at most once each).
+    public var submits: UInt64 = 0
+    /// Times accepting paused (descriptor or slot exhaustion), one per episode.
+    public var acceptPauses: UInt64 = 0
+    /// Multishot accepts re-armed after a completion without `F_MORE`.
+    public var acceptRearms: UInt64 = 0
+    /// Multishot receives re-armed after a completion without `F_MORE`.
+    public var receiveRearms: UInt64 = 0
+    /// Receives that ended with `ENOBUFS` (buffer ring empty).
+    public var bufferShortages: UInt64 = 0
+    /// Times a connection's receiving paused because it held the most unsent bytes allowed.
+    public var receivePauses: UInt64 = 0
+    /// Completions the kernel held back on CQ overflow (none is lost with `IORING_FEAT_NODROP`).
+    public var completionQueueOverflows: UInt64 = 0
+    /// Session pool counters.
+    public var sessions = PoolStatistics()
+    /// Slot pool counters (pooled mode with fixed files).
+    public var slots = PoolStatistics()
+    /// Request context counters.
+    public var contexts = PoolStatistics()
+    /// The ring setup flags granted (of the first ring).
+    public var setupFlags = SetupFlags()
+    /// The features in use after the start-up probe (of the first ring).
+    public var features = KernelFeatures()
+
+    /// Zero.
+    public init() {}
+
+    mutating func add(_ o: ServerStatistics) {
+        accepted += o.accepted; active += o.active; closed += o.closed; rejected += o.rejected
+        idleClosed += o.idleClosed; errors += o.errors; bytesIn += o.bytesIn; bytesOut += o.bytesOut
+        completions += o.completions; staleCompletions += o.staleCompletions; submits += o.submits
+        acceptPauses += o.acceptPauses; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
+        bufferShortages += o.bufferShortages; receivePauses += o.receivePauses
+        completionQueueOverflows += o.completionQueueOverflows
+        sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
+        if setupFlags.isEmpty { setupFlags = o.setupFlags }
+        if features.isEmpty { features = o.features }
+    }
+
+    /// One line for logs.
+    public var description: String {
+        "accepted \(accepted), active \(active), closed \(closed), rejected \(rejected), idle-closed \(idleClosed), "
+            + "errors \(errors), bytes in \(bytesIn), out \(bytesOut), completions \(completions), "
+            + "stale \(staleCompletions), submits \(submits), accept pauses \(acceptPauses), "
+            + "ENOBUFS \(bufferShortages), recv pauses \(receivePauses), slots in use \(slots.inUse), "
+            + "sessions in use \(sessions.inUse)"
+    }
+}
+
+extension PoolStatistics {
+    mutating func add(_ o: PoolStatistics) {
+        capacity += o.capacity; inUse += o.inUse; highWater += o.highWater; hits += o.hits; misses += o.misses
+        staleCompletions += o.staleCompletions
+    }
+}

@@ -1,0 +1,95 @@
+import EchoServer
+import Foundation
+import Glibc
+import TestSupport
+import XCTest
+
+/// Thread-safe box for results produced on client threads.
+final class Locked<T>: @unchecked Sendable {  // every access goes through the mutex
+    private var value: T
+    private let lock = NSLock()
+    init(_ value: T) { self.value = value }
+    func with<R>(_ body: (inout T) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
+    }
+    var get: T { with { $0 } }
+}
+
+class ServerTestCase: XCTestCase {
+    /// The four combinations every echo test runs under.
+    static let variants: [(PoolMode, ReceiveStrategy)] = [
+        (.pooled, .bufferRing), (.pooled, .perSessionBuffer), (.unpooled, .bufferRing), (.unpooled, .perSessionBuffer),
+    ]
+
+    override func setUpWithError() throws {
+        if let reason = ioUringUnavailableReason() { throw XCTSkip(reason) }
+    }
+
+    func config(_ mode: PoolMode, _ receive: ReceiveStrategy) -> ServerConfiguration {
+        var c = ServerConfiguration()
+        c.port = 0
+        c.mode = mode
+        c.receive = receive
+        c.maxConnections = 2048
+        c.tickInterval = .milliseconds(50)
+        return c
+    }
+
+    /// Starts a server, runs `body` with its port, stops it, and checks that it left nothing
+    /// behind: no descriptor, no session, no slot, no request context.
+    func withServer(
+        _ configuration: ServerConfiguration, file: StaticString = #filePath, line: UInt = #line,
+        _ body: (EchoServer, UInt16) throws -> Void
+    ) throws {
+        let baseline = openDescriptorCount()
+        let server = EchoServer(configuration: configuration)
+        try server.start()
+        let port = server.boundAddress!.port
+        var failure: Error?
+        do { try body(server, port) } catch { failure = error }
+        server.stop()
+        server.wait()
+        let s = server.statistics
+        let label = "\(configuration.mode)/\(configuration.receive)"
+        XCTAssertEqual(s.active, 0, "\(label): no session left", file: file, line: line)
+        XCTAssertEqual(s.sessions.inUse, 0, "\(label): sessions back", file: file, line: line)
+        XCTAssertEqual(s.slots.inUse, 0, "\(label): slots back", file: file, line: line)
+        XCTAssertEqual(s.contexts.inUse, 0, "\(label): no request in flight", file: file, line: line)
+        XCTAssertEqual(openDescriptorCount(), baseline, "\(label): descriptors back to baseline", file: file, line: line)
+        if let failure { throw failure }
+    }
+
+    /// Polls `condition` until true or `timeout`.
+    func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            usleep(5_000)
+        }
+        return condition()
+    }
+
+    /// Runs `count` closures on their own threads and waits for all (bounded).
+    func parallel(_ count: Int, timeout: TimeInterval = 60, _ body: @escaping @Sendable (Int) -> Void) {
+        let group = DispatchGroup()
+        for i in 0..<count {
+            group.enter()
+            Thread {
+                body(i)
+                group.leave()
+            }.start()
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + timeout), .success, "client threads finished in time")
+    }
+
+    /// Echo round trip on a fresh connection: send, half-close, read everything back.
+    static func roundTrip(port: UInt16, _ bytes: [UInt8]) throws -> [UInt8] {
+        let s = try TestSocket.connect(port: port)
+        defer { s.close() }
+        try s.writeAll(bytes)
+        s.shutdownWrite()
+        return try s.readToEnd()
+    }
+}
