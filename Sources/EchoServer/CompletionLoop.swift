@@ -53,8 +53,8 @@ final class CompletionLoop<Handler: ConnectionHandler> {
     let idleNanoseconds: UInt64
     let maxPending: Int
 
-    var acceptInFlight = false
-    var acceptTag: UInt64 = 0
+    var acceptsInFlight = 0
+    let acceptDepth: Int
     var acceptPaused = false
     var pauseEpisodeOpen = false
     var tickInFlight = false
@@ -86,7 +86,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         var slots: SlotPool? = nil
         if configuration.mode == .pooled && features.contains(.fixedFiles) {
             do {
-                slots = try SlotPool(ring: ring, capacity: UInt32(capacity + 64), policy: .backpressure)
+                slots = try SlotPool(ring: ring, capacity: UInt32(capacity + configuration.spareSlots), policy: .backpressure)
             } catch {
                 logger.warning("fixed files unavailable (\(error)); pooled mode falls back to plain descriptors")
                 features.remove(.fixedFiles)
@@ -113,7 +113,11 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         useRing = buffers != nil
         self.buffers = buffers
         freeBuffers = useRing ? configuration.bufferRingEntries : 0
+        // Slots are filled by pre-posted single-shot accepts (see armAccept); multishot accept
+        // serves plain descriptors.
+        if useSlots { features.remove(.multishotAccept) }
         multishotAccept = features.contains(.multishotAccept)
+        acceptDepth = useSlots ? max(1, min(configuration.acceptDepth, capacity)) : 1
         self.features = features
 
         sessions = SessionPool(
@@ -210,27 +214,39 @@ final class CompletionLoop<Handler: ConnectionHandler> {
 
     // MARK: Accept
 
+    /// Keeps accepts posted. Slots: up to `acceptDepth` single-shot accepts, each into a slot the
+    /// pool chose (the `AcceptEx`-with-a-pre-made-socket pattern), and never one without a free
+    /// slot: a direct accept that finds the table full has already taken the connection off the
+    /// backlog and the kernel drops it. Descriptors: one multishot (or single-shot) accept.
     func armAccept() throws(URingError) {
-        guard !acceptInFlight, !stopping else { return }
-        var lease: SlotLease? = nil
-        if useSlots && !multishotAccept {
-            lease = slots?.acquire() ?? nil
-            if lease == nil {
-                pauseAccept("slot pool exhausted")
-                return
+        guard !stopping else { return }
+        if useSlots {
+            while acceptsInFlight < acceptDepth {
+                guard let lease = slots?.acquire() ?? nil else {
+                    if acceptsInFlight == 0 { pauseAccept("every fixed-file slot is in use") }
+                    return
+                }
+                guard let tag = contexts.acquire(.accept) else {
+                    slots?.release(lease)
+                    if acceptsInFlight == 0 { pauseAccept("request contexts exhausted") }
+                    return
+                }
+                contexts.context(tag).pointee.user = UInt64(lease.index) << 32 | UInt64(lease.generation)
+                try ring.prepareAccept(.fd(listener), into: .slot(lease.index), tag: tag.rawValue)
+                acceptsInFlight += 1
+                acceptPaused = false
             }
+            return
         }
+        guard acceptsInFlight == 0 else { return }
         guard let tag = contexts.acquire(.accept) else {
-            if let lease { slots?.release(lease) }
             pauseAccept("request contexts exhausted")
             return
         }
-        contexts.context(tag).pointee.user = lease.map { UInt64($0.index) << 32 | UInt64($0.generation) } ?? .max
-        let target: AcceptTarget = useSlots ? (multishotAccept ? .anySlot : .slot(lease!.index)) : .descriptor
-        try ring.prepareAccept(.fd(listener), into: target, multishot: multishotAccept, tag: tag.rawValue)
-        acceptInFlight = true
+        contexts.context(tag).pointee.user = .max
+        try ring.prepareAccept(.fd(listener), multishot: multishotAccept, tag: tag.rawValue)
+        acceptsInFlight = 1
         acceptPaused = false
-        acceptTag = tag.rawValue
     }
 
     func pauseAccept(_ reason: String) {
@@ -243,27 +259,34 @@ final class CompletionLoop<Handler: ConnectionHandler> {
     }
 
     func resumeAcceptIfPaused() throws(URingError) {
-        if acceptPaused && !stopping { try armAccept() }
+        guard !stopping else { return }
+        if acceptPaused {
+            stats.acceptRearms &+= 1
+            try armAccept()
+        } else if useSlots && acceptsInFlight < acceptDepth {
+            try armAccept()
+        }
     }
 
     func onAccept(_ c: Completion, _ tag: RequestTag, _ ctx: UnsafeMutablePointer<RequestContext>) throws(URingError) {
         let user = ctx.pointee.user
-        let chosen: SlotLease? =
+        let lease: SlotLease? =
             user == .max ? nil : SlotLease(index: UInt32(user >> 32), generation: UInt32(truncatingIfNeeded: user))
-        let ended = !multishotAccept || !c.hasMore
+        let multishot = lease == nil && multishotAccept
+        let ended = !multishot || !c.hasMore
         if ended {
-            acceptInFlight = false
+            acceptsInFlight -= 1
             contexts.release(tag)
         }
         if c.result < 0 {
-            if let chosen { slots?.release(chosen) }
+            if let lease { slots?.release(lease) }
             let errno = c.error!
             switch errno {
             case .processFileTableFull, .systemFileTableFull, .noMemory, .noBufferSpace:
                 pauseAccept("accept failed with \(errno.name)")
             case .canceled:
                 break
-            case .invalidArgument where multishotAccept && !stopping:
+            case .invalidArgument where multishot && !stopping:
                 logger.warning("multishot accept refused (EINVAL); falling back to single-shot accepts")
                 multishotAccept = false
                 features.remove(.multishotAccept)
@@ -272,7 +295,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
                 stats.errors &+= 1
                 logger.error("accept failed: \(errno)")
             }
-            if !acceptInFlight && !acceptPaused && !stopping {
+            if ended && !acceptPaused && !stopping {
                 stats.acceptRearms &+= 1
                 try armAccept()
             }
@@ -280,19 +303,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         }
         pauseEpisodeOpen = false
         stats.accepted &+= 1
-        var lease = chosen
-        let file: FileRef
-        if useSlots {
-            if multishotAccept {
-                lease = slots?.adopt(UInt32(c.result)) ?? nil
-                if lease == nil {
-                    logger.critical("kernel chose slot \(c.result) that the pool holds as leased")
-                }
-            }
-            file = .slot(lease?.index ?? UInt32(c.result))
-        } else {
-            file = .fd(c.result)
-        }
+        let file: FileRef = lease.map { $0.file } ?? .fd(c.result)
         if stopping {
             try closeUnowned(file, lease)
         } else if let handle = sessions.acquire(file: file, slotGeneration: lease?.generation ?? 0),
@@ -312,7 +323,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
             try closeUnowned(file, lease)
         }
         if ended && !stopping {
-            if multishotAccept { stats.acceptRearms &+= 1 }
+            if multishot { stats.acceptRearms &+= 1 }
             try armAccept()
         }
     }
@@ -338,8 +349,13 @@ final class CompletionLoop<Handler: ConnectionHandler> {
             return
         }
         if useRing {
-            try ring.prepareRecv(s.pointee.file, bufferGroup: 1, multishot: true, tag: tag.rawValue)
-            connections[Int(s.pointee.index)].recvTag = tag.rawValue
+            // Multishot while nothing waits to be sent; once bytes are queued (the peer reads slower
+            // than it writes), one buffer per request, so a connection never holds much more than
+            // its bound: a multishot recv may take many buffers before its completions are seen.
+            let conn = connections + Int(s.pointee.index)
+            try ring.prepareRecv(
+                s.pointee.file, bufferGroup: 1, multishot: conn.pointee.queueHead < 0, tag: tag.rawValue)
+            conn.pointee.recvTag = tag.rawValue
         } else {
             let room = UnsafeMutableRawBufferPointer(rebasing: s.pointee.buffer[0...])
             try ring.prepareRecv(s.pointee.file, into: room, tag: tag.rawValue)
@@ -393,6 +409,10 @@ final class CompletionLoop<Handler: ConnectionHandler> {
                     conn.pointee.pausedForBound = true
                     stats.receivePauses &+= 1
                     try cancelReceive(s, conn)
+                }
+                if conn.pointee.queuedBytes >= maxPending && !s.pointee.receiving && !conn.pointee.pausedForBound {
+                    conn.pointee.pausedForBound = true
+                    stats.receivePauses &+= 1
                 }
                 if final && !conn.pointee.pausedForBound && !s.pointee.receiving {
                     stats.receiveRearms &+= 1
@@ -716,8 +736,8 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         // Stop: no new accepts, cancel the housekeeping timer, close every connection.
         stopping = true
         stopDeadline = now &+ UInt64(configuration.stopTimeout.nanoseconds)
-        if acceptInFlight, let tag = contexts.acquire(.cancel) {
-            try ring.prepareCancel(acceptTag, tag: tag.rawValue)
+        if acceptsInFlight > 0, let tag = contexts.acquire(.cancel) {
+            try ring.prepareCancel(file: .fd(listener), tag: tag.rawValue)
         }
         if tickInFlight, let tag = contexts.acquire(.cancel) {
             try ring.prepareCancel(tickTag, tag: tag.rawValue)

@@ -66,6 +66,14 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var maxConnections: Int = 4096
     /// Close connections that sent nothing for this long; `nil` disables the check.
     public var idleTimeout: Duration? = .seconds(60)
+    /// Fixed-file slots beyond ``maxConnections`` (pooled mode), so a client over the cap can still
+    /// be accepted and closed cleanly. With 0, a full slot table pauses accepting instead, and
+    /// clients over the cap wait in the listen backlog until a connection closes. (An accept is
+    /// only ever posted with a free slot to go into: a direct accept into a full table would drop
+    /// the connection.)
+    public var spareSlots: Int = 64
+    /// Accepts kept posted at once in pooled mode with fixed files, each into its own free slot.
+    public var acceptDepth: Int = 8
     /// `listen(2)` backlog.
     public var backlog: Int32 = 1024
     /// Received-but-unsent bytes one connection may hold before its receiving pauses (a client that
@@ -107,6 +115,8 @@ public struct ServerConfiguration: Sendable, Hashable {
             throw .invalidConfiguration("max pending bytes per connection must be at least the buffer size")
         }
         if backlog < 1 { throw .invalidConfiguration("backlog must be positive") }
+        if spareSlots < 0 { throw .invalidConfiguration("spare slots must be 0 or more") }
+        if acceptDepth < 1 || acceptDepth > 1024 { throw .invalidConfiguration("accept depth must be 1...1024") }
     }
 }
 

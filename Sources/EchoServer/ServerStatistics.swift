@@ -25,7 +25,8 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var submits: UInt64 = 0
     /// Times accepting paused (descriptor or slot exhaustion), one per episode.
     public var acceptPauses: UInt64 = 0
-    /// Multishot accepts re-armed after a completion without `F_MORE`.
+    /// Accepts armed again after one ended: a multishot accept's completion without `F_MORE`, an
+    /// error, or the end of a pause.
     public var acceptRearms: UInt64 = 0
     /// Multishot receives re-armed after a completion without `F_MORE`.
     public var receiveRearms: UInt64 = 0

@@ -60,6 +60,18 @@ public func openDescriptorCount() -> Int {
     return count - 1
 }
 
+/// The highest open descriptor number of this process (RLIMIT_NOFILE limits numbers, not counts).
+public func highestOpenDescriptor() -> Int32 {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    var highest: Int32 = -1
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if let n = Int32(name), n > highest { highest = n }
+    }
+    closedir(dir)
+    return highest
+}
+
 /// Heap allocations made by the calling thread so far (see CTestSupport's interposer).
 public func threadAllocations() -> UInt64 { ctest_thread_allocations() }
 
@@ -88,6 +100,19 @@ public struct TestSocket: Sendable {
         s.setTimeout(seconds: timeout)
         try? Sockets.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
         return s
+    }
+
+    /// A TCP socket not yet connected (so a test can hold the descriptor before it connects).
+    public static func unconnected() throws -> TestSocket {
+        let s = TestSocket(fd: try Sockets.makeTCP())
+        s.setTimeout(seconds: 10)
+        return s
+    }
+
+    /// Connects this socket to 127.0.0.1:`port`.
+    public func connect(port: UInt16) throws {
+        let address = SocketAddress(host: "127.0.0.1", port: port)!
+        if address.withSockAddr({ Glibc.connect(fd, $0, $1) }) < 0 { throw URingError("connect", errno: .current) }
     }
 
     /// A connected pair of stream sockets (`socketpair(AF_UNIX, SOCK_STREAM)`).
