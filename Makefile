@@ -14,7 +14,8 @@ run: build
 	$(SWIFT) run -c release --skip-build uring-echo $(ARGS)
 
 test: deps
-	$(SWIFT) test
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
 
 clean:
 	rm -rf .build

@@ -768,7 +768,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         snapshot.completions = ring.statistics.completions
         snapshot.submits = ring.statistics.submitCalls
         snapshot.completionQueueOverflows = UInt64(ring.completionQueueOverflow)
-        snapshot.staleCompletions = stats.staleCompletions
+        snapshot.buffersHeld = useRing ? configuration.bufferRingEntries - freeBuffers : 0
         publish(snapshot)
     }
 }

@@ -36,6 +36,9 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var receivePauses: UInt64 = 0
     /// Completions the kernel held back on CQ overflow (none is lost with `IORING_FEAT_NODROP`).
     public var completionQueueOverflows: UInt64 = 0
+    /// Provided buffers currently held by the server (taken by a receive, not yet given back).
+    /// 0 when idle; negative would mean a buffer was given back twice.
+    public var buffersHeld: Int = 0
     /// Session pool counters.
     public var sessions = PoolStatistics()
     /// Slot pool counters (pooled mode with fixed files).
@@ -56,7 +59,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
         completions += o.completions; staleCompletions += o.staleCompletions; submits += o.submits
         acceptPauses += o.acceptPauses; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
         bufferShortages += o.bufferShortages; receivePauses += o.receivePauses
-        completionQueueOverflows += o.completionQueueOverflows
+        completionQueueOverflows += o.completionQueueOverflows; buffersHeld += o.buffersHeld
         sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
         if setupFlags.isEmpty { setupFlags = o.setupFlags }
         if features.isEmpty { features = o.features }

@@ -57,6 +57,7 @@ class ServerTestCase: XCTestCase {
         XCTAssertEqual(s.sessions.inUse, 0, "\(label): sessions back", file: file, line: line)
         XCTAssertEqual(s.slots.inUse, 0, "\(label): slots back", file: file, line: line)
         XCTAssertEqual(s.contexts.inUse, 0, "\(label): no request in flight", file: file, line: line)
+        XCTAssertEqual(s.buffersHeld, 0, "\(label): every provided buffer given back exactly once", file: file, line: line)
         XCTAssertEqual(openDescriptorCount(), baseline, "\(label): descriptors back to baseline", file: file, line: line)
         if let failure { throw failure }
     }
