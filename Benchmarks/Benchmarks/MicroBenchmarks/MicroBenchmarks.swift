@@ -1,0 +1,93 @@
+import Benchmark
+import EchoServer
+import Glibc
+
+// Micro benchmarks of the pieces on the hot path. Malloc counts are measured without the
+// `syscalls` and `cpuTotal` metrics, which add allocations of their own.
+let metrics: [BenchmarkMetric] = [.wallClock, .throughput, .mallocCountTotal, .instructions]
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(metrics: metrics, maxDuration: .seconds(2), maxIterations: 1_000_000)
+
+    Benchmark("nop submit+harvest, single") { benchmark in
+        let ring = try Ring()
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            try ring.prepareNop(tag: UInt64(i))
+            try ring.submitAndWait(1)
+            ring.forEachCompletion { blackHole($0) }
+        }
+    }
+
+    Benchmark("nop submit+harvest, batch of 64", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let ring = try Ring()
+        benchmark.startMeasurement()
+        var done = 0
+        let target = benchmark.scaledIterations.count
+        while done < target {
+            let batch = min(64, target - done)
+            for i in 0..<batch { try ring.prepareNop(tag: UInt64(i)) }
+            var seen = 0
+            while seen < batch {
+                try ring.submitAndWait(UInt32(batch - seen))
+                seen += ring.forEachCompletion { blackHole($0) }
+            }
+            done += batch
+        }
+    }
+
+    Benchmark("context acquire+release") { benchmark in
+        var slab = ContextSlab(capacity: 1024)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let tag = slab.acquire(.recv, session: 1)!
+            blackHole(slab.release(tag))
+        }
+    }
+
+    Benchmark("tag resolve") { benchmark in
+        var slab = ContextSlab(capacity: 1024)
+        let tag = slab.acquire(.recv, session: 1)!
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(slab.resolve(tag))
+        }
+    }
+
+    Benchmark("slot acquire+release") { benchmark in
+        let ring = try Ring()
+        var pool = try SlotPool(ring: ring, capacity: 1024)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let lease = pool.acquire()!
+            blackHole(pool.release(lease))
+        }
+    }
+
+    for mode in PoolMode.allCases {
+        Benchmark("loopback echo round trip, \(mode)") { benchmark in
+            var config = ServerConfiguration()
+            config.port = 0
+            config.mode = mode
+            let server = EchoServer(configuration: config)
+            try server.start()
+            defer {
+                server.stop()
+                server.wait()
+            }
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
+            let ok = server.boundAddress!.withSockAddr { connect(fd, $0, $1) }
+            precondition(ok == 0)
+            var buffer = [UInt8](repeating: 7, count: 128)
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations {
+                _ = send(fd, &buffer, 128, 0)
+                var got = 0
+                while got < 128 { got += recv(fd, &buffer[got], 128 - got, 0) }
+            }
+        }
+    }
+}
