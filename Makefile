@@ -2,7 +2,7 @@
 SWIFT ?= swift
 ARGS ?=
 
-.PHONY: deps build run test clean
+.PHONY: deps build run test bench bench-build clean
 
 deps:
 	@bash .ci/install-deps.sh
@@ -16,6 +16,18 @@ run: build
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
+
+bench-build: deps
+	$(SWIFT) build -c release --product uring-echo
+	$(SWIFT) build -c release --package-path Benchmarks --product uring-echo-bench
+	$(SWIFT) build -c release --package-path Benchmarks --product nio-echo
+	$(SWIFT) build -c release --package-path Benchmarks --product epoll-echo
+
+# Every server under every workload, pinned and interleaved; BENCH_QUICK=1 for a short run.
+bench: bench-build
+	@command -v python3 >/dev/null || (apt-get update -qq && apt-get install -y -qq python3)
+	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
+	python3 Benchmarks/scripts/bench.py
 
 clean:
 	rm -rf .build
