@@ -2,7 +2,7 @@
 SWIFT ?= swift
 ARGS ?=
 
-.PHONY: deps build run test bench bench-build clean
+.PHONY: deps build run test bench bench-build docs examples clean
 
 deps:
 	@bash .ci/install-deps.sh
@@ -28,6 +28,17 @@ bench: bench-build
 	@command -v python3 >/dev/null || (apt-get update -qq && apt-get install -y -qq python3)
 	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
 	python3 Benchmarks/scripts/bench.py
+
+# DocC for the three library modules, warnings are errors. Output: .build/docs/<Module>.
+docs: deps
+	for target in URing SocketPool EchoServer; do \
+		$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation \
+			--target $$target --warnings-as-errors --output-path .build/docs/$$target || exit 1; \
+	done
+
+# Build the examples, start each, talk to it over loopback, stop it.
+examples: deps
+	bash Examples/run-examples.sh
 
 clean:
 	rm -rf .build

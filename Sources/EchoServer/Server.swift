@@ -6,7 +6,7 @@ import ServiceLifecycle
 import Synchronization
 
 /// A TCP server over io_uring: N ring threads, each with its own `SO_REUSEPORT` listener and its
-/// own ``CompletionLoop`` serving `Handler`. No state is shared between rings and no lock is taken
+/// own completion loop serving `Handler`. No state is shared between rings and no lock is taken
 /// on the hot path; the only cross-thread traffic is a stop request (an eventfd write) and the
 /// statistics each ring publishes once per housekeeping tick.
 ///

@@ -97,6 +97,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Whether two addresses have the same length and bytes.
     public static func == (lhs: SocketAddress, rhs: SocketAddress) -> Bool {
         lhs.length == rhs.length
             && withUnsafeBytes(of: lhs.storage) { l in
@@ -104,6 +105,8 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
             }
     }
 
+    /// Hashes the address bytes.
+    /// - Parameter hasher: the hasher.
     public func hash(into hasher: inout Hasher) {
         withUnsafeBytes(of: storage) { hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: $0.prefix(Int(length)))) }
     }

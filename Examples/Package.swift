@@ -1,0 +1,26 @@
+// swift-tools-version: 6.1
+// Examples of uring-echo as a library. Built and run by CI (Examples/run-examples.sh).
+import PackageDescription
+
+let package = Package(
+    name: "uring-echo-examples",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "uring-echo", path: ".."),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .executableTarget(name: "minimal-echo", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
+        .executableTarget(name: "uppercase-lines", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
+        .executableTarget(
+            name: "concurrency-embed",
+            dependencies: [
+                .product(name: "EchoServer", package: "uring-echo"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
