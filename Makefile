@@ -38,6 +38,7 @@ docs: deps
 
 # Build the examples, start each, talk to it over loopback, stop it.
 examples: deps
+	@command -v python3 >/dev/null || (apt-get update -qq && apt-get install -y -qq python3)
 	bash Examples/run-examples.sh
 
 clean:

@@ -32,7 +32,7 @@ while True:
     if not chunk:
         break
     out += chunk
-sys.stdout.write(out.decode())
+sys.stdout.write(out.decode() + "|")  # the bar keeps trailing newlines through $(...)
 PY
 }
 
@@ -53,22 +53,22 @@ port=$(free_port)
 $BIN/minimal-echo "$port" > /tmp/minimal-echo.out &
 pid=$!
 wait_port "$port"
-check "minimal-echo echoes" "$(exchange "$port" "hello")" "hello"
+check "minimal-echo echoes" "$(exchange "$port" "hello")" "hello|"
 stop "$pid" && check "minimal-echo stops on SIGTERM with exit 0" "0" "0"
 
 port=$(free_port)
 $BIN/uppercase-lines "$port" > /tmp/uppercase.out &
 pid=$!
 wait_port "$port"
-check "uppercase-lines upper-cases" "$(exchange "$port" "hello world")" "HELLO WORLD"
-check "uppercase-lines closes after bye" "$(exchange "$port" $'one\nbye\nnot sent')" $'ONE\nBYE\n'
+check "uppercase-lines upper-cases" "$(exchange "$port" "hello world")" "HELLO WORLD|"
+check "uppercase-lines closes after bye" "$(exchange "$port" $'one\nbye\nnot sent')" $'ONE\nBYE\n|'
 stop "$pid" && check "uppercase-lines stops on SIGTERM with exit 0" "0" "0"
 
 port=$(free_port)
 $BIN/concurrency-embed "$port" > /tmp/embed.out 2>&1 &
 pid=$!
 wait_port "$port"
-check "concurrency-embed echoes" "$(exchange "$port" "async")" "async"
+check "concurrency-embed echoes" "$(exchange "$port" "async")" "async|"
 stop "$pid" && check "concurrency-embed stops gracefully on SIGTERM" "0" "0"
 grep -q "stopped:" /tmp/embed.out && check "concurrency-embed reported its statistics" "yes" "yes"
 

@@ -55,7 +55,7 @@ public struct ClientSocketPool: ~Copyable {
 
     /// A socket ready to connect: a disconnected one from the pool, or a new one.
     /// - Returns: the descriptor.
-    /// - Throws: ``URingError`` for `socket` (for example `EMFILE`).
+    /// - Throws: `URingError` for `socket` (for example `EMFILE`).
     public mutating func acquire() throws(URingError) -> Int32 {
         if freeCount > 0 {
             freeCount -= 1
@@ -76,7 +76,7 @@ public struct ClientSocketPool: ~Copyable {
     ///   - fd: a socket from ``acquire()`` whose exchange is finished.
     ///   - ring: the ring to submit on.
     ///   - tag: the request's `user_data`.
-    /// - Throws: ``URingError`` if no SQE could be had.
+    /// - Throws: `URingError` if no SQE could be had.
     public func prepareDisconnect(_ fd: Int32, on ring: borrowing Ring, tag: UInt64) throws(URingError) {
         try ring.prepareConnect(.fd(fd), to: .unspecified, tag: tag)
     }

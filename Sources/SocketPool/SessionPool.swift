@@ -13,7 +13,7 @@ public enum PoolMode: String, Sendable, Hashable, CaseIterable {
 /// Both modes share one code path — a table of session addresses indexed by ``SessionHandle`` —
 /// and differ only in where a session comes from and where it goes: in ``PoolMode/pooled`` mode the
 /// table points into one preallocated block of sessions and one block of buffers, made at init; in
-/// ``PoolMode/unpooled`` mode ``acquire(file:)`` allocates a session and its buffer and
+/// ``PoolMode/unpooled`` mode ``acquire(file:slotGeneration:)`` allocates a session and its buffer and
 /// ``release(_:)`` frees them. That difference is what the benchmarks compare.
 ///
 /// A session is recycled only when its in-flight count is zero (the IOCP `IoCount` rule):
@@ -93,7 +93,9 @@ public struct SessionPool: ~Copyable {
     }
 
     /// Hands out a session for a new connection on `file`, in state ``SessionState/open``.
-    /// - Parameter file: the connection's slot or fd.
+    /// - Parameters:
+    ///   - file: the connection's slot or fd.
+    ///   - slotGeneration: the slot lease's generation when `file` is a slot.
     /// - Returns: its handle, or `nil` when `capacity` sessions are in use (counted as a miss).
     public mutating func acquire(file: FileRef, slotGeneration: UInt32 = 0) -> SessionHandle? {
         if freeCount == 0 {

@@ -47,7 +47,7 @@ public enum AcceptDecision: Hashable, Sendable {
 ///
 /// `init` registers an empty table of `capacity` slots. ``acquire()`` leases a free slot, LIFO, so
 /// the slot freed last (its kernel structures still warm) is used first; an accept goes straight
-/// into it (``AcceptTarget/slot(_:)``). ``release(_:)`` returns it, and must only be called once the
+/// into it (`AcceptTarget.slot(_:)`). ``release(_:)`` returns it, and must only be called once the
 /// slot's `close_direct` has completed — a slot handed out again before then would race with the
 /// pending close. Each lease has a generation, so a completion that names a released lease is
 /// recognised as stale (``resolve(_:)``).
@@ -78,7 +78,7 @@ public struct SlotPool: ~Copyable {
     ///   - ring: the ring whose file table this pool manages.
     ///   - capacity: number of slots.
     ///   - policy: what to do when all are taken.
-    /// - Throws: ``URingError`` from `io_uring_register_files_sparse`.
+    /// - Throws: `URingError` from `io_uring_register_files_sparse`.
     public init(ring: borrowing Ring, capacity: UInt32, policy: SlotExhaustionPolicy = .backpressure)
         throws(URingError)
     {
@@ -156,7 +156,7 @@ public struct SlotPool: ~Copyable {
         return true
     }
 
-    /// Adopts a slot the kernel chose (``AcceptTarget/anySlot``), so the pool's books match the
+    /// Adopts a slot the kernel chose (`AcceptTarget.anySlot`), so the pool's books match the
     /// table. The slot must be free in the pool.
     /// - Parameter index: the slot the accept completion returned.
     /// - Returns: its lease, or `nil` if the pool already had it leased (a bookkeeping error).

@@ -3,7 +3,7 @@ import Glibc
 /// A socket address held by value (`sockaddr_storage` + length), for connect and bind.
 public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     @usableFromInline var storage: sockaddr_storage
-    /// The length of the address in ``storage``.
+    /// The length of the address in bytes.
     public let length: socklen_t
 
     /// An IPv4 or IPv6 address from its text form.

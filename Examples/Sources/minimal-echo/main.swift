@@ -10,7 +10,7 @@ try server.start()
 print("listening on \(server.boundAddress!)")
 signal(SIGTERM, SIG_IGN)
 let stop = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
-stop.setEventHandler { server.stop() }
+stop.setEventHandler { @Sendable in server.stop() }
 stop.resume()
 server.wait()
 print("stopped after \(server.statistics.accepted) connections")

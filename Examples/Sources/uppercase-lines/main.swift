@@ -44,6 +44,6 @@ try server.start()
 print("uppercase-lines listening on \(server.boundAddress!)")
 signal(SIGTERM, SIG_IGN)
 let stop = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
-stop.setEventHandler { server.stop() }
+stop.setEventHandler { @Sendable in server.stop() }
 stop.resume()
 server.wait()
