@@ -37,7 +37,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
     let listener: Int32
     let wakeFD: Int32
     let logger: Logger
-    let publish: (ServerStatistics) -> Void
+    let publish: (ServerStatistics, Bool) -> Void
 
     let connections: UnsafeMutablePointer<ConnectionState>
     let bufferLength: UnsafeMutablePointer<Int32>
@@ -67,7 +67,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
 
     init(
         configuration: ServerConfiguration, handler: Handler, listener: Int32, wakeFD: Int32, logger: Logger,
-        publish: @escaping (ServerStatistics) -> Void
+        publish: @escaping (ServerStatistics, Bool) -> Void
     ) throws(URingError) {
         self.configuration = configuration
         self.listener = listener
@@ -165,6 +165,9 @@ final class CompletionLoop<Handler: ConnectionHandler> {
             now = monotonicNanoseconds()
             try ring.forEachCompletion { (completion: Completion) throws(URingError) in try dispatch(completion) }
             try afterBatch()
+            // A fresh value for Server.statistics after every turn (a lock and a copy; metrics are
+            // only reported on housekeeping ticks).
+            publishStatistics(report: false)
         }
         teardown()
     }
@@ -718,7 +721,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
             }
         }
         try resumeAcceptIfPaused()
-        publishStatistics()
+        publishStatistics(report: true)
         try armTick()
     }
 
@@ -759,7 +762,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         publishStatistics()
     }
 
-    func publishStatistics() {
+    func publishStatistics(report: Bool = true) {
         var snapshot = stats
         snapshot.active = sessions.statistics.inUse
         snapshot.sessions = sessions.statistics
@@ -769,7 +772,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         snapshot.submits = ring.statistics.submitCalls
         snapshot.completionQueueOverflows = UInt64(ring.completionQueueOverflow)
         snapshot.buffersHeld = useRing ? configuration.bufferRingEntries - freeBuffers : 0
-        publish(snapshot)
+        publish(snapshot, report)
     }
 }
 

@@ -34,6 +34,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         var wakeFDs: [Int32] = []
         var listeners: [Int32] = []
         var perThread: [ServerStatistics] = []
+        var reported: [ServerStatistics] = []
         var boundAddress: SocketAddress?
         var setupErrors: [URingError] = []
     }
@@ -56,8 +57,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     /// Where the server listens, once started (the real port when configured with port 0).
     public var boundAddress: SocketAddress? { state.withLock { $0.boundAddress } }
 
-    /// The counters summed over all rings, as of each ring's last housekeeping tick (at most
-    /// ``ServerConfiguration/tickInterval`` old) or its exit.
+    /// The counters summed over all rings, as of the end of each ring's last loop turn.
     public var statistics: ServerStatistics {
         state.withLock { s in
             var total = ServerStatistics()
@@ -105,6 +105,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             $0.listeners = listeners
             $0.wakeFDs = wakes
             $0.perThread = Array(repeating: ServerStatistics(), count: threads)
+            $0.reported = Array(repeating: ServerStatistics(), count: threads)
             $0.boundAddress = bound
         }
         let ready = DispatchSemaphore(value: 0)
@@ -122,7 +123,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
                     loop = try CompletionLoop(
                         configuration: configuration, handler: makeHandler(), listener: listener, wakeFD: wake,
                         logger: logger
-                    ) { [self] snapshot in publish(thread: i, snapshot) }
+                    ) { [self] snapshot, report in publish(thread: i, snapshot, report: report) }
                 } catch {
                     state.withLock { $0.setupErrors.append(error) }
                     ready.signal()
@@ -191,13 +192,15 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         for fd in fds { _ = try? Sockets.close(fd) }
     }
 
-    func publish(thread: Int, _ snapshot: ServerStatistics) {
+    func publish(thread: Int, _ snapshot: ServerStatistics, report: Bool) {
         let previous = state.withLock { s in
-            let p = s.perThread[thread]
             s.perThread[thread] = snapshot
+            if !report { return nil as ServerStatistics? }
+            let p = s.reported[thread]
+            s.reported[thread] = snapshot
             return p
         }
-        metrics.record(previous: previous, current: snapshot)
+        if let previous { metrics.record(previous: previous, current: snapshot) }
     }
 }
 

@@ -217,3 +217,185 @@ public func patternBytes(seed: UInt64, offset: Int = 0, count: Int) -> [UInt8] {
     }
     return out
 }
+
+/// How a scripted client ends its connection.
+public enum ClientEnding: Sendable, CaseIterable {
+    /// Send everything, half-close, read the whole echo to EOF (it must be complete).
+    case halfClose
+    /// After `sendUntil` bytes sent and `readUntil` read: close with RST.
+    case reset
+    /// After `sendUntil` bytes sent and `readUntil` read: an ordinary close.
+    case close
+}
+
+/// One scripted client: what it sends (a window of a shared random block, so every connection's
+/// stream differs), how far it goes, and how it ends.
+public struct ClientScript: Sendable {
+    /// Where this connection's stream starts in the shared block.
+    public var start: Int
+    /// Bytes in the stream.
+    public var length: Int
+    /// Bytes to send before ending (all of them for `.halfClose`).
+    public var sendUntil: Int
+    /// Bytes of echo to read before ending (ignored for `.halfClose`, which reads to EOF).
+    public var readUntil: Int
+    /// Largest single write.
+    public var chunk: Int
+    /// How it ends.
+    public var ending: ClientEnding
+
+    /// A script.
+    public init(start: Int, length: Int, sendUntil: Int, readUntil: Int, chunk: Int, ending: ClientEnding) {
+        self.start = start
+        self.length = length
+        self.sendUntil = sendUntil
+        self.readUntil = readUntil
+        self.chunk = chunk
+        self.ending = ending
+    }
+}
+
+/// What a batch of scripted clients saw.
+public struct ClientOutcome: Sendable, Equatable {
+    /// Connections whose script completed as expected.
+    public var completed = 0
+    /// Echoed bytes that differed from what the connection sent at that offset.
+    public var mismatches = 0
+    /// Connections that failed (refused, reset or EOF where the script expected more, timeout).
+    public var failures = 0
+    /// Bytes read back and verified.
+    public var verifiedBytes = 0
+    /// Creates an empty outcome.
+    public init() {}
+}
+
+/// A random block shared by scripted clients (seeded, so a failing run can be repeated).
+public final class SharedBlock: Sendable {
+    /// The bytes; a stream at `start` reads `bytes[(start + i) % count]`.
+    public let bytes: [UInt8]
+    /// Makes `count` pseudo-random bytes from `seed`.
+    public init(count: Int, seed: UInt64) {
+        var rng = SplitMix64(seed: seed)
+        bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+    }
+}
+
+/// SplitMix64: small, seeded, good enough to script clients.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    var state: UInt64
+    /// Seeds the generator.
+    public init(seed: UInt64) { state = seed }
+    /// The next value.
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Runs `scripts` concurrently against 127.0.0.1:`port` from the calling thread with non-blocking
+/// sockets and poll(2); every byte read back is checked against what that connection sent.
+/// Bounded by `timeout`.
+public func runClients(
+    _ scripts: [ClientScript], block: SharedBlock, port: UInt16, timeout: Duration = .seconds(60)
+) -> ClientOutcome {
+    struct State {
+        var fd: Int32 = -1
+        var sent = 0
+        var read = 0
+        var halfClosed = false
+        var done = false
+    }
+    var outcome = ClientOutcome()
+    var states = [State](repeating: State(), count: scripts.count)
+    let blockCount = block.bytes.count
+    for i in scripts.indices {
+        guard let s = try? TestSocket.connect(port: port) else {
+            outcome.failures += 1
+            states[i].done = true
+            continue
+        }
+        states[i].fd = s.fd
+        _ = fcntl(s.fd, F_SETFL, fcntl(s.fd, F_GETFL) | O_NONBLOCK)
+    }
+    var scratch = [UInt8](repeating: 0, count: 65536)
+    let deadline = ContinuousClock.now + timeout
+    func finish(_ i: Int, ok: Bool, reset: Bool = false) {
+        if reset {
+            var l = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(states[i].fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        }
+        Glibc.close(states[i].fd)
+        states[i].done = true
+        if ok { outcome.completed += 1 } else { outcome.failures += 1 }
+    }
+    while ContinuousClock.now < deadline {
+        var fds: [pollfd] = []
+        var owners: [Int] = []
+        for i in scripts.indices where !states[i].done {
+            let sc = scripts[i]
+            var events: Int16 = 0
+            if states[i].sent < sc.sendUntil { events |= Int16(POLLOUT) }
+            let wantRead = sc.ending == .halfClose ? true : states[i].read < sc.readUntil
+            if wantRead { events |= Int16(POLLIN) }
+            if sc.ending != .halfClose && states[i].sent >= sc.sendUntil && states[i].read >= sc.readUntil {
+                finish(i, ok: true, reset: sc.ending == .reset)
+                continue
+            }
+            if sc.ending == .halfClose && states[i].sent >= sc.length && !states[i].halfClosed {
+                Glibc.shutdown(states[i].fd, Int32(SHUT_WR))
+                states[i].halfClosed = true
+            }
+            fds.append(pollfd(fd: states[i].fd, events: events, revents: 0))
+            owners.append(i)
+        }
+        if fds.isEmpty { break }
+        let ready = poll(&fds, nfds_t(fds.count), 100)
+        if ready <= 0 { continue }
+        for (k, p) in fds.enumerated() where p.revents != 0 {
+            let i = owners[k]
+            let sc = scripts[i]
+            if p.revents & Int16(POLLOUT) != 0 && states[i].sent < sc.sendUntil {
+                let offset = (sc.start + states[i].sent) % blockCount
+                let n = min(sc.chunk, sc.sendUntil - states[i].sent, blockCount - offset)
+                let w = block.bytes.withUnsafeBytes { send(states[i].fd, $0.baseAddress! + offset, n, Int32(MSG_NOSIGNAL)) }
+                if w > 0 { states[i].sent += w } else if w < 0 && errno != EAGAIN {
+                    finish(i, ok: false)
+                    continue
+                }
+            }
+            if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                let limit = sc.ending == .halfClose ? scratch.count : min(scratch.count, sc.readUntil - states[i].read)
+                if limit == 0 { continue }
+                let r = scratch.withUnsafeMutableBytes { recv(states[i].fd, $0.baseAddress!, limit, 0) }
+                if r > 0 {
+                    var done = 0
+                    while done < r {
+                        let offset = (sc.start + states[i].read + done) % blockCount
+                        let n = min(r - done, blockCount - offset)
+                        let same = scratch.withUnsafeBytes { got in
+                            block.bytes.withUnsafeBytes { want in memcmp(got.baseAddress! + done, want.baseAddress! + offset, n) == 0 }
+                        }
+                        if !same {
+                            outcome.mismatches += 1
+                            break
+                        }
+                        done += n
+                    }
+                    states[i].read += r
+                    outcome.verifiedBytes += r
+                    if states[i].read > states[i].sent { outcome.mismatches += 1 }  // more came back than went out
+                } else if r == 0 {
+                    let ok = sc.ending == .halfClose && states[i].read == sc.length
+                    finish(i, ok: ok)
+                } else if errno != EAGAIN {
+                    finish(i, ok: false)
+                }
+            }
+        }
+    }
+    for i in scripts.indices where !states[i].done { finish(i, ok: false) }
+    return outcome
+}
