@@ -3,7 +3,6 @@ import Glibc
 import Logging
 import Metrics
 import ServiceLifecycle
-import Synchronization
 
 /// A TCP server over io_uring: N ring threads, each with its own `SO_REUSEPORT` listener and its
 /// own completion loop serving `Handler`. No state is shared between rings and no lock is taken
@@ -24,11 +23,11 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     public let configuration: ServerConfiguration
     let makeHandler: @Sendable () -> Handler
     let logger: Logger
-    let state = Mutex(State())
+    let state = PthreadLock(State())
     let finished = DispatchGroup()
     let metrics: ServerMetrics
 
-    struct State: ~Copyable {
+    struct State {
         var started = false
         var stopRequested = false
         var wakeFDs: [Int32] = []

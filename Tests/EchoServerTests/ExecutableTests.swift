@@ -5,28 +5,17 @@ import XCTest
 
 /// The `uring-echo` executable as a user runs it.
 final class ExecutableTests: XCTestCase {
-    var executable: URL {
-        // The test bundle sits next to the built products.
-        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("uring-echo")
-    }
-
     override func setUpWithError() throws {
         if let reason = ioUringUnavailableReason() { throw XCTSkip(reason) }
-        if !FileManager.default.isExecutableFile(atPath: executable.path) {
-            let alt = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-                .appendingPathComponent("uring-echo")
-            try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: alt.path), "uring-echo not built at \(executable.path)")
-        }
     }
 
-    func binary() -> URL {
-        if FileManager.default.isExecutableFile(atPath: executable.path) { return executable }
-        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uring-echo")
+    func binary() throws -> URL {
+        try XCTUnwrap(uringEchoBinary(), "uring-echo must be built next to the tests (make test builds it)")
     }
 
     func testStartsPrintsListeningLineEchoesAndStopsOnSIGTERM() throws {
         let process = Process()
-        process.executableURL = binary()
+        process.executableURL = try binary()
         process.arguments = ["--port", "0", "--mode", "pooled", "--recv", "ring"]
         let out = Pipe()
         process.standardOutput = out
@@ -63,7 +52,7 @@ final class ExecutableTests: XCTestCase {
     func testBadFlagsExitWith64AndAClearMessage() throws {
         for args in [["--mode", "sideways"], ["--threads", "0"], ["--no-such-flag"], ["--disable", "warp-drive"]] {
             let process = Process()
-            process.executableURL = binary()
+            process.executableURL = try binary()
             process.arguments = args
             let err = Pipe()
             process.standardError = err

@@ -94,3 +94,13 @@ class ServerTestCase: XCTestCase {
         return try s.readToEnd()
     }
 }
+
+/// The built `uring-echo` executable next to the test bundle, if there is one.
+func uringEchoBinary() -> URL? {
+    let candidates = [
+        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("uring-echo"),
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uring-echo"),
+        Bundle.main.bundleURL.appendingPathComponent("uring-echo"),
+    ]
+    return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) }
+}
