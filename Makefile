@@ -2,7 +2,7 @@
 SWIFT ?= swift
 ARGS ?=
 
-.PHONY: deps build run test bench bench-build docs examples clean
+.PHONY: deps build run test bench bench-build soak docs examples clean
 
 deps:
 	@bash .ci/install-deps.sh
@@ -28,6 +28,11 @@ bench: bench-build
 	@command -v python3 >/dev/null || (apt-get update -qq && apt-get install -y -qq python3)
 	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
 	python3 Benchmarks/scripts/bench.py
+
+# SOAK_MINUTES (default 10) of mixed load against each mode, a line per minute and a verdict.
+soak: bench-build
+	@command -v python3 >/dev/null || (apt-get update -qq && apt-get install -y -qq python3)
+	python3 Benchmarks/scripts/soak.py
 
 # DocC for the three library modules, warnings are errors. Output: .build/docs/<Module>.
 docs: deps
