@@ -27,6 +27,8 @@ WORKLOADS = [
     ("persistent 1000x128B", ["--mode", "persistent", "--connections", "1000", "--size", "128"], "messages_per_sec"),
     ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "messages_per_sec"),
     ("churn 16x1", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128"], "connections_per_sec"),
+    ("churn 16x1 reuse", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128", "--reuse"],
+     "connections_per_sec"),
     ("idle 10000", ["--mode", "idle", "--connections", "10000", "--size", "64"], "rss_per_conn_bytes"),
 ]
 

@@ -30,6 +30,8 @@ struct UringEcho: ParsableCommand {
     var maxConnections = 4096
     @Option(help: "Seconds a connection may stay silent before it is closed; 0 disables.")
     var idleTimeout = 60
+    @Option(help: "Pooled mode: accepts kept posted at once, each into its own free slot.")
+    var acceptDepth = 8
     @Option(help: "Seconds between statistics lines on stdout; 0 is off.")
     var statsInterval = 0
     @Option(
@@ -62,6 +64,7 @@ struct UringEcho: ParsableCommand {
         c.bufferSize = bufferSize
         c.maxConnections = maxConnections
         c.idleTimeout = idleTimeout == 0 ? nil : .seconds(idleTimeout)
+        c.acceptDepth = acceptDepth
         for name in disabled { c.features.remove(Self.featureNames[name]!) }
         return c
     }
