@@ -228,3 +228,40 @@ func percentiles(_ h: Histogram<UInt64>, into r: inout BenchResult) {
 enum Kind: UInt64 { case connect = 1, send, recv, close, disconnect }
 
 @inline(__always) func tag(_ conn: Int, _ kind: Kind) -> UInt64 { UInt64(conn) << 8 | kind.rawValue }
+
+/// The warm-up / measure / drain phases of a load run, and the server figures taken at their edges.
+struct MeasurementWindow {
+    let start: UInt64
+    let end: UInt64
+    let serverPid: Int32
+    private(set) var measuring = false
+    private(set) var stopping = false
+    private var cpuStart = 0.0
+
+    init(now: UInt64, warmup: Double, duration: Double, serverPid: Int32) {
+        start = now + UInt64(warmup * 1e9)
+        end = start + UInt64(duration * 1e9)
+        self.serverPid = serverPid
+    }
+
+    /// Moves the phase on at time `now`; returns true at the moment measuring ends (records the
+    /// server's CPU time, RSS and the measured duration into `result`).
+    mutating func advance(now: UInt64, result: inout BenchResult) -> Bool {
+        if !measuring && !stopping && now >= start {
+            measuring = true
+            cpuStart = processCPU(serverPid)
+        }
+        if measuring && now >= end {
+            measuring = false
+            stopping = true
+            result.serverCPUSeconds = processCPU(serverPid) - cpuStart
+            result.serverRSSKiB = processRSS(serverPid)
+            result.seconds = Double(now - start) / 1e9
+            return true
+        }
+        return false
+    }
+
+    /// Past the drain bound: give up on connections that never finished.
+    func overdue(_ now: UInt64) -> Bool { now > end + 10_000_000_000 }
+}

@@ -46,26 +46,17 @@ final class ChurnLoad {
         }
         now = nowNanoseconds()
         for w in 0..<workers.count { try begin(w) }
-        let measureStart = now + UInt64(options.warmup * 1e9)
-        let measureEnd = measureStart + UInt64(options.duration * 1e9)
-        var cpuStart = 0.0
+        var window = MeasurementWindow(
+            now: now, warmup: options.warmup, duration: options.duration, serverPid: options.serverPid)
         while true {
             try ring.submitAndWait(1, timeout: .milliseconds(100))
             now = nowNanoseconds()
-            if !measuring && !stopping && now >= measureStart {
-                measuring = true
-                cpuStart = processCPU(options.serverPid)
-            }
-            if measuring && now >= measureEnd {
-                measuring = false
-                stopping = true
-                result.serverCPUSeconds = processCPU(options.serverPid) - cpuStart
-                result.serverRSSKiB = processRSS(options.serverPid)
-                result.seconds = Double(now - measureStart) / 1e9
-            }
+            _ = window.advance(now: now, result: &result)
+            measuring = window.measuring
+            stopping = window.stopping
             try ring.forEachCompletion { (c: Completion) throws(URingError) in try handle(c) }
             if stopping && active == 0 { break }
-            if now > measureEnd + 10_000_000_000 { break }
+            if window.overdue(now) { break }
         }
         result.mode = "churn"
         result.connections = options.workers

@@ -45,23 +45,15 @@ final class PersistentLoad {
             try ring.prepareConnect(.fd(conns[i].fd), to: address, tag: tag(i, .connect))
         }
         now = nowNanoseconds()
-        let start = now
-        let measureStart = start + UInt64(options.warmup * 1e9)
-        let measureEnd = measureStart + UInt64(options.duration * 1e9)
-        var cpuStart = 0.0
+        var window = MeasurementWindow(
+            now: now, warmup: options.warmup, duration: options.duration, serverPid: options.serverPid)
         while true {
             try ring.submitAndWait(1, timeout: .milliseconds(100))
             now = nowNanoseconds()
-            if !measuring && !stopping && now >= measureStart {
-                measuring = true
-                cpuStart = processCPU(options.serverPid)
-            }
-            if measuring && now >= measureEnd {
-                measuring = false
-                stopping = true
-                result.serverCPUSeconds = processCPU(options.serverPid) - cpuStart
-                result.serverRSSKiB = processRSS(options.serverPid)
-                result.seconds = Double(now - measureStart) / 1e9
+            let ended = window.advance(now: now, result: &result)
+            measuring = window.measuring
+            stopping = window.stopping
+            if ended {
                 // Connections with nothing outstanding end now; the rest when their echo is in.
                 for i in 0..<conns.count where conns[i].alive && conns[i].received == conns[i].sent && !conns[i].sending {
                     shutdown(conns[i].fd, Int32(SHUT_RDWR))
@@ -69,7 +61,7 @@ final class PersistentLoad {
             }
             try ring.forEachCompletion { (c: Completion) throws(URingError) in try handle(c) }
             if stopping && open == 0 { break }
-            if now > measureEnd + 10_000_000_000 { break }  // hard bound
+            if window.overdue(now) { break }
         }
         for i in 0..<conns.count where conns[i].fd >= 0 { close(conns[i].fd) }
         result.mode = "persistent"
