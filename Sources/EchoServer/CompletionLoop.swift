@@ -721,7 +721,8 @@ final class CompletionLoop<Handler: ConnectionHandler> {
             }
         }
         try resumeAcceptIfPaused()
-        publishStatistics(report: true)
+        let snapshot = publishStatistics(report: true)
+        logger.debug("statistics: \(snapshot)")
         try armTick()
     }
 
@@ -759,10 +760,12 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         try? buffers?.unregister(from: ring)
         buffers = nil
         if useSlots { try? ring.unregisterFiles() }
-        publishStatistics()
+        let final = publishStatistics()
+        logger.info("ring stopped: \(final)")
     }
 
-    func publishStatistics(report: Bool = true) {
+    @discardableResult
+    func publishStatistics(report: Bool = true) -> ServerStatistics {
         var snapshot = stats
         snapshot.active = sessions.statistics.inUse
         snapshot.sessions = sessions.statistics
@@ -773,6 +776,7 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         snapshot.completionQueueOverflows = UInt64(ring.completionQueueOverflow)
         snapshot.buffersHeld = useRing ? configuration.bufferRingEntries - freeBuffers : 0
         publish(snapshot, report)
+        return snapshot
     }
 }
 

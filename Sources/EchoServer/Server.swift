@@ -272,6 +272,14 @@ func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     var thread = pthread_t()
     let result = pthread_create(&thread, nil, { arg in
         let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+        // A ring thread never takes the process's signals: with an asynchronous signal unblocked
+        // here, the kernel could deliver, say, SIGTERM to this thread (waking it from
+        // io_uring_enter) while the application waits for it on a signalfd or DispatchSource, and
+        // an ignored signal would be lost.
+        var blocked = sigset_t()
+        sigfillset(&blocked)
+        for sig in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS] { sigdelset(&blocked, sig) }
+        pthread_sigmask(SIG_BLOCK, &blocked, nil)
         box.body()
         return nil
     }, box)

@@ -77,6 +77,16 @@ struct UringEcho: ParsableCommand {
         }
         let config = serverConfiguration()
         let server = EchoServer(configuration: config)
+        // SIGINT/SIGTERM: stop gracefully. Set up before any thread starts so every thread inherits
+        // the dispositions; the handlers run on a dispatch queue, not in signal context.
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { server.stop() }
+            source.resume()
+            sources.append(source)
+        }
         do {
             try server.start()
         } catch {
@@ -89,15 +99,6 @@ struct UringEcho: ParsableCommand {
                 + "buffer-size=\(bufferSize) max-connections=\(maxConnections) idle-timeout=\(idleTimeout)s "
                 + "setup=\(stats.setupFlags) features=\(stats.features)")
 
-        // SIGINT/SIGTERM: stop gracefully. The handlers run on a dispatch queue, not in signal context.
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { server.stop() }
-            source.resume()
-            sources.append(source)
-        }
         var timer: DispatchSourceTimer? = nil
         if statsInterval > 0 {
             let t = DispatchSource.makeTimerSource(queue: .global())

@@ -42,7 +42,7 @@ final class ExecutableTests: XCTestCase {
         XCTAssertEqual(String(decoding: try s.readToEnd(), as: UTF8.self), "hello")
         s.close()
         kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+        XCTAssertTrue(waitForExit(process), "stopped within 15 s of SIGTERM")
         XCTAssertEqual(process.terminationReason, .exit)
         XCTAssertEqual(process.terminationStatus, 0, "SIGTERM is a graceful stop")
         let rest = String(decoding: reader.readDataToEndOfFile(), as: UTF8.self)
@@ -58,7 +58,7 @@ final class ExecutableTests: XCTestCase {
             process.standardError = err
             process.standardOutput = FileHandle.nullDevice
             try process.run()
-            process.waitUntilExit()
+            XCTAssertTrue(waitForExit(process))
             let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             XCTAssertEqual(process.terminationStatus, 64, "\(args): \(message)")
             XCTAssertTrue(message.contains("Error"), "\(args): \(message)")

@@ -118,7 +118,7 @@ final class FaultInjectionTests: ServerTestCase {
         }
         XCTAssertEqual(late, waiting.count, "every waiting client was served after the pause")
         kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+        XCTAssertTrue(waitForExit(process), "stopped within 15 s of SIGTERM")
         XCTAssertEqual(process.terminationStatus, 0)
         let rest = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertTrue(rest.contains("accept pauses 1") || rest.contains("accept pauses"), rest)

@@ -292,6 +292,34 @@ final class LifecycleTests: ServerTestCase {
         }
     }
 
+    func testRingThreadsDoNotSwallowProcessSignals() throws {
+        // The ring threads start first; then the application starts waiting for SIGUSR1 through a
+        // DispatchSource (signal ignored, read from a signalfd). Ring threads must not take the
+        // signal: one that did would wake from io_uring_enter and drop it as ignored, and the
+        // application would never see it.
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        try withServer(c) { _, _ in
+            // As a signalfd-based application does: the signal ignored and blocked in its own thread.
+            signal(SIGUSR1, SIG_IGN)
+            var mask = sigset_t()
+            sigemptyset(&mask)
+            sigaddset(&mask, SIGUSR1)
+            pthread_sigmask(SIG_BLOCK, &mask, nil)
+            defer { pthread_sigmask(SIG_UNBLOCK, &mask, nil) }
+            let seen = Locked(0)
+            let source = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+            source.setEventHandler { seen.with { $0 += 1 } }
+            source.resume()
+            defer { source.cancel() }
+            for i in 1...30 {
+                kill(getpid(), SIGUSR1)
+                XCTAssertTrue(eventually(.seconds(1)) { seen.get >= i }, "signal \(i) reached the application")
+                if seen.get < i { break }
+            }
+        }
+    }
+
     func testInvalidConfigurationIsAClearError() {
         var c = ServerConfiguration()
         c.host = "not-an-address"

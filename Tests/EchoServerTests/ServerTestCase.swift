@@ -104,3 +104,16 @@ func uringEchoBinary() -> URL? {
     ]
     return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) }
 }
+
+/// Waits for `process` to exit, at most `timeout` seconds; kills it (and reports false) otherwise.
+func waitForExit(_ process: Process, timeout: TimeInterval = 15) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        return false
+    }
+    process.waitUntilExit()
+    return true
+}
