@@ -36,6 +36,7 @@ soak: bench-build
 
 # DocC for the three library modules, warnings are errors. Output: .build/docs/<Module>.
 docs: deps
+	mkdir -p .build/docs
 	for target in URing SocketPool EchoServer; do \
 		$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation \
 			--target $$target --warnings-as-errors --output-path .build/docs/$$target || exit 1; \
