@@ -46,7 +46,12 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["CTestSupport", "URing"]),
         .testTarget(name: "URingTests", dependencies: ["URing", "TestSupport"]),
         .testTarget(name: "SocketPoolTests", dependencies: ["SocketPool", "TestSupport"]),
-        .testTarget(name: "EchoServerTests", dependencies: ["EchoServer", "TestSupport"]),
+        .testTarget(
+            name: "EchoServerTests",
+            dependencies: [
+                "EchoServer", "TestSupport", .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
