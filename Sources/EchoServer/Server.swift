@@ -112,7 +112,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             finished.enter()
             let listener = listeners[i]
             let wake = wakes[i]
-            startThread(name: "uring-echo-\(i)") { [self] in
+            startThread(name: "uring-ring-\(i)") { [self] in
                 defer {
                     _ = try? Sockets.close(listener)
                     finished.leave()
@@ -264,11 +264,13 @@ struct ServerMetrics: Sendable {
 func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     final class Box: Sendable {
         let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) {
+        let name: String
+        init(_ body: @escaping @Sendable () -> Void, _ name: String) {
             self.body = body
+            self.name = name
         }
     }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    let box = Unmanaged.passRetained(Box(body, name)).toOpaque()
     var thread = pthread_t()
     let result = pthread_create(&thread, nil, { arg in
         let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
@@ -280,6 +282,7 @@ func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
         sigfillset(&blocked)
         for sig in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS] { sigdelset(&blocked, sig) }
         pthread_sigmask(SIG_BLOCK, &blocked, nil)
+        CurrentThread.setName(box.name)
         box.body()
         return nil
     }, box)
