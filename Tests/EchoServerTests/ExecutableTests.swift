@@ -14,23 +14,9 @@ final class ExecutableTests: XCTestCase {
     }
 
     func testStartsPrintsListeningLineEchoesAndStopsOnSIGTERM() throws {
-        let process = Process()
-        process.executableURL = try binary()
-        process.arguments = ["--port", "0", "--mode", "pooled", "--recv", "ring"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let (process, out, firstLine) = try launchServer(try binary(), ["--port", "0", "--mode", "pooled", "--recv", "ring"])
         defer { if process.isRunning { process.terminate() } }
-        // The first line arrives at once, flushed.
-        var firstLine = ""
         let reader = out.fileHandleForReading
-        let deadline = Date().addingTimeInterval(10)
-        while !firstLine.contains("\n") && Date() < deadline {
-            let data = reader.availableData
-            if data.isEmpty { break }
-            firstLine += String(decoding: data, as: UTF8.self)
-        }
         let line = firstLine.split(separator: "\n").first.map(String.init) ?? ""
         XCTAssertTrue(line.hasPrefix("listening on 127.0.0.1:"), line)
         XCTAssertTrue(line.contains("mode=pooled"), line)

@@ -73,20 +73,10 @@ final class FaultInjectionTests: ServerTestCase {
         // table holds wait (accepting pauses on EMFILE), the server keeps serving the others, and
         // serves the waiting ones once descriptors free up.
         let binary = try XCTUnwrap(uringEchoBinary(), "uring-echo must be built (make test builds it)")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "ulimit -n 40 && exec \"$0\" --port 0 --mode unpooled --idle-timeout 0", binary.path]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let (process, out, first) = try launchServer(
+            URL(fileURLWithPath: "/bin/sh"),
+            ["-c", "ulimit -n 40 && exec \"$0\" --port 0 --mode unpooled --idle-timeout 0", binary.path])
         defer { if process.isRunning { process.terminate() } }
-        var first = ""
-        while !first.contains("\n") {
-            let data = out.fileHandleForReading.availableData
-            if data.isEmpty { break }
-            first += String(decoding: data, as: UTF8.self)
-        }
         let port = try XCTUnwrap(UInt16(first.split(separator: ":")[1].prefix { $0.isNumber }), first)
         var clients: [TestSocket] = []
         for _ in 0..<60 { clients.append(try TestSocket.connect(port: port)) }

@@ -117,3 +117,22 @@ func waitForExit(_ process: Process, timeout: TimeInterval = 15) -> Bool {
     process.waitUntilExit()
     return true
 }
+
+/// Starts `executable` with `arguments`, stdout piped, stderr discarded; returns the process, the
+/// pipe, and what it printed up to its first newline (the server's `listening on …` line).
+func launchServer(_ executable: URL, _ arguments: [String]) throws -> (Process, Pipe, String) {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    var first = ""
+    while !first.contains("\n") {
+        let data = out.fileHandleForReading.availableData  // returns at EOF if the child dies
+        if data.isEmpty { break }
+        first += String(decoding: data, as: UTF8.self)
+    }
+    return (process, out, first)
+}
