@@ -74,7 +74,11 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         self.wakeFD = wakeFD
         self.logger = logger
         self.publish = publish
-        var features = configuration.features
+        // Probe at start: drop what the running kernel cannot do before trying it.
+        var features = configuration.features.intersection(KernelFeatures.supported(byKernelRelease: Sockets.kernelRelease))
+        if features != configuration.features {
+            logger.notice("kernel \(Sockets.kernelRelease) lacks \(configuration.features.subtracting(features)); using the fallbacks")
+        }
         var chain = RingOptions.automaticFlags
         if !features.contains(.deferTaskrun) { chain.removeAll { $0.contains(.deferTaskrun) } }
         ring = try Ring(RingOptions(entries: configuration.ringEntries, flagPreference: chain))

@@ -33,6 +33,24 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// Everything on.
     public static let all: KernelFeatures = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun]
 
+    /// The features a kernel release can run, from its version (`uname -r`, for example
+    /// `"6.1.0-18-amd64"`): multishot accept from 5.19; the buffer ring path (multishot recv) and
+    /// fixed files (which the close path cancels by fixed fd) from 6.0; `DEFER_TASKRUN` from 6.1.
+    /// An unparsable release is assumed recent; ring setup and registration still fall back at run
+    /// time if the kernel refuses.
+    /// - Parameter release: the kernel release string.
+    /// - Returns: the features that release supports.
+    public static func supported(byKernelRelease release: String) -> KernelFeatures {
+        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard numbers.count == 2 else { return .all }
+        let version = numbers[0] * 1000 + numbers[1]
+        var features = KernelFeatures()
+        if version >= 5_019 { features.insert(.multishotAccept) }
+        if version >= 6_000 { features.formUnion([.bufferRing, .fixedFiles]) }
+        if version >= 6_001 { features.insert(.deferTaskrun) }
+        return features
+    }
+
     /// `multishotAccept,bufferRing`, or `none`.
     public var description: String {
         let names: [(KernelFeatures, String)] = [

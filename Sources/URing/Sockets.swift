@@ -97,6 +97,13 @@ public enum Sockets {
         }
     }
 
+    /// The running kernel's release (`uname(2)`), for example `6.18.44`.
+    public static var kernelRelease: String {
+        var names = utsname()
+        guard uname(&names) == 0 else { return "" }
+        return withUnsafeBytes(of: names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
     /// Creates an `eventfd` (`eventfd(2)`, non-blocking, close-on-exec): a counter another thread
     /// can write to wake a ring that has a read pending on it.
     /// - Returns: the descriptor.

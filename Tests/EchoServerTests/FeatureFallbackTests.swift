@@ -52,6 +52,16 @@ final class FeatureFallbackTests: ServerTestCase {
         }
     }
 
+    func testKernelReleaseDecidesWhichFeaturesAreTried() {
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "5.15.0-91-generic"), [])
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "5.19.17"), [.multishotAccept])
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "6.0.9"), [.multishotAccept, .bufferRing, .fixedFiles])
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "6.1.0-18-amd64"), .all)
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "6.18.44-fc-v669"), .all)
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "nonsense"), .all)
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: Sockets.kernelRelease), .all, "this machine: \(Sockets.kernelRelease)")
+    }
+
     func testDefaultFeaturesAreGrantedHere() throws {
         try withServer(config(.pooled, .bufferRing)) { server, _ in
             let f = server.statistics.features
