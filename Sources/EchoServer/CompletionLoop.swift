@@ -11,7 +11,6 @@ struct ConnectionState {
     var headSent: Int32 = 0
     var pausedForBound = false
     var closeIssued = false
-    var cancelIssued = false
     var waiting = false
     // Kept across connections that reuse the index: the node may still be linked in the wait list.
     var linked = false
@@ -75,9 +74,10 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         self.logger = logger
         self.publish = publish
         // Probe at start: drop what the running kernel cannot do before trying it.
-        var features = configuration.features.intersection(KernelFeatures.supported(byKernelRelease: Sockets.kernelRelease))
+        let release = Sockets.kernelRelease
+        var features = configuration.features.intersection(KernelFeatures.supported(byKernelRelease: release))
         if features != configuration.features {
-            logger.notice("kernel \(Sockets.kernelRelease) lacks \(configuration.features.subtracting(features)); using the fallbacks")
+            logger.notice("kernel \(release) lacks \(configuration.features.subtracting(features)); using the fallbacks")
         }
         var chain = RingOptions.automaticFlags
         if !features.contains(.deferTaskrun) { chain.removeAll { $0.contains(.deferTaskrun) } }
@@ -603,10 +603,10 @@ final class CompletionLoop<Handler: ConnectionHandler> {
         conn.pointee.waiting = false
         if s.pointee.inFlight == 0 {
             try postClose(s, conn)
-        } else if !conn.pointee.cancelIssued {
+        } else if !s.pointee.cancelIssued {
             guard let tag = contexts.acquire(.cancel, session: s.pointee.index, sessionGeneration: s.pointee.generation)
             else { return }
-            conn.pointee.cancelIssued = true
+            s.pointee.cancelIssued = true
             s.pointee.inFlight += 1
             try ring.prepareCancel(file: s.pointee.file, tag: tag.rawValue)
         }

@@ -65,8 +65,7 @@ public struct ClientSocketPool: ~Copyable {
         let fd = try Sockets.makeTCP(family: family)
         socketsCreated &+= 1
         statistics.misses &+= 1
-        statistics.inUse += 1
-        if statistics.inUse > statistics.highWater { statistics.highWater = statistics.inUse }
+        statistics.noteInUse()
         return fd
     }
 

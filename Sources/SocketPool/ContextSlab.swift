@@ -51,10 +51,18 @@ public struct PoolStatistics: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         "capacity \(capacity), in use \(inUse) (high \(highWater)), hits \(hits), misses \(misses), stale \(staleCompletions)"
     }
+}
 
+extension PoolStatistics {
+    /// One more entry handed out from the pool.
     mutating func noteAcquire() {
-        inUse += 1
         hits &+= 1
+        noteInUse()
+    }
+
+    /// One more entry in use (from the pool or made anew).
+    mutating func noteInUse() {
+        inUse += 1
         if inUse > highWater { highWater = inUse }
     }
 }
@@ -69,38 +77,21 @@ public struct PoolStatistics: Sendable, Equatable, CustomStringConvertible {
 /// Confined to the ring's thread: it is not `Sendable` and takes no locks.
 public struct ContextSlab: ~Copyable {
     let contexts: UnsafeMutablePointer<RequestContext>
-    let generations: UnsafeMutablePointer<UInt32>
-    let live: UnsafeMutablePointer<Bool>
-    let freeList: UnsafeMutablePointer<UInt32>
-    var freeCount: Int
+    var indices: GenerationalFreeList
     /// Counters.
-    public private(set) var statistics = PoolStatistics()
+    public var statistics: PoolStatistics { indices.statistics }
 
     /// Creates a slab of `capacity` contexts.
     /// - Parameters:
     ///   - capacity: the most requests in flight at once.
     ///   - initialGeneration: where generations start (tests start near the 24-bit limit).
     public init(capacity: Int, initialGeneration: UInt32 = 0) {
-        precondition(capacity > 0 && capacity <= Int(UInt32.max), "capacity out of range")
+        indices = GenerationalFreeList(capacity: capacity, initialGeneration: initialGeneration)
         contexts = .allocate(capacity: capacity)
         contexts.initialize(repeating: RequestContext(), count: capacity)
-        generations = .allocate(capacity: capacity)
-        generations.initialize(repeating: initialGeneration & RequestTag.generationMask, count: capacity)
-        live = .allocate(capacity: capacity)
-        live.initialize(repeating: false, count: capacity)
-        freeList = .allocate(capacity: capacity)
-        // Pushed in reverse so index 0 is handed out first.
-        for i in 0..<capacity { freeList[i] = UInt32(capacity - 1 - i) }
-        freeCount = capacity
-        statistics.capacity = capacity
     }
 
-    deinit {
-        contexts.deallocate()
-        generations.deallocate()
-        live.deallocate()
-        freeList.deallocate()
-    }
+    deinit { contexts.deallocate() }
 
     /// Takes a free context, fills in its kind and session, and returns its tag.
     /// - Parameters:
@@ -111,20 +102,13 @@ public struct ContextSlab: ~Copyable {
     public mutating func acquire(_ kind: OperationKind, session: UInt32 = .max, sessionGeneration: UInt32 = 0)
         -> RequestTag?
     {
-        if freeCount == 0 {
-            statistics.misses &+= 1
-            return nil
-        }
-        freeCount -= 1
-        let index = freeList[freeCount]
+        guard let (index, generation) = indices.acquire() else { return nil }
         let ctx = contexts + Int(index)
         ctx.pointee = RequestContext()
         ctx.pointee.kind = kind
         ctx.pointee.session = session
         ctx.pointee.sessionGeneration = sessionGeneration
-        live[Int(index)] = true
-        statistics.noteAcquire()
-        return RequestTag(index: index, generation: generations[Int(index)], kind: kind)
+        return RequestTag(index: index, generation: generation, kind: kind)
     }
 
     /// The context a completion's tag names, or `nil` if the tag is stale (its context was
@@ -133,14 +117,11 @@ public struct ContextSlab: ~Copyable {
     /// - Parameter tag: the completion's `user_data`.
     /// - Returns: a pointer to the live context, valid until it is released.
     public mutating func resolve(_ tag: RequestTag) -> UnsafeMutablePointer<RequestContext>? {
-        let index = Int(tag.index)
-        guard index < statistics.capacity, live[index], generations[index] == tag.generation,
-            contexts[index].kind == tag.kind
-        else {
-            statistics.staleCompletions &+= 1
+        guard indices.isCurrent(tag.index, tag.generation), contexts[Int(tag.index)].kind == tag.kind else {
+            indices.noteStale()
             return nil
         }
-        return contexts + index
+        return contexts + Int(tag.index)
     }
 
     /// The context behind a tag without the staleness check (for the code that just acquired it).
@@ -156,16 +137,9 @@ public struct ContextSlab: ~Copyable {
     ///   release is refused rather than corrupting the free list.
     @discardableResult
     public mutating func release(_ tag: RequestTag) -> Bool {
-        let index = Int(tag.index)
-        guard index < statistics.capacity, live[index], generations[index] == tag.generation else { return false }
-        live[index] = false
-        generations[index] = RequestTag.nextGeneration(after: generations[index])
-        freeList[freeCount] = tag.index
-        freeCount += 1
-        statistics.inUse -= 1
-        return true
+        indices.release(tag.index, tag.generation)
     }
 
     /// Contexts currently free.
-    public var available: Int { freeCount }
+    public var available: Int { indices.freeCount }
 }

@@ -22,9 +22,7 @@ public enum PoolMode: String, Sendable, Hashable, CaseIterable {
 /// Confined to the ring's thread: not `Sendable`, no locks.
 public struct SessionPool: ~Copyable {
     let table: UnsafeMutablePointer<UnsafeMutablePointer<Session>?>
-    let generations: UnsafeMutablePointer<UInt32>
-    let freeList: UnsafeMutablePointer<UInt32>
-    var freeCount: Int
+    var indices: GenerationalFreeList
     let block: UnsafeMutablePointer<Session>?
     let bufferBlock: UnsafeMutableRawPointer?
     /// Pooled or unpooled.
@@ -34,7 +32,7 @@ public struct SessionPool: ~Copyable {
     /// Bytes of buffer per session (0 when receives use a shared buffer ring).
     public let bufferSize: Int
     /// Counters. In unpooled mode every hit is an allocation.
-    public private(set) var statistics = PoolStatistics()
+    public var statistics: PoolStatistics { indices.statistics }
     /// Releases refused because requests were still in flight.
     public private(set) var refusedReleases: UInt64 = 0
 
@@ -50,12 +48,7 @@ public struct SessionPool: ~Copyable {
         self.bufferSize = bufferSize
         table = .allocate(capacity: capacity)
         table.initialize(repeating: nil, count: capacity)
-        generations = .allocate(capacity: capacity)
-        generations.initialize(repeating: 0, count: capacity)
-        freeList = .allocate(capacity: capacity)
-        for i in 0..<capacity { freeList[i] = UInt32(capacity - 1 - i) }
-        freeCount = capacity
-        statistics.capacity = capacity
+        indices = GenerationalFreeList(capacity: capacity)
         if mode == .pooled {
             let sessions = UnsafeMutablePointer<Session>.allocate(capacity: capacity)
             let buffers = bufferSize > 0 ? UnsafeMutableRawPointer.allocate(byteCount: capacity * bufferSize, alignment: 64) : nil
@@ -81,8 +74,6 @@ public struct SessionPool: ~Copyable {
         block?.deallocate()
         bufferBlock?.deallocate()
         table.deallocate()
-        generations.deallocate()
-        freeList.deallocate()
     }
 
     @usableFromInline
@@ -98,12 +89,7 @@ public struct SessionPool: ~Copyable {
     ///   - slotGeneration: the slot lease's generation when `file` is a slot.
     /// - Returns: its handle, or `nil` when `capacity` sessions are in use (counted as a miss).
     public mutating func acquire(file: FileRef, slotGeneration: UInt32 = 0) -> SessionHandle? {
-        if freeCount == 0 {
-            statistics.misses &+= 1
-            return nil
-        }
-        freeCount -= 1
-        let index = freeList[freeCount]
+        guard let (index, generation) = indices.acquire() else { return nil }
         let session: UnsafeMutablePointer<Session>
         if let existing = table[Int(index)] {
             session = existing
@@ -117,27 +103,22 @@ public struct SessionPool: ~Copyable {
             session.initialize(to: Session(index: index, buffer: buffer))
             table[Int(index)] = session
         }
-        let generation = generations[Int(index)]
         let buffer = session.pointee.buffer
         session.pointee = Session(index: index, buffer: buffer)
         session.pointee.generation = generation
         session.pointee.file = file
         session.pointee.slotGeneration = slotGeneration
         session.pointee.state = .open
-        statistics.noteAcquire()
         return SessionHandle(index: index, generation: generation)
     }
 
     /// The session a handle names, or `nil` if it has been recycled since (counted as stale).
     /// - Parameter handle: a handle from ``acquire(file:slotGeneration:)``.
     public mutating func resolve(_ handle: SessionHandle) -> UnsafeMutablePointer<Session>? {
-        let index = Int(handle.index)
-        if index < capacity, generations[index] == handle.generation, let session = table[index],
-            session.pointee.state != .free
-        {
+        if indices.isCurrent(handle.index, handle.generation), let session = table[Int(handle.index)] {
             return session
         }
-        statistics.staleCompletions &+= 1
+        indices.noteStale()
         return nil
     }
 
@@ -154,26 +135,22 @@ public struct SessionPool: ~Copyable {
     ///   stale.
     @discardableResult
     public mutating func release(_ handle: SessionHandle) -> Bool {
-        let index = Int(handle.index)
-        guard index < capacity, generations[index] == handle.generation, let session = table[index],
-            session.pointee.state != .free
-        else { return false }
+        guard indices.isCurrent(handle.index, handle.generation), let session = table[Int(handle.index)] else {
+            return false
+        }
         guard session.pointee.inFlight == 0 else {
             refusedReleases &+= 1
             return false
         }
         session.pointee.state = .free
-        generations[index] = RequestTag.nextGeneration(after: generations[index])
+        _ = indices.release(handle.index, handle.generation)
         if mode == .unpooled {
             Self.free(session)
-            table[index] = nil
+            table[Int(handle.index)] = nil
         }
-        freeList[freeCount] = handle.index
-        freeCount += 1
-        statistics.inUse -= 1
         return true
     }
 
     /// Sessions currently free.
-    public var available: Int { freeCount }
+    public var available: Int { indices.freeCount }
 }

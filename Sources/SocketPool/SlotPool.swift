@@ -54,12 +54,7 @@ public enum AcceptDecision: Hashable, Sendable {
 ///
 /// Confined to the ring's thread: not `Sendable`, no locks.
 public struct SlotPool: ~Copyable {
-    let generations: UnsafeMutablePointer<UInt32>
-    let leased: UnsafeMutablePointer<Bool>
-    let freeList: UnsafeMutablePointer<UInt32>
-    /// Where each slot sits in `freeList` (-1 when leased), so ``adopt(_:)`` is O(1).
-    let position: UnsafeMutablePointer<Int32>
-    var freeCount: Int
+    var indices: GenerationalFreeList
     var pausedEpisode = false
     /// Number of slots.
     public let capacity: UInt32
@@ -67,7 +62,7 @@ public struct SlotPool: ~Copyable {
     public let policy: SlotExhaustionPolicy
     /// Counters: `misses` counts acquisitions that found the pool empty (each one either fell back
     /// to a descriptor or paused accepting).
-    public private(set) var statistics = PoolStatistics()
+    public var statistics: PoolStatistics { indices.statistics }
     /// Times accepting was paused for want of a slot (one per exhaustion episode).
     public private(set) var pauseEpisodes: UInt64 = 0
     /// Accepts that went to a plain descriptor because the pool was empty.
@@ -86,41 +81,15 @@ public struct SlotPool: ~Copyable {
         try ring.registerFiles(sparse: capacity)
         self.capacity = capacity
         self.policy = policy
-        generations = .allocate(capacity: Int(capacity))
-        generations.initialize(repeating: 0, count: Int(capacity))
-        leased = .allocate(capacity: Int(capacity))
-        leased.initialize(repeating: false, count: Int(capacity))
-        freeList = .allocate(capacity: Int(capacity))
-        position = .allocate(capacity: Int(capacity))
-        for i in 0..<Int(capacity) {
-            freeList[i] = capacity - 1 - UInt32(i)
-            position[Int(capacity) - 1 - i] = Int32(i)
-        }
-        freeCount = Int(capacity)
-        statistics.capacity = Int(capacity)
-    }
-
-    deinit {
-        generations.deallocate()
-        leased.deallocate()
-        freeList.deallocate()
-        position.deallocate()
+        indices = GenerationalFreeList(capacity: Int(capacity))
     }
 
     /// Leases the most recently released free slot.
     /// - Returns: the lease, or `nil` when every slot is leased (counted as a miss).
     public mutating func acquire() -> SlotLease? {
-        if freeCount == 0 {
-            statistics.misses &+= 1
-            return nil
-        }
-        freeCount -= 1
-        let index = freeList[freeCount]
-        position[Int(index)] = -1
-        leased[Int(index)] = true
-        statistics.noteAcquire()
+        guard let (index, generation) = indices.acquire() else { return nil }
         pausedEpisode = false
-        return SlotLease(index: index, generation: generations[Int(index)])
+        return SlotLease(index: index, generation: generation)
     }
 
     /// Decides where the next accept goes, applying the exhaustion policy.
@@ -145,15 +114,7 @@ public struct SlotPool: ~Copyable {
     /// - Returns: `false` (and changes nothing) for a lease that is not current: a double release.
     @discardableResult
     public mutating func release(_ lease: SlotLease) -> Bool {
-        let index = Int(lease.index)
-        guard index < Int(capacity), leased[index], generations[index] == lease.generation else { return false }
-        leased[index] = false
-        generations[index] = RequestTag.nextGeneration(after: generations[index])
-        freeList[freeCount] = lease.index
-        position[index] = Int32(freeCount)
-        freeCount += 1
-        statistics.inUse -= 1
-        return true
+        indices.release(lease.index, lease.generation)
     }
 
     /// Adopts a slot the kernel chose (`AcceptTarget.anySlot`), so the pool's books match the
@@ -161,18 +122,9 @@ public struct SlotPool: ~Copyable {
     /// - Parameter index: the slot the accept completion returned.
     /// - Returns: its lease, or `nil` if the pool already had it leased (a bookkeeping error).
     public mutating func adopt(_ index: UInt32) -> SlotLease? {
-        guard index < capacity, !leased[Int(index)] else { return nil }
-        let at = Int(position[Int(index)])
-        guard at >= 0 else { return nil }
-        let last = freeList[freeCount - 1]
-        freeList[at] = last
-        position[Int(last)] = Int32(at)
-        position[Int(index)] = -1
-        freeCount -= 1
+        guard let generation = indices.take(index) else { return nil }
         pausedEpisode = false
-        leased[Int(index)] = true
-        statistics.noteAcquire()
-        return SlotLease(index: index, generation: generations[Int(index)])
+        return SlotLease(index: index, generation: generation)
     }
 
     /// The tag for a request on `lease`'s slot.
@@ -186,7 +138,7 @@ public struct SlotPool: ~Copyable {
     /// Whether `lease` is still the slot's current lease.
     /// - Parameter lease: a lease.
     public func isCurrent(_ lease: SlotLease) -> Bool {
-        lease.index < capacity && leased[Int(lease.index)] && generations[Int(lease.index)] == lease.generation
+        indices.isCurrent(lease.index, lease.generation)
     }
 
     /// The lease a completion's tag names, or `nil` (counted) if that lease has been released since.
@@ -194,10 +146,10 @@ public struct SlotPool: ~Copyable {
     public mutating func resolve(_ tag: RequestTag) -> SlotLease? {
         let lease = SlotLease(index: tag.index, generation: tag.generation)
         if isCurrent(lease) { return lease }
-        statistics.staleCompletions &+= 1
+        indices.noteStale()
         return nil
     }
 
     /// Slots currently free.
-    public var available: Int { freeCount }
+    public var available: Int { indices.freeCount }
 }
