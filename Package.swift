@@ -42,8 +42,8 @@ let package = Package(
             ]
         ),
         // Test-only helpers: a per-thread malloc counter (C) and loopback socket helpers (Swift).
-        .target(name: "CTestSupport", path: "Sources/CTestSupport"),
-        .target(name: "TestSupport", dependencies: ["CTestSupport", "URing"]),
+        .target(name: "CTestSupport", path: "Tests/CTestSupport"),
+        .target(name: "TestSupport", dependencies: ["CTestSupport", "URing"], path: "Tests/TestSupport"),
         .testTarget(name: "URingTests", dependencies: ["URing", "TestSupport"]),
         .testTarget(name: "SocketPoolTests", dependencies: ["SocketPool", "TestSupport"]),
         .testTarget(

@@ -19,6 +19,7 @@ let package = Package(
             name: "uring-echo-bench",
             dependencies: [
                 .product(name: "SocketPool", package: "uring-echo"),
+                .product(name: "URing", package: "uring-echo"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
@@ -36,6 +37,8 @@ let package = Package(
             name: "MicroBenchmarks",
             dependencies: [
                 .product(name: "EchoServer", package: "uring-echo"),
+                .product(name: "SocketPool", package: "uring-echo"),
+                .product(name: "URing", package: "uring-echo"),
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/MicroBenchmarks",

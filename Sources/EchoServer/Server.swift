@@ -3,6 +3,9 @@ import Glibc
 import Logging
 import Metrics
 import ServiceLifecycle
+import SocketPool
+import Synchronization
+import URing
 
 /// A TCP server over io_uring: N ring threads, each with its own `SO_REUSEPORT` listener and its
 /// own completion loop serving `Handler`. No state is shared between rings and no lock is taken
@@ -29,9 +32,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
 
     struct State {
         var started = false
-        var stopRequested = false
         var wakeFDs: [Int32] = []
-        var listeners: [Int32] = []
+        var mailboxes: Mailboxes?
         var perThread: [ServerStatistics] = []
         var reported: [ServerStatistics] = []
         var boundAddress: SocketAddress?
@@ -100,45 +102,57 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             cleanup()
             throw .setup(error)
         }
+        let mailboxes = Mailboxes(count: threads, capacity: configuration.mailboxBytes, wakeDescriptors: wakes)
         state.withLock {
-            $0.listeners = listeners
+            $0.mailboxes = mailboxes
             $0.wakeFDs = wakes
             $0.perThread = Array(repeating: ServerStatistics(), count: threads)
             $0.reported = Array(repeating: ServerStatistics(), count: threads)
             $0.boundAddress = bound
         }
         let ready = DispatchSemaphore(value: 0)
+        // Every ring starts serving only once all exist, so a post to another ring finds its fd.
+        let go = DispatchGroup()
+        go.enter()
         for i in 0..<threads {
             finished.enter()
             let listener = listeners[i]
-            let wake = wakes[i]
             startThread(name: "uring-ring-\(i)") { [self] in
                 defer {
                     _ = try? Sockets.close(listener)
                     finished.leave()
                 }
-                let loop: CompletionLoop<Handler>
+                let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
+                    self.publish(thread: i, snapshot, report: report)
+                }
                 do throws(URingError) {
-                    loop = try CompletionLoop(
-                        configuration: configuration, handler: makeHandler(), listener: listener, wakeFD: wake,
-                        logger: logger
-                    ) { [self] snapshot, report in publish(thread: i, snapshot, report: report) }
+                    var setup = try RingSetup(configuration, logger: logger)
+                    let buffers = setup.buffers.take()
+                    let core = LoopCore(
+                        configuration: configuration, setup: setup, providedBase: buffers?.buffer(0).baseAddress,
+                        ringIndex: i, mailboxes: mailboxes, logger: logger)
+                    mailboxes.ringDescriptors[i].value.store(core.ring.descriptor, ordering: .releasing)
+                    if let buffers {
+                        let receiver = BufferRingReceiver(
+                            buffers: buffers, sessions: core.sessions.capacity,
+                            maxHeldPerConnection: min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries))
+                        let loop = CompletionLoop(
+                            core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher)
+                        try serve(loop, ring: i, ready: ready, go: go)
+                    } else {
+                        let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
+                        let loop = CompletionLoop(
+                            core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher)
+                        try serve(loop, ring: i, ready: ready, go: go)
+                    }
                 } catch {
                     state.withLock { $0.setupErrors.append(error) }
                     ready.signal()
-                    return
-                }
-                loop.publishStatistics()
-                ready.signal()
-                do throws(URingError) {
-                    try loop.run()
-                } catch {
-                    logger.error("ring \(i) stopped on error: \(error)")
-                    loop.teardown()
                 }
             }
         }
         for _ in 0..<threads { ready.wait() }
+        go.leave()
         let errors = state.withLock { $0.setupErrors }
         if let first = errors.first {
             stop()
@@ -154,11 +168,27 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     /// Asks every ring to stop: no new accepts, every connection cancelled and closed, the ring
     /// exited. Safe from any thread, any number of times; returns at once (see ``wait()``).
     public func stop() {
-        let fds = state.withLock { s in
-            s.stopRequested = true
-            return s.wakeFDs
+        // Under the lock, so wait() cannot close the descriptors (and the system reuse their
+        // numbers) between reading them and writing to them.
+        state.withLock { s in
+            s.mailboxes?.stopRequested.store(true, ordering: .releasing)
+            for fd in s.wakeFDs { try? Sockets.signalEventFD(fd) }
         }
-        for fd in fds { try? Sockets.signalEventFD(fd) }
+    }
+
+    /// Runs one ring's loop: reports it ready, waits for the others, serves until stopped.
+    func serve<R: ReceivePath & ~Copyable>(
+        _ loop: CompletionLoop<Handler, R>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup
+    ) throws(URingError) {
+        loop.housekeeping.publishStatistics(loop.core, buffersHeld: loop.receiver.buffersHeld)
+        ready.signal()
+        go.wait()
+        do throws(URingError) {
+            try loop.run()
+        } catch {
+            logger.error("ring \(ring) stopped on error: \(error)")
+            loop.teardown()
+        }
     }
 
     /// Blocks until every ring thread has exited (after ``stop()``).

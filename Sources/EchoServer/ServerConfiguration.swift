@@ -1,4 +1,5 @@
-@_exported import SocketPool
+import SocketPool
+import URing
 
 /// How connections receive.
 public enum ReceiveStrategy: String, Sendable, Hashable, CaseIterable {
@@ -29,9 +30,12 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// `SINGLE_ISSUER|DEFER_TASKRUN` ring setup (Linux 6.1); off starts the flag chain at
     /// `COOP_TASKRUN`.
     public static let deferTaskrun = KernelFeatures(rawValue: 1 << 3)
+    /// Rings wake each other for posted messages with `IORING_OP_MSG_RING` (Linux 5.18); off, or
+    /// where the probe lacks it, through an eventfd write.
+    public static let messageRing = KernelFeatures(rawValue: 1 << 4)
 
     /// Everything on.
-    public static let all: KernelFeatures = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun]
+    public static let all: KernelFeatures = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing]
 
     /// The features a kernel release can run, from its version (`uname -r`, for example
     /// `"6.1.0-18-amd64"`): multishot accept from 5.19; the buffer ring path (multishot recv) and
@@ -48,6 +52,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         if version >= 5_019 { features.insert(.multishotAccept) }
         if version >= 6_000 { features.formUnion([.bufferRing, .fixedFiles]) }
         if version >= 6_001 { features.insert(.deferTaskrun) }
+        if version >= 5_018 { features.insert(.messageRing) }
         return features
     }
 
@@ -55,7 +60,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public var description: String {
         let names: [(KernelFeatures, String)] = [
             (.multishotAccept, "multishotAccept"), (.bufferRing, "bufferRing"), (.fixedFiles, "fixedFiles"),
-            (.deferTaskrun, "deferTaskrun"),
+            (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"),
         ]
         let on = names.filter { contains($0.0) }.map(\.1)
         return on.isEmpty ? "none" : on.joined(separator: ",")
@@ -97,6 +102,17 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// Received-but-unsent bytes one connection may hold before its receiving pauses (a client that
     /// sends but never reads costs at most this much).
     public var maxPendingBytesPerConnection: Int = 64 * 1024
+    /// Bytes one connection may have queued for sending through ``Connection/write(_:)``; a write
+    /// beyond it is refused (``WriteResult/full``).
+    public var maxOutputBytesPerConnection: Int = 4 << 20
+    /// Provided buffers one connection may hold (received and not yet sent) before its receiving
+    /// pauses, so one stalled client cannot empty the ring for the others (at most the ring's size).
+    public var maxBuffersPerConnection: Int = 16
+    /// Outbound buffers (of ``bufferSize`` bytes) per ring that writes are copied into.
+    public var outboundBuffers: Int = 2048
+    /// Bytes of each mailbox between two rings (one per ordered pair); a message may take a
+    /// quarter of it.
+    public var mailboxBytes: Int = 1 << 20
     /// Submission queue entries per ring.
     public var ringEntries: UInt32 = 512
     /// Optional kernel features to use when the kernel has them.
@@ -135,6 +151,18 @@ public struct ServerConfiguration: Sendable, Hashable {
         if backlog < 1 { throw .invalidConfiguration("backlog must be positive") }
         if spareSlots < 0 { throw .invalidConfiguration("spare slots must be 0 or more") }
         if acceptDepth < 1 || acceptDepth > 1024 { throw .invalidConfiguration("accept depth must be 1...1024") }
+        if maxOutputBytesPerConnection < 1 || maxOutputBytesPerConnection > 1 << 40 {
+            throw .invalidConfiguration("max output bytes per connection must be 1...2^40, got \(maxOutputBytesPerConnection)")
+        }
+        if maxBuffersPerConnection < 1 || maxBuffersPerConnection > 32768 {
+            throw .invalidConfiguration("max buffers per connection must be 1...32768, got \(maxBuffersPerConnection)")
+        }
+        if outboundBuffers < 0 || outboundBuffers > 1 << 20 {
+            throw .invalidConfiguration("outbound buffers must be 0...1048576, got \(outboundBuffers)")
+        }
+        if mailboxBytes < 4096 || mailboxBytes > 1 << 30 || mailboxBytes & (mailboxBytes - 1) != 0 {
+            throw .invalidConfiguration("mailbox bytes must be a power of two in 4096...2^30, got \(mailboxBytes)")
+        }
     }
 }
 

@@ -1,3 +1,6 @@
+import SocketPool
+import URing
+
 /// A server's counters, summed over its ring threads. A value: read it at any time through
 /// ``Server/statistics``.
 public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
@@ -39,6 +42,18 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     /// Provided buffers currently held by the server (taken by a receive, not yet given back).
     /// 0 when idle; negative would mean a buffer was given back twice.
     public var buffersHeld: Int = 0
+    /// Writes refused because the connection's output bound or the outbound buffers were reached.
+    public var writesRefused: UInt64 = 0
+    /// Outbound buffers holding written bytes not yet sent.
+    public var outboundBuffersInUse: Int = 0
+    /// Messages posted to other rings.
+    public var posted: UInt64 = 0
+    /// Posts refused because the mailbox was full.
+    public var postsRefused: UInt64 = 0
+    /// Messages delivered from other rings.
+    public var delivered: UInt64 = 0
+    /// `MSG_RING` requests that failed (the eventfd woke the target instead).
+    public var messageRingFailures: UInt64 = 0
     /// Session pool counters.
     public var sessions = PoolStatistics()
     /// Slot pool counters (pooled mode with fixed files).
@@ -60,6 +75,8 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
         acceptPauses += o.acceptPauses; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
         bufferShortages += o.bufferShortages; receivePauses += o.receivePauses
         completionQueueOverflows += o.completionQueueOverflows; buffersHeld += o.buffersHeld
+        writesRefused += o.writesRefused; outboundBuffersInUse += o.outboundBuffersInUse; posted += o.posted
+        postsRefused += o.postsRefused; delivered += o.delivered; messageRingFailures += o.messageRingFailures
         sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
         if setupFlags.isEmpty { setupFlags = o.setupFlags }
         if features.isEmpty { features = o.features }

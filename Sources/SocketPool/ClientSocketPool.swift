@@ -1,4 +1,5 @@
 import Glibc
+import URing
 
 /// Reusable outgoing TCP sockets: the Linux form of IOCP's `DisconnectEx(TF_REUSE_SOCKET)`.
 ///

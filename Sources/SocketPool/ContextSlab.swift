@@ -8,13 +8,7 @@ public struct RequestContext {
     public var session: UInt32
     /// The session's generation when the request was made, to detect a recycled session.
     public var sessionGeneration: UInt32
-    /// Buffer address the request reads or writes, if any.
-    public var buffer: UnsafeMutableRawPointer?
-    /// Offset into ``buffer`` where the request started (a continued short send).
-    public var offset: Int32
-    /// Bytes the request covers.
-    public var length: Int32
-    /// Free for the handler (a provided-buffer id, a slot, ...).
+    /// Free for the owner: an accept's ``SlotLease/packed``, for example.
     public var user: UInt64
 
     /// An empty context.
@@ -22,9 +16,6 @@ public struct RequestContext {
         kind = OperationKind(rawValue: 0)
         session = .max
         sessionGeneration = 0
-        buffer = nil
-        offset = 0
-        length = 0
         user = 0
     }
 }

@@ -8,8 +8,6 @@ struct GenerationalFreeList: ~Copyable {
     let generations: UnsafeMutablePointer<UInt32>
     let leased: UnsafeMutablePointer<Bool>
     let freeList: UnsafeMutablePointer<UInt32>
-    /// Where each index sits in `freeList` (-1 while leased), so ``take(_:)`` is O(1).
-    let position: UnsafeMutablePointer<Int32>
     var freeCount: Int
     let capacity: Int
     var statistics = PoolStatistics()
@@ -22,11 +20,9 @@ struct GenerationalFreeList: ~Copyable {
         leased = .allocate(capacity: capacity)
         leased.initialize(repeating: false, count: capacity)
         freeList = .allocate(capacity: capacity)
-        position = .allocate(capacity: capacity)
         // Pushed in reverse so index 0 is handed out first.
         for i in 0..<capacity {
             freeList[i] = UInt32(capacity - 1 - i)
-            position[capacity - 1 - i] = Int32(i)
         }
         freeCount = capacity
         statistics.capacity = capacity
@@ -36,7 +32,6 @@ struct GenerationalFreeList: ~Copyable {
         generations.deallocate()
         leased.deallocate()
         freeList.deallocate()
-        position.deallocate()
     }
 
     /// Leases the index freed last; `nil` (counted as a miss) when all are leased.
@@ -47,24 +42,9 @@ struct GenerationalFreeList: ~Copyable {
         }
         freeCount -= 1
         let index = freeList[freeCount]
-        position[Int(index)] = -1
         leased[Int(index)] = true
         statistics.noteAcquire()
         return (index, generations[Int(index)])
-    }
-
-    /// Leases a particular free index (one the kernel chose); `nil` if it is already leased.
-    mutating func take(_ index: UInt32) -> UInt32? {
-        guard Int(index) < capacity, !leased[Int(index)] else { return nil }
-        let at = Int(position[Int(index)])
-        let last = freeList[freeCount - 1]
-        freeList[at] = last
-        position[Int(last)] = Int32(at)
-        position[Int(index)] = -1
-        freeCount -= 1
-        leased[Int(index)] = true
-        statistics.noteAcquire()
-        return generations[Int(index)]
     }
 
     /// Whether `generation` is the current lease of `index`.
@@ -80,7 +60,6 @@ struct GenerationalFreeList: ~Copyable {
         leased[i] = false
         generations[i] = RequestTag.nextGeneration(after: generations[i])
         freeList[freeCount] = index
-        position[i] = Int32(freeCount)
         freeCount += 1
         statistics.inUse -= 1
         return true

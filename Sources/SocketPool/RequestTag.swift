@@ -1,4 +1,4 @@
-@_exported import URing
+import URing
 
 /// What a request is, packed into the low byte of its ``RequestTag``.
 ///
@@ -31,12 +31,23 @@ public struct OperationKind: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let connect = OperationKind(rawValue: 9)
     /// A wake-up from another thread (eventfd read or `MSG_RING`).
     public static let wake = OperationKind(rawValue: 10)
+    /// A cancel of a connection's send (a connection owns one cancel for its receive, ``cancel``,
+    /// and one for its send).
+    public static let cancelSend = OperationKind(rawValue: 11)
+    /// A message posted by another ring (`MSG_RING`), or the sender's own completion of one.
+    public static let message = OperationKind(rawValue: 12)
+    /// The close of a socket that never became a connection (over the cap, or accepted while
+    /// stopping).
+    public static let closeRejected = OperationKind(rawValue: 13)
     /// The first kind free for users.
     public static let user = OperationKind(rawValue: 64)
 
     /// `recv`, `send`, ... or `kind N`.
     public var description: String {
-        let names = ["none", "nop", "accept", "recv", "send", "close", "shutdown", "cancel", "timeout", "connect", "wake"]
+        let names = [
+            "none", "nop", "accept", "recv", "send", "close", "shutdown", "cancel", "timeout", "connect", "wake",
+            "cancelSend", "message", "closeRejected",
+        ]
         return Int(rawValue) < names.count ? names[Int(rawValue)] : "kind \(rawValue)"
     }
 }

@@ -1,19 +1,65 @@
+import URing
+
 /// Where a connection is in its life.
+///
+/// ```
+/// open ──peer EOF / close requested──▶ halfClosed ──output sent──▶ closing ──close CQE──▶ free
+///   └───────────────error, reset, abort, idle, stop────────────────▶ closing
+/// ```
 public enum SessionState: UInt8, Sendable {
     /// Not in use.
     case free
     /// Reading and writing.
     case open
-    /// The peer half-closed (recv returned 0): finish sending what was received, then close.
+    /// No more reading: the peer half-closed (recv returned 0) or the handler asked to close once
+    /// its output is sent. Queued output is still sent; then the connection closes.
     case halfClosed
-    /// Closing: no new requests; waiting for in-flight ones and the close to complete.
+    /// Closing: no new requests; in-flight ones are cancelled, and the close is posted once none is
+    /// left.
     case closing
 }
 
-/// One connection's state, kept at a stable address by the ``SessionPool``.
+/// The requests a connection can have in flight, one bit each. A connection owns one request
+/// context per kind, as an IOCP session embeds its `OVERLAPPED`s: its tags are made from its own
+/// index and generation, so running out of shared contexts can never strand it.
+@frozen
+public struct PendingRequests: OptionSet, Sendable, Hashable {
+    /// Raw bits.
+    public let rawValue: UInt8
+    /// Wraps raw bits.
+    @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// A receive (or an armed multishot receive).
+    public static let recv = PendingRequests(rawValue: 1 << 0)
+    /// A send.
+    public static let send = PendingRequests(rawValue: 1 << 1)
+    /// A cancel of the receive, by its `user_data`.
+    public static let cancelRecv = PendingRequests(rawValue: 1 << 2)
+    /// A cancel of the send, by its `user_data`.
+    public static let cancelSend = PendingRequests(rawValue: 1 << 3)
+    /// The close (or `close_direct`).
+    public static let close = PendingRequests(rawValue: 1 << 4)
+
+    /// The bit for a request kind a connection owns, or `nil` for a kind it does not.
+    /// - Parameter kind: the operation.
+    @inlinable
+    public init?(_ kind: OperationKind) {
+        switch kind {
+        case .recv: self = .recv
+        case .send: self = .send
+        case .cancel: self = .cancelRecv
+        case .cancelSend: self = .cancelSend
+        case .close: self = .close
+        default: return nil
+        }
+    }
+}
+
+/// One connection: everything the completion loop knows of it, kept at a stable address by the
+/// ``SessionPool``.
 ///
-/// The IOCP design's per-socket session object: its descriptor, the count of requests in flight
-/// (`IoCount`), its buffer and the bookkeeping a byte-stream server needs.
+/// The IOCP design's per-socket session object: its descriptor, the requests it has in flight
+/// (`IoCount`, here one bit per owned request), its buffer, its receive state and its send queue.
 @frozen
 public struct Session {
     /// The session's index in the pool.
@@ -24,30 +70,43 @@ public struct Session {
     public var file: FileRef
     /// The slot lease's generation when ``file`` is a slot.
     public var slotGeneration: UInt32
-    /// Requests in flight for this session (the IOCP `IoCount`). The session is recycled only at 0.
-    public var inFlight: Int32
     /// Life-cycle state.
     public var state: SessionState
-    /// Whether a receive is in flight (or armed, for multishot).
-    public var receiving: Bool
-    /// Whether a send is in flight.
-    public var sending: Bool
-    /// Whether a cancel has been issued for this session's requests.
-    public var cancelIssued: Bool
+    /// Requests in flight, one bit per kind the session owns.
+    public var pending: PendingRequests
     /// The session's own buffer (empty when receives use a shared buffer ring).
     public var buffer: UnsafeMutableRawBufferPointer
-    /// Bytes received and not yet sent on (start of the unsent data in ``buffer``).
-    public var pendingStart: Int
-    /// Bytes received and not yet sent on (end of the unsent data in ``buffer``).
-    public var pendingEnd: Int
+
+    // Receive state.
+    /// Receiving is paused because queued output reached its bound.
+    public var pausedForBound: Bool
+    /// Waiting for provided buffers to come back (the receive ended with `ENOBUFS`).
+    public var waitingForBuffers: Bool
+    /// Provided buffers this connection holds (received and not yet sent or returned).
+    public var buffersHeld: Int32
+
+    // Send queue: a singly linked list of segments (see the loop's send queue).
+    /// First segment to send, or -1.
+    public var queueHead: Int32
+    /// Last segment, or -1.
+    public var queueTail: Int32
+    /// Bytes of the head segment already sent.
+    public var headSent: Int32
+    /// Bytes queued and not yet sent.
+    public var queuedBytes: Int
+    /// The handler asked to hear when queued output drains (a refused write, or the bound crossed).
+    public var wantsWritable: Bool
+    /// The handler asked to close once output is sent.
+    public var closeRequested: Bool
+    /// The handler asked to abort.
+    public var abortRequested: Bool
+
     /// Monotonic time of the last received byte, in nanoseconds.
     public var lastActivity: UInt64
     /// Total bytes received.
     public var bytesIn: UInt64
     /// Total bytes sent.
     public var bytesOut: UInt64
-    /// Free for the handler.
-    public var user: UInt64
 
     /// A free session with `buffer`.
     /// - Parameters:
@@ -58,22 +117,36 @@ public struct Session {
         generation = 0
         file = .fd(-1)
         slotGeneration = 0
-        inFlight = 0
         state = .free
-        receiving = false
-        sending = false
-        cancelIssued = false
+        pending = []
         self.buffer = buffer
-        pendingStart = 0
-        pendingEnd = 0
+        pausedForBound = false
+        waitingForBuffers = false
+        buffersHeld = 0
+        queueHead = -1
+        queueTail = -1
+        headSent = 0
+        queuedBytes = 0
+        wantsWritable = false
+        closeRequested = false
+        abortRequested = false
         lastActivity = 0
         bytesIn = 0
         bytesOut = 0
-        user = 0
     }
 
-    /// Bytes received but not yet sent.
-    public var pendingBytes: Int { pendingEnd - pendingStart }
+    /// Requests in flight (the IOCP `IoCount`). The session is recycled only at 0.
+    @inlinable public var inFlight: Int { pending.rawValue.nonzeroBitCount }
+
+    /// The handle naming this incarnation of the session.
+    @inlinable public var handle: SessionHandle { SessionHandle(index: index, generation: generation) }
+
+    /// The tag of this session's own request of `kind` (its `user_data`).
+    /// - Parameter kind: one of the kinds a session owns (``PendingRequests/init(_:)``).
+    @inlinable
+    public func tag(_ kind: OperationKind) -> RequestTag {
+        RequestTag(index: index, generation: generation, kind: kind)
+    }
 }
 
 /// A session's address in its pool plus the generation it had when handed out.
@@ -88,6 +161,7 @@ public struct SessionHandle: Hashable, Sendable, CustomStringConvertible {
     /// - Parameters:
     ///   - index: pool index.
     ///   - generation: generation.
+    @inlinable
     public init(index: UInt32, generation: UInt32) {
         self.index = index
         self.generation = generation

@@ -1,4 +1,5 @@
 import Glibc
+import URing
 
 /// Whether sessions and their buffers are made once and reused, or made per connection.
 public enum PoolMode: String, Sendable, Hashable, CaseIterable {

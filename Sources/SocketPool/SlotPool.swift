@@ -1,3 +1,5 @@
+import URing
+
 /// A slot of the registered file table, leased from a ``SlotPool``: the index the socket lives at
 /// and the generation of this lease.
 @frozen
@@ -19,27 +21,19 @@ public struct SlotLease: Hashable, Sendable, CustomStringConvertible {
     /// The slot as a request target.
     public var file: FileRef { .slot(index) }
 
+    /// The lease in one 64-bit word (index in the high half, generation in the low), to ride in a
+    /// request context's `user` field.
+    @inlinable public var packed: UInt64 { UInt64(index) << 32 | UInt64(generation) }
+
+    /// Unpacks a lease from ``packed``.
+    /// - Parameter packed: a value made by ``packed``.
+    @inlinable
+    public init(packed: UInt64) {
+        self.init(index: UInt32(truncatingIfNeeded: packed >> 32), generation: UInt32(truncatingIfNeeded: packed))
+    }
+
     /// `slot 3.g7`.
     public var description: String { "slot \(index).g\(generation)" }
-}
-
-/// What to do when every slot is taken.
-public enum SlotExhaustionPolicy: Sendable, Hashable {
-    /// Accept into a plain descriptor instead, as the original IOCP design created a new socket
-    /// when its pool was empty. The connection is served; it just lives outside the table.
-    case fallbackToDescriptor
-    /// Stop accepting until a slot is released; waiting clients stay in the listen backlog.
-    case backpressure
-}
-
-/// Where the next accept should put its socket, as decided by ``SlotPool/nextAcceptTarget()``.
-public enum AcceptDecision: Hashable, Sendable {
-    /// Into this leased slot.
-    case slot(SlotLease)
-    /// Into a plain descriptor (pool exhausted, ``SlotExhaustionPolicy/fallbackToDescriptor``).
-    case descriptor
-    /// Do not accept now (pool exhausted, ``SlotExhaustionPolicy/backpressure``).
-    case pause
 }
 
 /// A pool over the ring's registered (sparse) file table: the io_uring form of the IOCP socket
@@ -55,32 +49,20 @@ public enum AcceptDecision: Hashable, Sendable {
 /// Confined to the ring's thread: not `Sendable`, no locks.
 public struct SlotPool: ~Copyable {
     var indices: GenerationalFreeList
-    var pausedEpisode = false
     /// Number of slots.
     public let capacity: UInt32
-    /// What ``nextAcceptTarget()`` does when no slot is free.
-    public let policy: SlotExhaustionPolicy
-    /// Counters: `misses` counts acquisitions that found the pool empty (each one either fell back
-    /// to a descriptor or paused accepting).
+    /// Counters: `misses` counts acquisitions that found the pool empty.
     public var statistics: PoolStatistics { indices.statistics }
-    /// Times accepting was paused for want of a slot (one per exhaustion episode).
-    public private(set) var pauseEpisodes: UInt64 = 0
-    /// Accepts that went to a plain descriptor because the pool was empty.
-    public private(set) var fallbacks: UInt64 = 0
 
     /// Registers a sparse file table of `capacity` slots with `ring` and makes them all free.
     /// - Parameters:
     ///   - ring: the ring whose file table this pool manages.
     ///   - capacity: number of slots.
-    ///   - policy: what to do when all are taken.
-    /// - Throws: `URingError` from `io_uring_register_files_sparse`.
-    public init(ring: borrowing Ring, capacity: UInt32, policy: SlotExhaustionPolicy = .backpressure)
-        throws(URingError)
-    {
-        precondition(capacity > 0, "a slot pool needs at least one slot")
+    /// - Throws: `URingError` from `io_uring_register_files_sparse` (`EINVAL` for 0 slots).
+    public init(ring: borrowing Ring, capacity: UInt32) throws(URingError) {
+        guard capacity > 0 else { throw URingError("io_uring_register_files_sparse", errno: .invalidArgument) }
         try ring.registerFiles(sparse: capacity)
         self.capacity = capacity
-        self.policy = policy
         indices = GenerationalFreeList(capacity: Int(capacity))
     }
 
@@ -88,25 +70,7 @@ public struct SlotPool: ~Copyable {
     /// - Returns: the lease, or `nil` when every slot is leased (counted as a miss).
     public mutating func acquire() -> SlotLease? {
         guard let (index, generation) = indices.acquire() else { return nil }
-        pausedEpisode = false
         return SlotLease(index: index, generation: generation)
-    }
-
-    /// Decides where the next accept goes, applying the exhaustion policy.
-    /// - Returns: a leased slot; or, when none is free, `.descriptor` or `.pause` per ``policy``.
-    public mutating func nextAcceptTarget() -> AcceptDecision {
-        if let lease = acquire() { return .slot(lease) }
-        switch policy {
-        case .fallbackToDescriptor:
-            fallbacks &+= 1
-            return .descriptor
-        case .backpressure:
-            if !pausedEpisode {
-                pausedEpisode = true
-                pauseEpisodes &+= 1
-            }
-            return .pause
-        }
     }
 
     /// Returns a slot after its `close_direct` completed; its generation moves on.
@@ -115,16 +79,6 @@ public struct SlotPool: ~Copyable {
     @discardableResult
     public mutating func release(_ lease: SlotLease) -> Bool {
         indices.release(lease.index, lease.generation)
-    }
-
-    /// Adopts a slot the kernel chose (`AcceptTarget.anySlot`), so the pool's books match the
-    /// table. The slot must be free in the pool.
-    /// - Parameter index: the slot the accept completion returned.
-    /// - Returns: its lease, or `nil` if the pool already had it leased (a bookkeeping error).
-    public mutating func adopt(_ index: UInt32) -> SlotLease? {
-        guard let generation = indices.take(index) else { return nil }
-        pausedEpisode = false
-        return SlotLease(index: index, generation: generation)
     }
 
     /// The tag for a request on `lease`'s slot.

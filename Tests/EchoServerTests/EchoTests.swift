@@ -1,3 +1,5 @@
+import SocketPool
+import URing
 import EchoServer
 import Foundation
 import Glibc

@@ -1,3 +1,5 @@
+import SocketPool
+import URing
 import Foundation
 import Glibc
 import TestSupport

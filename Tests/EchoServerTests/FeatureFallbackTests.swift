@@ -1,3 +1,5 @@
+import SocketPool
+import URing
 import EchoServer
 import Foundation
 import Glibc
@@ -54,8 +56,10 @@ final class FeatureFallbackTests: ServerTestCase {
 
     func testKernelReleaseDecidesWhichFeaturesAreTried() {
         XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "5.15.0-91-generic"), [])
-        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "5.19.17"), [.multishotAccept])
-        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "6.0.9"), [.multishotAccept, .bufferRing, .fixedFiles])
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "5.18.1"), [.messageRing])
+        XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "5.19.17"), [.multishotAccept, .messageRing])
+        XCTAssertEqual(
+            KernelFeatures.supported(byKernelRelease: "6.0.9"), [.multishotAccept, .bufferRing, .fixedFiles, .messageRing])
         XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "6.1.0-18-amd64"), .all)
         XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "6.18.44-fc-v669"), .all)
         XCTAssertEqual(KernelFeatures.supported(byKernelRelease: "nonsense"), .all)

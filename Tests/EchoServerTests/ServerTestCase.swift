@@ -1,3 +1,5 @@
+import SocketPool
+import URing
 import EchoServer
 import Foundation
 import Glibc
@@ -43,8 +45,16 @@ class ServerTestCase: XCTestCase {
         _ configuration: ServerConfiguration, file: StaticString = #filePath, line: UInt = #line,
         _ body: (EchoServer, UInt16) throws -> Void
     ) throws {
+        try withServer(configuration, handler: { EchoHandler() }, file: file, line: line, body)
+    }
+
+    /// ``withServer(_:file:line:_:)`` for any handler.
+    func withServer<H: ConnectionHandler>(
+        _ configuration: ServerConfiguration, handler: @escaping @Sendable () -> H, file: StaticString = #filePath,
+        line: UInt = #line, _ body: (Server<H>, UInt16) throws -> Void
+    ) throws {
         let baseline = openDescriptorCount()
-        let server = EchoServer(configuration: configuration)
+        let server = Server(configuration: configuration, makeHandler: handler)
         try server.start()
         let port = server.boundAddress!.port
         var failure: Error?

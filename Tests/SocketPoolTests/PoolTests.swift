@@ -1,3 +1,4 @@
+import URing
 import Glibc
 import SocketPool
 import TestSupport
@@ -18,102 +19,65 @@ final class PoolTests: XCTestCase {
         return back == bytes
     }
 
-    func testThousandSequentialAcceptsReuseEightSlotsWithoutGrowingDescriptors() throws {
-        let driver = try MiniEchoDriver(mode: .pooled, slots: 8, sessions: 8)
-        let port = driver.port
-        // Warm up once so lazily opened descriptors (if any) are counted in the baseline.
-        let warm = spawn { _ = PoolTests.exchange(port: port, seed: 0) }
-        try driver.run { driver.closed == 1 }
-        XCTAssertTrue(warm(.seconds(5)))
+    func testSlotPoolLeasesLIFOWithGenerationsAndRefusesWhenFull() throws {
+        let ring = try Ring()
+        var pool = try SlotPool(ring: ring, capacity: 4)
+        var leases: [SlotLease] = []
+        for _ in 0..<4 { leases.append(try XCTUnwrap(pool.acquire())) }
+        XCTAssertEqual(Set(leases.map(\.index)), [0, 1, 2, 3], "every slot handed out once")
+        XCTAssertNil(pool.acquire(), "a full table refuses")
+        XCTAssertEqual(pool.statistics.misses, 1)
+        XCTAssertEqual(pool.statistics.inUse, 4)
+        XCTAssertTrue(pool.release(leases[2]))
+        XCTAssertFalse(pool.release(leases[2]), "a double release is refused")
+        let again = try XCTUnwrap(pool.acquire())
+        XCTAssertEqual(again.index, leases[2].index, "LIFO: the slot freed last goes out first")
+        XCTAssertNotEqual(again.generation, leases[2].generation, "a new lease has a new generation")
+        XCTAssertFalse(pool.isCurrent(leases[2]))
+        XCTAssertNil(pool.resolve(pool.tag(for: leases[2], .recv)), "the old lease's tag is stale")
+        XCTAssertEqual(pool.statistics.staleCompletions, 1)
+        XCTAssertEqual(SlotLease(packed: again.packed), again, "a lease packs into a context's user bits")
+        do {
+            _ = try SlotPool(ring: ring, capacity: 0)
+            XCTFail("zero slots must be refused")
+        } catch {
+            XCTAssertEqual(error.errno, .invalidArgument, "zero slots is a named error, not a trap")
+        }
+    }
+
+    func testSlotsServeOneAcceptAfterAnotherThroughTheRing() throws {
+        // Direct accepts into slots the pool chose, 200 times through 2 slots: the table is reused,
+        // the process's descriptor count stays flat.
+        let ring = try Ring()
+        var pool = try SlotPool(ring: ring, capacity: 2)
+        let listener = try Sockets.listen(on: SocketAddress(host: "127.0.0.1", port: 0)!)
+        defer { _ = try? Sockets.close(listener) }
+        let port = try Sockets.localAddress(listener).port
         let baseline = openDescriptorCount()
-        final class Box: @unchecked Sendable { var failures = 0 }  // written by the client thread only, read after join
-        let box = Box()
-        let total = 1000
-        let client = spawn {
-            for i in 0..<total where !PoolTests.exchange(port: port, seed: UInt64(i + 1)) { box.failures += 1 }
-        }
-        try driver.run(timeout: .seconds(60)) { driver.closed == total + 1 }
-        XCTAssertTrue(client(.seconds(10)))
-        XCTAssertEqual(box.failures, 0, "every connection echoed its own bytes")
-        XCTAssertEqual(driver.closed, total + 1)
-        XCTAssertEqual(driver.slotAccepts, total + 1, "every accept went into a pool slot")
-        XCTAssertLessThanOrEqual(driver.slotsUsed.count, 8)
-        // The accept re-armed after the last close holds one leased slot.
-        XCTAssertTrue(driver.acceptArmed)
-        XCTAssertEqual(driver.slots.statistics.hits, UInt64(total + 2))
-        XCTAssertEqual(driver.slots.statistics.inUse, 1)
-        XCTAssertEqual(driver.unexpected, 0)
-        XCTAssertEqual(openDescriptorCount(), baseline, "slots are not process descriptors: the fd count is flat")
-    }
-
-    func testExhaustionWithFallbackToDescriptorServesEveryClient() throws {
-        let driver = try MiniEchoDriver(mode: .pooled, slots: 4, sessions: 32, policy: .fallbackToDescriptor)
-        let port = driver.port
-        let clients = 12
-        // Every client connects first and holds its connection until all are connected, so more
-        // connections are live at once than there are slots.
-        final class Box: @unchecked Sendable {
-            var ok = 0
-            var mutex = pthread_mutex_t()
-        }
-        let box = Box()
-        pthread_mutex_init(&box.mutex, nil)
-        let sockets = try (0..<clients).map { _ in try TestSocket.connect(port: port) }
-        try driver.run { driver.accepted == clients }
-        XCTAssertEqual(driver.slotAccepts, 4)
-        XCTAssertEqual(driver.descriptorAccepts, clients - 4)
-        // One more accept is armed, already decided as a descriptor accept: the counters include it.
-        XCTAssertTrue(driver.acceptArmed)
-        XCTAssertEqual(driver.slots.fallbacks, UInt64(clients - 4 + 1))
-        XCTAssertEqual(driver.slots.statistics.misses, UInt64(clients - 4 + 1))
-        let wait = spawn {
-            for (i, s) in sockets.enumerated() {
-                let bytes = patternBytes(seed: UInt64(100 + i), count: 256)
-                if (try? s.writeAll(bytes)) != nil, (try? s.readExactly(256)) == bytes {
-                    pthread_mutex_lock(&box.mutex); box.ok += 1; pthread_mutex_unlock(&box.mutex)
-                }
-                s.close()
+        for i in 0..<200 {
+            let lease = try XCTUnwrap(pool.acquire())
+            try ring.prepareAccept(.fd(listener), into: .slot(lease.index), tag: 1)
+            let client = try TestSocket.connect(port: port)
+            try ring.submitAndWait(1)
+            var accepted: Int32 = -1
+            ring.forEachCompletion { accepted = $0.result }
+            XCTAssertEqual(accepted, 0, "accept \(i) went into the slot")
+            try client.writeAll([UInt8(i & 0xFF)])
+            try ring.prepareRecv(lease.file, into: UnsafeMutableRawBufferPointer(start: nil, count: 0), tag: 2)
+            try ring.prepareClose(lease.file, tag: 3)
+            try ring.submitAndWait(2)
+            var results: [UInt64: Int32] = [:]
+            while results.count < 2 {
+                ring.forEachCompletion { results[$0.tag] = $0.result }
+                if results.count < 2 { try ring.submitAndWait(1) }
             }
+            XCTAssertEqual(results[3], 0, "close_direct of slot \(lease.index)")
+            XCTAssertTrue(pool.release(lease))
+            client.close()
         }
-        try driver.run { driver.closed == clients }
-        XCTAssertTrue(wait(.seconds(10)))
-        XCTAssertEqual(box.ok, clients, "fallback connections are served like slot ones")
-        // The accept armed last was decided while the pool was empty: a descriptor accept, no slot.
-        XCTAssertEqual(driver.slots.statistics.inUse, 0)
-        XCTAssertEqual(driver.sessions.statistics.inUse, 0)
-        XCTAssertEqual(driver.unexpected, 0)
-    }
-
-    func testExhaustionWithBackpressurePausesAcceptingAndResumesWhenSlotsFree() throws {
-        let driver = try MiniEchoDriver(mode: .pooled, slots: 4, sessions: 32, policy: .backpressure)
-        let port = driver.port
-        let clients = 12
-        // All clients connect (the kernel completes the handshakes into the backlog).
-        let sockets = try (0..<clients).map { _ in try TestSocket.connect(port: port) }
-        try driver.run(timeout: .milliseconds(500)) { driver.accepted == clients }
-        XCTAssertEqual(driver.accepted, 4, "only as many accepted as there are slots")
-        XCTAssertTrue(driver.paused)
-        XCTAssertEqual(driver.slots.pauseEpisodes, 1, "one pause per exhaustion episode, no spinning")
-        XCTAssertEqual(driver.descriptorAccepts, 0)
-        // Serve and close clients one by one; each freed slot lets one more in.
-        final class Box: @unchecked Sendable { var ok = 0 }
-        let box = Box()
-        let wait = spawn {
-            for (i, s) in sockets.enumerated() {
-                let bytes = patternBytes(seed: UInt64(200 + i), count: 512)
-                if (try? s.writeAll(bytes)) != nil, (try? s.readExactly(512)) == bytes { box.ok += 1 }
-                s.close()
-            }
-        }
-        try driver.run { driver.closed == clients }
-        XCTAssertTrue(wait(.seconds(10)))
-        XCTAssertEqual(box.ok, clients, "clients waiting in the backlog were served, none dropped")
-        XCTAssertEqual(driver.accepted, clients)
-        XCTAssertEqual(driver.slotAccepts, clients)
-        XCTAssertGreaterThanOrEqual(driver.slots.pauseEpisodes, 1)
-        XCTAssertEqual(driver.slots.statistics.inUse, 1, "only the armed accept's slot")
-        XCTAssertEqual(driver.slots.statistics.highWater, 4)
-        XCTAssertEqual(driver.unexpected, 0)
+        XCTAssertLessThanOrEqual(pool.statistics.highWater, 1)
+        XCTAssertEqual(pool.statistics.inUse, 0)
+        XCTAssertEqual(openDescriptorCount(), baseline, "slots are not process descriptors")
     }
 
     func testSessionPoolRecyclesOnlyAtZeroInFlight() {
@@ -125,10 +89,11 @@ final class PoolTests: XCTestCase {
             let s = pool.resolve(a)!
             XCTAssertEqual(s.pointee.buffer.count, 128)
             XCTAssertEqual(s.pointee.state, .open)
-            s.pointee.inFlight = 1
+            s.pointee.pending = [.recv]
+            XCTAssertEqual(s.pointee.inFlight, 1)
             XCTAssertFalse(pool.release(a), "\(mode): not recycled while a request is in flight")
             XCTAssertEqual(pool.refusedReleases, 1)
-            s.pointee.inFlight = 0
+            s.pointee.pending = []
             XCTAssertTrue(pool.release(a))
             XCTAssertNil(pool.resolve(a), "\(mode): the old handle is stale")
             let c = pool.acquire(file: .fd(13))!

@@ -1,3 +1,4 @@
+import URing
 import SocketPool
 import TestSupport
 import XCTest

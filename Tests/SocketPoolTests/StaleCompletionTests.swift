@@ -1,3 +1,4 @@
+import URing
 import Glibc
 import SocketPool
 import TestSupport
@@ -29,20 +30,20 @@ final class StaleCompletionTests: XCTestCase {
         XCTAssertTrue(slab.release(old))
         let fresh = slab.acquire(.nop, session: 2, sessionGeneration: 0)!
         XCTAssertEqual(fresh.index, old.index, "same context, new incarnation")
-        slab.context(fresh).pointee.length = 1234
+        slab.context(fresh).pointee.user = 1234
         let completions = try harvest(ring, count: 1)
         XCTAssertEqual(completions.count, 1)
         var delivered = 0
         for c in completions {
             if let ctx = slab.resolve(RequestTag(rawValue: c.tag)) {
                 delivered += 1
-                ctx.pointee.length = 0  // what a wrong delivery would do to the new owner
+                ctx.pointee.user = 0  // what a wrong delivery would do to the new owner
             }
         }
         XCTAssertEqual(delivered, 0, "the late completion is not delivered")
         XCTAssertEqual(slab.statistics.staleCompletions, 1)
         XCTAssertEqual(slab.resolve(fresh)?.pointee.session, 2)
-        XCTAssertEqual(slab.resolve(fresh)?.pointee.length, 1234, "the new owner's context is untouched")
+        XCTAssertEqual(slab.resolve(fresh)?.pointee.user, 1234, "the new owner's context is untouched")
     }
 
     func testCancelledRecvArrivingAfterRecycleIsStale() throws {

@@ -1,5 +1,7 @@
 import Benchmark
 import EchoServer
+import SocketPool
+import URing
 import Glibc
 
 // Micro benchmarks of the pieces on the hot path. Malloc counts are measured without the

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Histogram
 import SocketPool
+import URing
 
 /// `uring-echo-bench`: a load generator written on this project's own ring, so it can drive a
 /// server harder than a blocking client. Every echoed byte is checked against the connection's own

@@ -1,6 +1,7 @@
 import Glibc
 import Histogram
 import SocketPool
+import URing
 
 /// `workers` concurrent connections, each: connect, `messages` round trips of `size` bytes, close;
 /// then the next. With `--reuse` the socket is disconnected with connect(AF_UNSPEC) and reused.

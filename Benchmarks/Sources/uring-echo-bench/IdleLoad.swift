@@ -1,5 +1,6 @@
 import Glibc
 import SocketPool
+import URing
 
 /// Opens `connections` connections, echoes one message on each (so the server has set each one
 /// up), then measures the server's RSS growth per connection and closes them all.

@@ -1,6 +1,7 @@
 import Glibc
 import Histogram
 import SocketPool
+import URing
 
 /// C connections, each keeping `depth` messages of `size` bytes in flight, for `duration` seconds.
 final class PersistentLoad {

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Side-by-side comparison of uring-echo binaries (for example main before and after a change)
+and the C epoll peer, in one run: server pinned to core 0, load to core 1, runs interleaved,
+medians and ratios of server CPU per message (or per connection in churn) to the epoll peer.
+
+    python3 Benchmarks/scripts/compare.py NAME=BINARY [NAME=BINARY ...]
+
+BENCH_REPEATS (default 3) and BENCH_DURATION (default 3 s) set the length. Loopback only."""
+import os, statistics, subprocess, sys, time, socket, json
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.path.join(ROOT, "Benchmarks", ".build", "release")
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+DURATION = os.environ.get("BENCH_DURATION", "3")
+FLAGS = ["--mode", "pooled", "--recv", "ring", "--max-connections", "12000", "--idle-timeout", "0"]
+WORKLOADS = [
+    ("persistent 1000x128B", ["--mode", "persistent", "--connections", "1000", "--size", "128"], "server_cpu_us_per_msg", "messages_per_sec"),
+    ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "server_cpu_us_per_msg", "messages_per_sec"),
+    ("churn 16x1", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128"], "server_cpu_us_per_conn", "connections_per_sec"),
+]
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def run(cmd, workload):
+    port = free_port()
+    proc = subprocess.Popen(["taskset", "-c", "0"] + cmd + ["--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.3)
+        load = ["taskset", "-c", "1", os.path.join(BIN, "uring-echo-bench"), "--port", str(port), "--server-pid",
+                str(proc.pid), "--duration", DURATION, "--warmup", "1", "--json"] + workload[1]
+        out = subprocess.run(load, capture_output=True, text=True, timeout=120)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def main():
+    servers = {}
+    for arg in sys.argv[1:]:
+        name, path = arg.split("=", 1)
+        servers[name] = [path] + FLAGS
+    servers["epoll (C)"] = [os.path.join(BIN, "epoll-echo")]
+    names = list(servers)
+    results = {w[0]: {n: [] for n in names} for w in WORKLOADS}
+    for rep in range(REPEATS):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for w in WORKLOADS:
+            for n in order:
+                r = run(servers[n], w)
+                results[w[0]][n].append(r)
+                print(f"rep {rep + 1} {w[0]:<22} {n:<14} {r[w[3]]:>10.0f}/s  cpu {r[w[2]]:.2f} us  errors {r['errors']} mismatches {r['mismatches']}", flush=True)
+    print()
+    print("| workload | server | throughput (median) | server CPU µs (median) | CPU ratio to epoll |")
+    print("|---|---|---:|---:|---:|")
+    for w in WORKLOADS:
+        base = statistics.median(r[w[2]] for r in results[w[0]]["epoll (C)"])
+        for n in names:
+            cpu = statistics.median(r[w[2]] for r in results[w[0]][n])
+            tp = statistics.median(r[w[3]] for r in results[w[0]][n])
+            print(f"| {w[0]} | {n} | {tp:,.0f}/s | {cpu:.2f} | {cpu / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

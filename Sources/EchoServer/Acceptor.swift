@@ -1,0 +1,148 @@
+import SocketPool
+import URing
+
+/// Keeps accepts posted, and pauses and resumes them.
+///
+/// Slots: up to `depth` single-shot accepts, each into a slot the pool chose (the
+/// `AcceptEx`-with-a-pre-made-socket pattern), never one without a free slot: a direct accept that
+/// finds the table full has already taken the connection off the backlog, and the kernel drops it.
+/// Descriptors: one multishot (or single-shot) accept, re-armed whenever a completion lacks
+/// `F_MORE`. On `EMFILE`/`ENFILE`/`ENOMEM`, or with no slot free, accepting pauses (one log line
+/// per episode) and resumes when a connection closes or on the next tick.
+struct Acceptor {
+    let listener: Int32
+    let depth: Int
+    var multishot: Bool
+    var inFlight = 0
+    var paused = false
+    var episodeOpen = false
+
+    init(listener: Int32, core: LoopCore) {
+        self.listener = listener
+        multishot = core.features.contains(.multishotAccept)
+        depth = core.useSlots ? max(1, min(core.configuration.acceptDepth, core.sessions.capacity)) : 1
+    }
+
+    /// A socket an accept completion delivered: a slot lease, or a plain descriptor.
+    struct Accepted {
+        let file: FileRef
+        let lease: SlotLease?
+    }
+
+    mutating func arm(_ core: LoopCore) throws(URingError) {
+        guard !core.stopping else { return }
+        if core.useSlots {
+            while inFlight < depth {
+                guard let lease = core.slots?.acquire() ?? nil else {
+                    if inFlight == 0 { pause(core, "every fixed-file slot is in use") }
+                    return
+                }
+                guard let tag = core.contexts.acquire(.accept) else {
+                    core.slots?.release(lease)
+                    if inFlight == 0 { pause(core, "request contexts exhausted") }
+                    return
+                }
+                core.contexts.context(tag).pointee.user = lease.packed
+                try core.ring.prepareAccept(.fd(listener), into: .slot(lease.index), tag: tag.rawValue)
+                inFlight += 1
+                paused = false
+            }
+            return
+        }
+        guard inFlight == 0 else { return }
+        guard let tag = core.contexts.acquire(.accept) else {
+            pause(core, "request contexts exhausted")
+            return
+        }
+        core.contexts.context(tag).pointee.user = .max
+        try core.ring.prepareAccept(.fd(listener), multishot: multishot, tag: tag.rawValue)
+        inFlight = 1
+        paused = false
+    }
+
+    mutating func pause(_ core: LoopCore, _ reason: String) {
+        paused = true
+        if !episodeOpen {
+            episodeOpen = true
+            core.stats.acceptPauses &+= 1
+            core.logger.warning("accepting paused: \(reason); resuming when a connection closes")
+        }
+    }
+
+    /// After a close or on a tick: post the accepts a pause or a full slot table held back.
+    mutating func resumeIfPaused(_ core: LoopCore) throws(URingError) {
+        guard !core.stopping else { return }
+        if paused {
+            core.stats.acceptRearms &+= 1
+            try arm(core)
+        } else if core.useSlots && inFlight < depth {
+            try arm(core)
+        }
+    }
+
+    /// Handles an accept completion; returns the socket it delivered, if any. The caller makes it
+    /// a connection (or closes it), then calls ``rearmIfEnded(_:_:)``.
+    mutating func onAccept(_ c: Completion, _ tag: RequestTag, _ core: LoopCore) throws(URingError)
+        -> (Accepted?, ended: Bool)
+    {
+        let user = core.contexts.context(tag).pointee.user
+        let lease: SlotLease? = user == .max ? nil : SlotLease(packed: user)
+        let isMultishot = lease == nil && multishot
+        let ended = !isMultishot || !c.hasMore
+        if ended {
+            inFlight -= 1
+            core.contexts.release(tag)
+        }
+        guard c.result >= 0 else {
+            if let lease { core.slots?.release(lease) }
+            let errno = c.error!
+            switch errno {
+            case .processFileTableFull, .systemFileTableFull, .noMemory, .noBufferSpace:
+                pause(core, "accept failed with \(errno.name)")
+            case .canceled:
+                break
+            case .invalidArgument where isMultishot && !core.stopping:
+                core.logger.warning("multishot accept refused (EINVAL); falling back to single-shot accepts")
+                multishot = false
+                core.features.remove(.multishotAccept)
+                core.stats.features = core.features
+            default:
+                core.stats.errors &+= 1
+                core.logger.error("accept failed: \(errno)")
+            }
+            if ended && !paused && !core.stopping {
+                core.stats.acceptRearms &+= 1
+                try arm(core)
+            }
+            return (nil, false)
+        }
+        episodeOpen = false
+        core.stats.accepted &+= 1
+        return (Accepted(file: lease.map { $0.file } ?? .fd(c.result), lease: lease), ended)
+    }
+
+    mutating func rearmIfEnded(_ ended: Bool, _ core: LoopCore) throws(URingError) {
+        guard ended && !core.stopping else { return }
+        if multishot && !core.useSlots { core.stats.acceptRearms &+= 1 }
+        try arm(core)
+    }
+
+    /// Closes a socket that never became a connection (connection cap reached, or stopping).
+    static func closeRejected(_ accepted: Accepted, _ core: LoopCore) throws(URingError) {
+        guard let tag = core.contexts.acquire(.closeRejected) else {
+            // No context to track the close: close a plain fd synchronously; a slot is closed when
+            // the table is unregistered. Never leak, never crash.
+            if !accepted.file.isFixed { _ = try? Sockets.close(accepted.file.raw) }
+            return
+        }
+        core.contexts.context(tag).pointee.user = accepted.lease?.packed ?? .max
+        try core.ring.prepareClose(accepted.file, tag: tag.rawValue)
+    }
+
+    /// The close of a rejected socket completed: its slot goes back.
+    static func onRejectedClosed(_ tag: RequestTag, _ core: LoopCore) {
+        let user = core.contexts.context(tag).pointee.user
+        core.contexts.release(tag)
+        if user != .max { core.slots?.release(SlotLease(packed: user)) }
+    }
+}

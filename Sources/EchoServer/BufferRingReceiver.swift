@@ -1,0 +1,120 @@
+import SocketPool
+import URing
+
+/// Multishot recv over one provided-buffer ring shared by every session of the loop
+/// (``ReceivePath`` for ``ReceiveStrategy/bufferRing``): memory independent of the number of
+/// connections. A buffer goes back to the ring only after the send that echoed it completes.
+///
+/// Fair use: a connection holds at most ``maxHeldPerConnection`` buffers (a client that stops
+/// reading and trickles 1-byte segments would otherwise pin one whole buffer per byte); its
+/// receiving pauses there. Multishot while nothing waits to be sent; once bytes are queued, one
+/// buffer per request, so a connection never holds much more than its bound.
+///
+/// When the ring runs dry, a receive ends with `ENOBUFS` (the data, or the EOF, stays in the
+/// socket) and its session waits in a FIFO list until buffers come back.
+struct BufferRingReceiver: ~Copyable, ReceivePath {
+    var buffers: BufferRing
+    let maxHeldPerConnection: Int32
+    private(set) var free: Int
+    // The wait list: links by session index, kept apart from the sessions because an index can be
+    // reused (and, unpooled, its session freed) while still linked; entries whose session no longer
+    // waits are skipped.
+    let waitNext: UnsafeMutablePointer<Int32>
+    let linked: UnsafeMutablePointer<Bool>
+    var waitHead: Int32 = -1
+    var waitTail: Int32 = -1
+
+    init(buffers: consuming BufferRing, sessions: Int, maxHeldPerConnection: Int) {
+        free = buffers.count
+        self.buffers = buffers
+        self.maxHeldPerConnection = Int32(max(1, min(maxHeldPerConnection, Int(Int32.max))))
+        waitNext = .allocate(capacity: sessions)
+        waitNext.initialize(repeating: -1, count: sessions)
+        linked = .allocate(capacity: sessions)
+        linked.initialize(repeating: false, count: sessions)
+    }
+
+    deinit {
+        waitNext.deallocate()
+        linked.deallocate()
+    }
+
+    var buffersHeld: Int { buffers.count - free }
+
+    @inline(__always) func ended(_ c: Completion) -> Bool { !c.hasMore }
+
+    @inline(__always)
+    mutating func arm(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+        try core.ring.prepareRecv(
+            s.pointee.file, bufferGroup: buffers.group, multishot: s.pointee.queueHead < 0,
+            tag: s.pointee.tag(.recv).rawValue)
+        s.pointee.pending.insert(.recv)
+    }
+
+    /// At its own bound, a session is re-armed when its sends give buffers back; with the ring
+    /// empty, it waits in the list.
+    @inline(__always)
+    mutating func armOrWait(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+        guard s.pointee.buffersHeld < maxHeldPerConnection else { return }
+        if free > 0 {
+            try arm(s, core: core)
+        } else {
+            _ = waitForBuffers(s)
+        }
+    }
+
+    @inline(__always)
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32) {
+        let id = c.bufferID.unsafelyUnwrapped
+        free -= 1
+        s.pointee.buffersHeld += 1
+        return (UnsafeMutableRawBufferPointer(rebasing: buffers.buffer(id)[0..<Int(c.result)]), Int32(id))
+    }
+
+    @inline(__always)
+    mutating func discard(_ c: Completion) {
+        // A completion that took a buffer: count it out and straight back, so `free` stays true.
+        guard let id = c.bufferID else { return }
+        buffers.recycle(id)
+    }
+
+    @inline(__always)
+    mutating func release(_ segment: Int32, of s: UnsafeMutablePointer<Session>) {
+        buffers.recycle(UInt16(truncatingIfNeeded: segment))
+        free += 1
+        s.pointee.buffersHeld -= 1
+    }
+
+    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) -> Bool {
+        if free > 0 { return false }
+        s.pointee.waitingForBuffers = true
+        let index = Int32(bitPattern: s.pointee.index)
+        guard !linked[Int(index)] else { return true }
+        linked[Int(index)] = true
+        waitNext[Int(index)] = -1
+        if waitTail >= 0 { waitNext[Int(waitTail)] = index } else { waitHead = index }
+        waitTail = index
+        return true
+    }
+
+    mutating func afterBatch(core: LoopCore) throws(URingError) {
+        buffers.commit()
+        while free > 0 && waitHead >= 0 {
+            let index = Int(waitHead)
+            waitHead = waitNext[index]
+            if waitHead < 0 { waitTail = -1 }
+            linked[index] = false
+            waitNext[index] = -1
+            guard let s = core.sessions.session(at: index), s.pointee.waitingForBuffers else { continue }
+            s.pointee.waitingForBuffers = false
+            if core.wantsReceive(s) {
+                core.stats.receiveRearms &+= 1
+                try armOrWait(s, core: core)
+            }
+        }
+    }
+
+    mutating func teardown(core: LoopCore) {
+        try? buffers.unregister(from: core.ring)
+    }
+}

@@ -1,0 +1,94 @@
+import Glibc
+import Logging
+import SocketPool
+import URing
+
+/// The loop's timer and its wake-up descriptor: the idle sweep and paused-accept retry on each
+/// tick, statistics published once per tick, and stop.
+struct Housekeeping {
+    let wakeFD: Int32
+    /// The eventfd read lands here: memory of the server's ``Mailboxes``, which outlive the ring (a
+    /// read may be pending until the ring exits).
+    let wakeBuffer: UnsafeMutableRawBufferPointer
+    let idleNanoseconds: UInt64
+    let publish: (ServerStatistics, Bool) -> Void
+    var stopDeadline: UInt64 = 0
+    var ticks: UInt64 = 0
+
+    init(core: LoopCore, publish: @escaping (ServerStatistics, Bool) -> Void) {
+        let configuration = core.configuration
+        wakeFD = core.mailboxes.wakeDescriptors[core.ringIndex]
+        self.publish = publish
+        wakeBuffer = core.mailboxes.wakeBuffer(core.ringIndex)
+        idleNanoseconds = configuration.idleTimeout.map { UInt64($0.nanoseconds) } ?? 0
+    }
+
+    static let tickTag = RequestTag(index: 0, generation: 0, kind: .timeout)
+    static let wakeTag = RequestTag(index: 0, generation: 0, kind: .wake)
+    static let acceptCancelTag = RequestTag(index: 0, generation: 1, kind: .wake)
+
+    func armTick(_ core: LoopCore) throws(URingError) {
+        try core.ring.prepareTimeout(core.configuration.tickInterval, tag: Self.tickTag.rawValue)
+    }
+
+    func armWake(_ core: LoopCore) throws(URingError) {
+        try core.ring.prepareRead(.fd(wakeFD), into: wakeBuffer, tag: Self.wakeTag.rawValue)
+    }
+
+    /// The idle sweep: a connection that received nothing for the idle timeout is closed.
+    func sweepIdle(_ core: LoopCore) throws(URingError) {
+        guard idleNanoseconds > 0 else { return }
+        for i in 0..<core.sessions.capacity {
+            guard let s = core.sessions.session(at: i), s.pointee.state == .open else { continue }
+            if core.now &- s.pointee.lastActivity > idleNanoseconds {
+                core.stats.idleClosed &+= 1
+                try core.beginClose(s)
+            }
+        }
+    }
+
+    /// Stop: no new accepts, every connection closed; the timer keeps ticking so the stop deadline
+    /// is checked even when nothing else completes.
+    mutating func beginStop(_ core: LoopCore, listener: Int32, acceptsInFlight: Int) throws(URingError) {
+        guard !core.stopping else { return }
+        core.stopping = true
+        stopDeadline = core.now &+ UInt64(core.configuration.stopTimeout.nanoseconds)
+        if acceptsInFlight > 0 {
+            try core.ring.prepareCancel(file: .fd(listener), tag: Self.acceptCancelTag.rawValue)
+        }
+        for i in 0..<core.sessions.capacity {
+            if let s = core.sessions.session(at: i) { try core.beginClose(s) }
+        }
+    }
+
+    /// A snapshot of the counters, handed to the server (a lock, once per tick and at the end).
+    @discardableResult
+    func publishStatistics(_ core: LoopCore, buffersHeld: Int, report: Bool = true) -> ServerStatistics {
+        var snapshot = core.stats
+        snapshot.active = core.sessions.statistics.inUse
+        snapshot.sessions = core.sessions.statistics
+        snapshot.contexts = core.contexts.statistics
+        if let slotStatistics = core.slots?.statistics { snapshot.slots = slotStatistics }
+        snapshot.completions = core.ring.statistics.completions
+        snapshot.submits = core.ring.statistics.submitCalls
+        snapshot.completionQueueOverflows = UInt64(core.ring.completionQueueOverflow)
+        snapshot.buffersHeld = buffersHeld
+        snapshot.outboundBuffersInUse = core.queue.outboundCount - core.queue.outboundAvailable
+        publish(snapshot, report)
+        return snapshot
+    }
+}
+
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (s, atto) = components
+        return s * 1_000_000_000 + atto / 1_000_000_000
+    }
+}

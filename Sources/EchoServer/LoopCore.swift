@@ -1,0 +1,177 @@
+import Logging
+import SocketPool
+import URing
+
+/// What one ring's loop owns, apart from its handler and its receive strategy: the ring, the
+/// connections (one ``Session`` record each), the send queues, the shared request contexts
+/// (accept, timer, wake, messages) and the counters. Handles (``Connection``, ``RingContext``)
+/// reach it during callbacks.
+///
+/// Not generic, so the handle types are not either; the generic ``CompletionLoop`` does the
+/// dispatching and calls the handler. Confined to the ring's thread.
+final class LoopCore {
+    let configuration: ServerConfiguration
+    let ring: Ring
+    let ringIndex: Int
+    let mailboxes: Mailboxes
+    let logger: Logger
+    var contexts: ContextSlab
+    var sessions: SessionPool
+    var slots: SlotPool?
+    var queue: SendQueue
+    var stats = ServerStatistics()
+    var features: KernelFeatures
+    var now: UInt64 = 0
+    var stopping = false
+
+    /// Receiving pauses at this many queued bytes and resumes at half.
+    let maxPending: Int
+    /// A write that would queue more than this is refused.
+    let maxOutput: Int
+    /// ``ConnectionHandler/writable(_:)`` is called once a waiting queue drains to this.
+    let lowWater: Int
+
+    /// Connections written to (or closed) during a callback, flushed when the callback returns.
+    let dirtyNext: UnsafeMutablePointer<Int32>
+    let isDirty: UnsafeMutablePointer<Bool>
+    var dirtyHead: Int32 = -1
+    /// While the handler's `received` runs: the connection and the queue tail before the call, so
+    /// the in-place reply goes in ahead of what the call writes.
+    var replyAnchorSession: Int32 = -1
+    var replyAnchor: Int32 = -1
+
+    init(
+        configuration: ServerConfiguration, setup: consuming RingSetup, providedBase: UnsafeMutableRawPointer?,
+        ringIndex: Int, mailboxes: Mailboxes, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.ringIndex = ringIndex
+        self.mailboxes = mailboxes
+        self.logger = logger
+        let capacity = configuration.connectionsPerThread
+        let useRing = providedBase != nil
+        features = setup.features
+        slots = setup.slots.take()
+        ring = setup.ring
+        sessions = SessionPool(
+            mode: configuration.mode, capacity: capacity, bufferSize: useRing ? 0 : configuration.bufferSize)
+        contexts = ContextSlab(capacity: configuration.acceptDepth + 64)
+        queue = SendQueue(
+            provided: useRing ? configuration.bufferRingEntries : 0, providedBase: providedBase,
+            providedSize: configuration.bufferSize, outbound: configuration.outboundBuffers,
+            outboundSize: configuration.bufferSize, sessions: useRing ? 0 : capacity)
+        dirtyNext = .allocate(capacity: capacity)
+        dirtyNext.initialize(repeating: -1, count: capacity)
+        isDirty = .allocate(capacity: capacity)
+        isDirty.initialize(repeating: false, count: capacity)
+        maxPending = configuration.maxPendingBytesPerConnection
+        maxOutput = configuration.maxOutputBytesPerConnection
+        lowWater = configuration.maxPendingBytesPerConnection / 2
+        stats.setupFlags = ring.setupFlags
+        stats.features = features
+    }
+
+    deinit {
+        dirtyNext.deallocate()
+        isDirty.deallocate()
+    }
+
+    var useSlots: Bool { slots != nil }
+
+    /// The live session an ID names, or nil for a stale ID.
+    @inline(__always)
+    func session(_ id: ConnectionID) -> UnsafeMutablePointer<Session>? {
+        guard id.index >= 0 && id.index < sessions.capacity else { return nil }
+        return sessions.resolve(SessionHandle(index: UInt32(id.index), generation: id.generation))
+    }
+
+    @inline(__always)
+    func connectionID(_ s: UnsafeMutablePointer<Session>) -> ConnectionID {
+        ConnectionID(index: Int(s.pointee.index), generation: s.pointee.generation)
+    }
+
+    // MARK: Requests from handles
+
+    func write(_ bytes: UnsafeRawBufferPointer, to id: ConnectionID) -> WriteResult {
+        guard let s = session(id), s.pointee.state == .open || s.pointee.state == .halfClosed,
+            !s.pointee.abortRequested
+        else { return .closed }
+        guard s.pointee.queuedBytes + bytes.count <= maxOutput else {
+            s.pointee.wantsWritable = true
+            stats.writesRefused &+= 1
+            return .full
+        }
+        // Writes made during `received` go after its in-place reply, so they must not fill the room
+        // left in the segment that was last before the call.
+        let coalesce = !(Int32(bitPattern: s.pointee.index) == replyAnchorSession && s.pointee.queueTail == replyAnchor)
+        guard queue.write(bytes, to: s, coalesce: coalesce) else {
+            s.pointee.wantsWritable = true
+            stats.writesRefused &+= 1
+            return .full
+        }
+        if s.pointee.queuedBytes >= maxPending { s.pointee.wantsWritable = true }
+        markDirty(s)
+        return .queued
+    }
+
+    func requestClose(_ id: ConnectionID, abort: Bool) {
+        guard let s = session(id), s.pointee.state != .closing else { return }
+        if abort { s.pointee.abortRequested = true } else { s.pointee.closeRequested = true }
+        markDirty(s)
+    }
+
+    func queuedBytes(_ id: ConnectionID) -> Int? { session(id)?.pointee.queuedBytes }
+
+    @inline(__always)
+    func markDirty(_ s: UnsafeMutablePointer<Session>) {
+        let i = Int(s.pointee.index)
+        guard !isDirty[i] else { return }
+        isDirty[i] = true
+        dirtyNext[i] = dirtyHead
+        dirtyHead = Int32(i)
+    }
+
+    /// After a handler callback: carries out the closes it asked for and posts the sends its
+    /// writes need.
+    func flushDirty() throws(URingError) {
+        while dirtyHead >= 0 {
+            let i = Int(dirtyHead)
+            dirtyHead = dirtyNext[i]
+            isDirty[i] = false
+            guard let s = sessions.session(at: i) else { continue }
+            try settle(s)
+        }
+    }
+
+    /// Acts on a session's requests and queue: abort, close-after-output, and a send when output
+    /// waits and none is in flight.
+    func settle(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
+        if s.pointee.abortRequested {
+            try beginClose(s)
+            return
+        }
+        if s.pointee.closeRequested && s.pointee.state == .open { try stopReceiving(s) }
+        if s.pointee.state == .closing { return }
+        if !s.pointee.pending.contains(.send) && s.pointee.queueHead >= 0 {
+            try postSend(s)
+        } else {
+            try closeIfDone(s)
+        }
+    }
+
+    /// Whether `s` should have a receive posted (the strategy decides whether it can).
+    @inline(__always)
+    func wantsReceive(_ s: UnsafeMutablePointer<Session>) -> Bool {
+        s.pointee.state == .open && !s.pointee.pausedForBound && !s.pointee.waitingForBuffers
+            && !s.pointee.pending.contains(.recv) && !s.pointee.pending.contains(.cancelRecv)
+    }
+
+    // MARK: Send
+
+    @inline(__always)
+    func postSend(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
+        guard let bytes = queue.head(s) else { return }
+        try ring.prepareSend(s.pointee.file, from: bytes, tag: s.pointee.tag(.send).rawValue)
+        s.pointee.pending.insert(.send)
+    }
+}

@@ -1,0 +1,66 @@
+import Logging
+import SocketPool
+import URing
+
+/// Ring and feature setup for one loop, with every fallback: the flag chain, the fixed-file table,
+/// the provided-buffer ring. What the kernel refuses is dropped from ``features`` and logged once.
+struct RingSetup: ~Copyable {
+    let ring: Ring
+    var features: KernelFeatures
+    var slots: SlotPool?
+    var buffers: BufferRing?
+    let probe: Probe?
+
+    init(_ configuration: ServerConfiguration, logger: Logger) throws(URingError) {
+        // Probe at start: drop what the running kernel cannot do before trying it.
+        let release = Sockets.kernelRelease
+        var features = configuration.features.intersection(KernelFeatures.supported(byKernelRelease: release))
+        if features != configuration.features {
+            logger.notice("kernel \(release) lacks \(configuration.features.subtracting(features)); using the fallbacks")
+        }
+        var chain = RingOptions.automaticFlags
+        if !features.contains(.deferTaskrun) { chain.removeAll { $0.contains(.deferTaskrun) } }
+        ring = try Ring(RingOptions(entries: configuration.ringEntries, flagPreference: chain))
+        if !ring.setupFlags.contains(.deferTaskrun) { features.remove(.deferTaskrun) }
+        probe = try? ring.probe()
+        if features.contains(.messageRing) && !(probe?.supports(.msgRing) ?? false) {
+            logger.notice("IORING_OP_MSG_RING unsupported; rings wake each other through eventfds")
+            features.remove(.messageRing)
+        }
+        let capacity = configuration.connectionsPerThread
+
+        // Fixed slots: pooled mode only. The table has spare slots beyond the connection cap so a
+        // client over the cap can still be accepted and closed cleanly.
+        if configuration.mode == .pooled && features.contains(.fixedFiles) {
+            do {
+                slots = try SlotPool(ring: ring, capacity: UInt32(capacity + configuration.spareSlots))
+            } catch {
+                logger.warning("fixed files unavailable (\(error)); pooled mode falls back to plain descriptors")
+                features.remove(.fixedFiles)
+                slots = nil
+            }
+        } else {
+            features.remove(.fixedFiles)
+            slots = nil
+        }
+
+        if configuration.receive == .bufferRing && features.contains(.bufferRing) {
+            do {
+                buffers = try BufferRing(
+                    registeringWith: ring, group: 1, count: configuration.bufferRingEntries,
+                    bufferSize: configuration.bufferSize)
+            } catch {
+                logger.warning("buffer ring unavailable (\(error)); falling back to per-session buffers")
+                features.remove(.bufferRing)
+                buffers = nil
+            }
+        } else {
+            features.remove(.bufferRing)
+            buffers = nil
+        }
+        // Slots are filled by pre-posted single-shot accepts (see Acceptor); multishot accept
+        // serves plain descriptors.
+        if slots != nil { features.remove(.multishotAccept) }
+        self.features = features
+    }
+}

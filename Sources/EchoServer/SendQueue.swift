@@ -1,0 +1,167 @@
+import SocketPool
+
+/// Every connection's send queue, over storage made once per ring.
+///
+/// A queue is a singly linked list of **segments**, each a buffer and a length, held in the
+/// session (``Session/queueHead``…). Segment ids share one space:
+///
+/// | ids | segment |
+/// |---|---|
+/// | `0 ..< provided` | a provided buffer the kernel filled (echoed in place, zero copy) |
+/// | `outboundFirst ..< outboundFirst + outbound` | a pooled outbound buffer that ``write(_:to:coalesce:)`` copied into |
+/// | `sessionFirst + index` | session `index`'s own buffer (per-session receive, echoed in place) |
+///
+/// Outbound buffers come from a LIFO free list: a write allocates nothing. A write appends to the
+/// last outbound segment while it has room, so many small writes go out in one send.
+struct SendQueue: ~Copyable {
+    let length: UnsafeMutablePointer<Int32>
+    let next: UnsafeMutablePointer<Int32>
+    let providedBase: UnsafeMutableRawPointer?
+    let providedSize: Int
+    let outboundFirst: Int32
+    let outboundCount: Int
+    let outboundSize: Int
+    let outboundBase: UnsafeMutableRawPointer
+    let sessionFirst: Int32
+    let outboundFree: UnsafeMutablePointer<Int32>
+    private(set) var outboundAvailable: Int
+
+    /// - Parameters:
+    ///   - provided: provided buffers (0 without a buffer ring), at `providedBase`, each `providedSize`.
+    ///   - outbound: outbound buffers of `outboundSize` bytes.
+    ///   - sessions: sessions with their own buffer (0 with a buffer ring).
+    init(
+        provided: Int, providedBase: UnsafeMutableRawPointer?, providedSize: Int, outbound: Int, outboundSize: Int,
+        sessions: Int
+    ) {
+        let total = provided + outbound + sessions
+        length = .allocate(capacity: max(total, 1))
+        length.initialize(repeating: 0, count: max(total, 1))
+        next = .allocate(capacity: max(total, 1))
+        next.initialize(repeating: -1, count: max(total, 1))
+        self.providedBase = providedBase
+        self.providedSize = providedSize
+        outboundFirst = Int32(provided)
+        outboundCount = outbound
+        self.outboundSize = outboundSize
+        // Pages are touched only as buffers are used: the block costs address space, not memory.
+        outboundBase = .allocate(byteCount: max(outbound * outboundSize, 1), alignment: 64)
+        sessionFirst = Int32(provided + outbound)
+        outboundFree = .allocate(capacity: max(outbound, 1))
+        for i in 0..<outbound { outboundFree[i] = outboundFirst + Int32(outbound - 1 - i) }
+        outboundAvailable = outbound
+    }
+
+    deinit {
+        length.deallocate()
+        next.deallocate()
+        outboundBase.deallocate()
+        outboundFree.deallocate()
+    }
+
+    @inline(__always) func isOutbound(_ id: Int32) -> Bool {
+        id >= outboundFirst && id < outboundFirst + Int32(outboundCount)
+    }
+
+    @inline(__always) func isProvided(_ id: Int32) -> Bool { id < outboundFirst }
+
+    /// The memory of segment `id` (a session segment's is that session's buffer).
+    @inline(__always)
+    func base(_ id: Int32, _ s: UnsafeMutablePointer<Session>) -> UnsafeMutableRawPointer {
+        if id < outboundFirst { return providedBase.unsafelyUnwrapped + Int(id) * providedSize }
+        if id < sessionFirst { return outboundBase + Int(id - outboundFirst) * outboundSize }
+        return s.pointee.buffer.baseAddress.unsafelyUnwrapped
+    }
+
+    /// The unsent bytes of `s`'s head segment, or nil when its queue is empty.
+    @inline(__always)
+    func head(_ s: UnsafeMutablePointer<Session>) -> UnsafeRawBufferPointer? {
+        let id = s.pointee.queueHead
+        guard id >= 0 else { return nil }
+        let start = base(id, s) + Int(s.pointee.headSent)
+        return UnsafeRawBufferPointer(start: start, count: Int(length[Int(id)] - s.pointee.headSent))
+    }
+
+    /// Links segment `id` of `count` bytes after segment `anchor` (-1: at the front) of `s`'s queue.
+    /// Inserting at the front is only valid while no send of `s` is in flight.
+    @inline(__always)
+    func insert(_ id: Int32, count: Int, after anchor: Int32, in s: UnsafeMutablePointer<Session>) {
+        length[Int(id)] = Int32(count)
+        if anchor < 0 {
+            next[Int(id)] = s.pointee.queueHead
+            s.pointee.queueHead = id
+            s.pointee.headSent = 0
+        } else {
+            next[Int(id)] = next[Int(anchor)]
+            next[Int(anchor)] = id
+        }
+        if next[Int(id)] < 0 { s.pointee.queueTail = id }
+        s.pointee.queuedBytes += count
+    }
+
+    /// Copies `bytes` to the end of `s`'s queue: into the room left in its last outbound segment
+    /// (unless `coalesce` is false), then into fresh outbound buffers. All or nothing.
+    /// - Returns: false (nothing queued) when the outbound buffers would run out.
+    mutating func write(_ bytes: UnsafeRawBufferPointer, to s: UnsafeMutablePointer<Session>, coalesce: Bool) -> Bool {
+        var remaining = bytes.count
+        guard remaining > 0 else { return true }
+        let tail = s.pointee.queueTail
+        let room = tail >= 0 && coalesce && isOutbound(tail) ? outboundSize - Int(length[Int(tail)]) : 0
+        let needed = (max(remaining - room, 0) + outboundSize - 1) / outboundSize
+        guard needed <= outboundAvailable else { return false }
+        var source = bytes.baseAddress.unsafelyUnwrapped
+        if room > 0 {
+            let n = min(room, remaining)
+            (base(tail, s) + Int(length[Int(tail)])).copyMemory(from: source, byteCount: n)
+            length[Int(tail)] += Int32(n)
+            s.pointee.queuedBytes += n
+            source += n
+            remaining -= n
+        }
+        while remaining > 0 {
+            outboundAvailable -= 1
+            let id = outboundFree[outboundAvailable]
+            let n = min(outboundSize, remaining)
+            base(id, s).copyMemory(from: source, byteCount: n)
+            insert(id, count: n, after: s.pointee.queueTail, in: s)
+            source += n
+            remaining -= n
+        }
+        return true
+    }
+
+    /// Records `sent` bytes of the head as sent; returns the head's id if it is now finished (and
+    /// unlinked), or -1 if part of it is left.
+    @inline(__always)
+    func advance(_ s: UnsafeMutablePointer<Session>, sent: Int) -> Int32 {
+        let id = s.pointee.queueHead
+        s.pointee.headSent += Int32(sent)
+        s.pointee.queuedBytes -= sent
+        guard s.pointee.headSent >= length[Int(id)] else { return -1 }
+        s.pointee.queueHead = next[Int(id)]
+        if s.pointee.queueHead < 0 { s.pointee.queueTail = -1 }
+        s.pointee.headSent = 0
+        return id
+    }
+
+    /// Unlinks every segment of `s`'s queue, calling `release` for each.
+    func drain(_ s: UnsafeMutablePointer<Session>, _ release: (Int32) -> Void) {
+        var id = s.pointee.queueHead
+        while id >= 0 {
+            let following = next[Int(id)]
+            release(id)
+            id = following
+        }
+        s.pointee.queueHead = -1
+        s.pointee.queueTail = -1
+        s.pointee.queuedBytes = 0
+        s.pointee.headSent = 0
+    }
+
+    /// Returns an outbound segment to the free list.
+    @inline(__always)
+    mutating func freeOutbound(_ id: Int32) {
+        outboundFree[outboundAvailable] = id
+        outboundAvailable += 1
+    }
+}

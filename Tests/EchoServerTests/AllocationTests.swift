@@ -1,0 +1,103 @@
+import EchoServer
+import SocketPool
+import Synchronization
+import TestSupport
+import URing
+import XCTest
+
+/// Heap allocations made by the ring thread itself, read from inside handler callbacks (the
+/// counter is per thread, so the clients' allocations are not counted).
+final class AllocationMarks: Sendable {
+    let start = Atomic<UInt64>(0)
+    let end = Atomic<UInt64>(0)
+    let warmup: Int
+    let measured: Int
+    init(warmup: Int, measured: Int) {
+        self.warmup = warmup
+        self.measured = measured
+    }
+    func mark(_ count: Int) {
+        if count == warmup { start.store(threadAllocations(), ordering: .relaxed) }
+        if count == warmup + measured { end.store(threadAllocations(), ordering: .relaxed) }
+    }
+    var perEvent: Double {
+        Double(end.load(ordering: .relaxed) &- start.load(ordering: .relaxed)) / Double(measured)
+    }
+}
+
+/// Echo in place, or echo through ``Connection/write(_:)`` (a copy into pooled outbound buffers),
+/// marking messages and closes.
+struct MarkingHandler: ConnectionHandler {
+    let messages: AllocationMarks
+    let closes: AllocationMarks
+    let viaWrite: Bool
+    var messageCount = 0
+    var closeCount = 0
+
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        messageCount += 1
+        messages.mark(messageCount)
+        if viaWrite {
+            XCTAssertEqual(connection.write(UnsafeRawBufferPointer(bytes)), .queued)
+            return .nothing
+        }
+        return .send(bytes.count)
+    }
+
+    mutating func closed(_ connection: ConnectionID) {
+        closeCount += 1
+        closes.mark(closeCount)
+    }
+}
+
+final class AllocationTests: ServerTestCase {
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        try XCTSkipUnless(allocationCounterAvailable, "the malloc counter is left out under sanitizers")
+    }
+
+    /// Allocations of the ring thread per message (one connection, 64-byte ping-pong) and per
+    /// connection (accept, echo 64 bytes, close), after warm-up, on the real loop.
+    func measure(_ mode: PoolMode, _ receive: ReceiveStrategy, viaWrite: Bool) throws -> (perMessage: Double, perConnection: Double) {
+        let messages = AllocationMarks(warmup: 200, measured: 2000)
+        let closes = AllocationMarks(warmup: 100, measured: 1000)
+        var c = config(mode, receive)
+        c.maxConnections = 8
+        try withServer(c, handler: { MarkingHandler(messages: messages, closes: closes, viaWrite: viaWrite) }) { server, port in
+            let payload = patternBytes(seed: 7, count: 64)
+            let s = try TestSocket.connect(port: port)
+            for _ in 0..<(messages.warmup + messages.measured) {
+                try s.writeAll(payload)
+                XCTAssertEqual(try s.readExactly(64), payload)
+            }
+            s.close()
+            for i in 0..<(closes.warmup + closes.measured) {
+                XCTAssertEqual(try Self.roundTrip(port: port, payload), payload, "connection \(i)")
+            }
+            XCTAssertTrue(eventually { server.statistics.closed == UInt64(closes.warmup + closes.measured + 1) })
+        }
+        return (messages.perEvent, closes.perEvent)
+    }
+
+    func testEchoAndWriteAllocateNothingPerMessageOrConnectionWhenPooled() throws {
+        for receive in ReceiveStrategy.allCases {
+            for viaWrite in [false, true] {
+                let (perMessage, perConnection) = try measure(.pooled, receive, viaWrite: viaWrite)
+                let label = "pooled/\(receive)/\(viaWrite ? "write" : "in place")"
+                print("allocations \(label): \(perMessage) per message, \(perConnection) per connection")
+                XCTAssertEqual(perMessage, 0, "\(label): zero heap allocations per message")
+                XCTAssertEqual(perConnection, 0, "\(label): zero heap allocations per connection")
+            }
+        }
+    }
+
+    func testUnpooledAllocatesItsSessionPerConnectionAndNothingPerMessage() throws {
+        for receive in ReceiveStrategy.allCases {
+            let (perMessage, perConnection) = try measure(.unpooled, receive, viaWrite: false)
+            print("allocations unpooled/\(receive): \(perMessage) per message, \(perConnection) per connection")
+            XCTAssertEqual(perMessage, 0, "unpooled/\(receive): nothing per message")
+            // A session per connection, and with per-session receive its buffer too.
+            XCTAssertGreaterThanOrEqual(perConnection, receive == .bufferRing ? 0.99 : 1.99, "unpooled/\(receive)")
+        }
+    }
+}
