@@ -1,0 +1,163 @@
+import SocketPool
+import URing
+
+// A connection's completions: accepted, received, sent, cancelled, closed. Each ends by letting
+// the handler's requests take effect (afterCallback).
+extension CompletionLoop where Receiver: ~Copyable {
+    func onAccept(_ c: Completion, _ tag: RequestTag) throws(URingError) {
+        let (accepted, ended) = try acceptor.onAccept(c, tag, core)
+        if let accepted {
+            if core.stopping {
+                try Acceptor.closeRejected(accepted, core)
+            } else if let handle = core.sessions.acquire(file: accepted.file, slotGeneration: accepted.lease?.generation ?? 0),
+                let s = core.sessions.resolve(handle)
+            {
+                s.pointee.lastActivity = core.now
+                handler.opened(Connection(core.connectionID(s), core))
+                try afterCallback(s)
+            } else {
+                core.stats.rejected &+= 1
+                try Acceptor.closeRejected(accepted, core)
+            }
+        }
+        try acceptor.rearmIfEnded(ended, core)
+    }
+
+    func onReceive(_ c: Completion, _ s: UnsafeMutablePointer<Session>) throws(URingError) {
+        if receiver.ended(c) { s.pointee.pending.remove(.recv) }
+        guard c.result > 0 else {
+            receiver.discard(c)
+            return try onReceiveEnded(c, s)
+        }
+        let (bytes, segment) = receiver.take(c, s)
+        core.stats.bytesIn &+= UInt64(bytes.count)
+        s.pointee.bytesIn &+= UInt64(bytes.count)
+        s.pointee.lastActivity = core.now
+        guard s.pointee.state == .open && !s.pointee.closeRequested else {
+            // Bytes after we decided to close are dropped with the connection.
+            receiver.release(segment, of: s)
+            return try core.closeIfDone(s)
+        }
+        // The in-place reply goes in after what was queued before the call, ahead of its writes.
+        let anchor = s.pointee.queueTail
+        core.replyAnchorSession = Int32(bitPattern: s.pointee.index)
+        core.replyAnchor = anchor
+        let reply = handler.received(bytes, connection: Connection(core.connectionID(s), core))
+        core.replyAnchorSession = -1
+        let count = min(max(reply.count, 0), bytes.count)
+        if count > 0 && s.pointee.state != .closing && !s.pointee.abortRequested {
+            core.queue.insert(segment, count: count, after: anchor, in: s)
+        } else {
+            receiver.release(segment, of: s)
+        }
+        if reply.close { s.pointee.closeRequested = true }
+        try afterCallback(s)
+    }
+
+    /// End of stream, an error, or a receive that simply ended (cancelled, out of buffers).
+    func onReceiveEnded(_ c: Completion, _ s: UnsafeMutablePointer<Session>) throws(URingError) {
+        if c.result == 0 {
+            // Peer half-closed: send what is queued, then close.
+            if s.pointee.state == .open { s.pointee.state = ConnectionLifecycle.next(.open, .peerClosed) }
+            return try core.closeIfDone(s)
+        }
+        switch c.error! {
+        case .noBufferSpace:
+            // The buffer ring ran dry; the data (or the EOF) waits in the socket. Receive again as
+            // soon as buffers come back.
+            core.stats.bufferShortages &+= 1
+            if core.wantsReceive(s) {
+                core.stats.receiveRearms &+= 1
+                try receiver.armOrWait(s, core: core)
+            }
+            try core.closeIfDone(s)
+        case .canceled:
+            try core.closeIfDone(s)
+            if core.wantsReceive(s) { try receiver.armOrWait(s, core: core) }
+        default:
+            // Reset or another error: nothing more will be read or written.
+            core.stats.errors &+= 1
+            try core.beginClose(s)
+        }
+    }
+
+    func onSend(_ c: Completion, _ s: UnsafeMutablePointer<Session>) throws(URingError) {
+        s.pointee.pending.remove(.send)
+        if s.pointee.state == .closing { return try core.finishCloseIfIdle(s) }
+        guard c.result >= 0 else {
+            core.stats.errors &+= 1
+            return try core.beginClose(s)
+        }
+        let sent = Int(c.result)
+        core.stats.bytesOut &+= UInt64(sent)
+        s.pointee.bytesOut &+= UInt64(sent)
+        let finished = core.queue.advance(s, sent: sent)  // a short send continues where it stopped
+        if finished >= 0 { release(finished, of: s) }
+        if s.pointee.queueHead >= 0 { try core.postSend(s) }
+        if s.pointee.wantsWritable && s.pointee.queuedBytes <= core.lowWater && s.pointee.state != .closing {
+            s.pointee.wantsWritable = false
+            handler.writable(Connection(core.connectionID(s), core))
+        }
+        try afterCallback(s)
+    }
+
+    func onCancel(_ c: Completion, _ s: UnsafeMutablePointer<Session>, _ request: PendingRequests) throws(URingError) {
+        s.pointee.pending.remove(request)
+        try core.closeIfDone(s)
+        if core.wantsReceive(s) { try receiver.armOrWait(s, core: core) }
+    }
+
+    func onClose(_ c: Completion, _ s: UnsafeMutablePointer<Session>) throws(URingError) {
+        s.pointee.pending.remove(.close)
+        if c.result < 0 { core.logger.debug("close failed: \(c.error!)") }
+        // Buffers still queued for sending go back.
+        core.queue.drain(s) { id in release(id, of: s) }
+        let id = core.connectionID(s)
+        let handle = s.pointee.handle
+        if s.pointee.file.isFixed {
+            core.slots?.release(SlotLease(index: UInt32(bitPattern: s.pointee.file.raw), generation: s.pointee.slotGeneration))
+        }
+        s.pointee.state = ConnectionLifecycle.next(.closing, .closeCompleted)
+        if !core.sessions.release(handle) {
+            core.logger.critical("\(handle) closed with requests in flight: \(s.pointee.pending)")
+        }
+        core.stats.closed &+= 1
+        handler.closed(id)
+        try core.flushDirty()
+        try acceptor.resumeIfPaused(core)
+    }
+
+    /// Gives a sent or dropped segment back to whoever owns its memory.
+    @inline(__always)
+    func release(_ segment: Int32, of s: UnsafeMutablePointer<Session>) {
+        if core.queue.isOutbound(segment) { core.queue.freeOutbound(segment) } else { receiver.release(segment, of: s) }
+    }
+
+    /// After a handler callback on `s` (or a change to its queue): carry out what the handler asked
+    /// of any connection, keep `s` sending, and keep it receiving within its bounds.
+    @inline(__always)
+    func afterCallback(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
+        try core.flushDirty()
+        try core.settle(s)
+        guard s.pointee.state == .open else { return }
+        let overBound = s.pointee.queuedBytes >= core.maxPending
+            || s.pointee.buffersHeld >= receiver.maxHeldPerConnection
+        if overBound {
+            if !s.pointee.pausedForBound {
+                // Bounded memory per connection: stop receiving until the peer reads.
+                s.pointee.pausedForBound = true
+                core.stats.receivePauses &+= 1
+                try core.cancel(s, .recv)
+            }
+        } else if s.pointee.pausedForBound && s.pointee.queuedBytes <= core.maxPending / 2
+            && s.pointee.buffersHeld <= receiver.maxHeldPerConnection / 2
+        {
+            s.pointee.pausedForBound = false
+        }
+        if core.wantsReceive(s) {
+            if s.pointee.bytesIn > 0 { core.stats.receiveRearms &+= 1 }
+            try receiver.armOrWait(s, core: core)
+        }
+    }
+
+}
