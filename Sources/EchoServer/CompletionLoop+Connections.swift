@@ -111,7 +111,12 @@ extension CompletionLoop where Receiver: ~Copyable {
         s.pointee.pending.remove(.close)
         if c.result < 0 { core.logger.debug("close failed: \(c.error!)") }
         // Buffers still queued for sending go back.
-        core.queue.drain(s) { id in release(id, of: s) }
+        var segment = core.queue.detachAll(s)
+        while segment >= 0 {
+            let following = core.queue.next[Int(segment)]
+            release(segment, of: s)
+            segment = following
+        }
         let id = core.connectionID(s)
         let handle = s.pointee.handle
         if s.pointee.file.isFixed {

@@ -144,18 +144,15 @@ struct SendQueue: ~Copyable {
         return id
     }
 
-    /// Unlinks every segment of `s`'s queue, calling `release` for each.
-    func drain(_ s: UnsafeMutablePointer<Session>, _ release: (Int32) -> Void) {
-        var id = s.pointee.queueHead
-        while id >= 0 {
-            let following = next[Int(id)]
-            release(id)
-            id = following
-        }
+    /// Empties `s`'s queue and returns its first segment; follow ``next`` from there to give
+    /// each back (the links stay valid until the segments are reused).
+    func detachAll(_ s: UnsafeMutablePointer<Session>) -> Int32 {
+        let head = s.pointee.queueHead
         s.pointee.queueHead = -1
         s.pointee.queueTail = -1
         s.pointee.queuedBytes = 0
         s.pointee.headSent = 0
+        return head
     }
 
     /// Returns an outbound segment to the free list.

@@ -1,0 +1,295 @@
+import EchoServer
+import Foundation
+import Glibc
+import SocketPool
+import TestSupport
+import URing
+import XCTest
+
+/// Greets on open; answers every read with `OK <n>\n` (a reply that is not a prefix of the request).
+struct GreetAndCount: ConnectionHandler {
+    mutating func opened(_ connection: Connection) {
+        XCTAssertEqual(connection.write("hello\n"), .queued)
+    }
+
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        XCTAssertEqual(connection.write("OK \(bytes.count)\n"), .queued)
+        return .nothing
+    }
+}
+
+/// Echoes in place and writes `!` in the same call: the `!` must come after the echoed bytes.
+struct EchoThenBang: ConnectionHandler {
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        XCTAssertEqual(connection.write("!"), .queued)
+        return .send(bytes.count)
+    }
+}
+
+/// Commands: `sub` subscribes, `pub X` writes X to the subscriber (by ID), `close`/`abort`.
+final class Relay: Sendable {
+    let subscriber = Locked<ConnectionID?>(nil)
+    let results = Locked<[WriteResult]>([])
+    let writableCalls = Locked(0)
+}
+
+struct RelayHandler: ConnectionHandler {
+    let relay: Relay
+
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        let text = String(decoding: bytes, as: UTF8.self)
+        if text.hasPrefix("sub") {
+            relay.subscriber.with { $0 = connection.id }
+            connection.write("subscribed\n")
+        } else if text.hasPrefix("pub ") {
+            let target = relay.subscriber.get!
+            let result = text.dropFirst(4).utf8.withContiguousStorageIfAvailable {
+                connection.ring.write(UnsafeRawBufferPointer($0), to: target)
+            } ?? connection.ring.write(UnsafeRawBufferPointer(start: nil, count: 0), to: target)
+            relay.results.with { $0.append(result) }
+            connection.write("\(result)\n")
+        } else if text.hasPrefix("close") {
+            connection.write("bye\n")
+            connection.close()
+        } else if text.hasPrefix("abort") {
+            connection.write([UInt8](repeating: 1, count: 1 << 20))
+            connection.abort()
+        }
+        return .nothing
+    }
+}
+
+/// On open, streams `total` pattern bytes through write, refilling on `writable` after each refusal.
+struct Streamer: ConnectionHandler {
+    let relay: Relay
+    let total: Int
+    var sent: [Int] = []
+    static let pattern = patternBytes(seed: 99, count: 1 << 16)
+
+    mutating func start(capacity: Int) { sent = Array(repeating: 0, count: capacity) }
+    mutating func opened(_ connection: Connection) {
+        sent[connection.index] = 0
+        fill(connection)
+    }
+    mutating func writable(_ connection: Connection) {
+        relay.writableCalls.with { $0 += 1 }
+        fill(connection)
+    }
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply { .nothing }
+
+    mutating func fill(_ connection: Connection) {
+        while sent[connection.index] < total {
+            let chunk = min(16_384, total - sent[connection.index])
+            let offset = sent[connection.index] % Self.pattern.count
+            let n = min(chunk, Self.pattern.count - offset)
+            let result = Self.pattern.withUnsafeBytes { connection.write(UnsafeRawBufferPointer(rebasing: $0[offset..<offset + n])) }
+            if result != .queued {
+                relay.results.with { $0.append(result) }
+                return
+            }
+            sent[connection.index] += n
+        }
+        connection.close()
+    }
+}
+
+/// Sends each read on a trip through another ring and back: ring r posts it to ring r+1 with the
+/// origin connection in the value; that ring posts it back; the origin ring writes it out.
+struct RingTrip: ConnectionHandler {
+    let relay: Relay
+
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        let ring = connection.ring
+        let value = UInt64(connection.id.index) << 32 | UInt64(connection.id.generation) | 1 << 63
+        let result = ring.post(UnsafeRawBufferPointer(bytes), value: value, toRing: (ring.index + 1) % ring.count)
+        XCTAssertEqual(result, .posted)
+        return .nothing
+    }
+
+    mutating func received(message: RingMessage, ring: RingContext) {
+        if message.value & 1 << 63 != 0 {
+            XCTAssertEqual(ring.post(message.bytes, value: message.value & ~(1 << 63), toRing: message.from), .posted)
+        } else {
+            let id = ConnectionID(index: Int(message.value >> 32), generation: UInt32(truncatingIfNeeded: message.value))
+            XCTAssertEqual(ring.write(message.bytes, to: id), .queued)
+        }
+    }
+}
+
+/// Posts `count` 1 KiB messages to the next ring in one call and reports how many were refused.
+struct Flooder: ConnectionHandler {
+    let relay: Relay
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        let message = [UInt8](repeating: 7, count: 1024)
+        var posted = 0
+        var full = 0
+        for _ in 0..<50 {
+            let r = message.withUnsafeBytes {
+                connection.ring.post($0, toRing: (connection.ring.index + 1) % connection.ring.count)
+            }
+            if r == .posted { posted += 1 } else if r == .full { full += 1 }
+        }
+        XCTAssertEqual(
+            connection.ring.post(UnsafeRawBufferPointer(start: nil, count: 0), toRing: 99), .noSuchRing)
+        connection.write("posted \(posted) full \(full)\n")
+        return .nothing
+    }
+}
+
+final class ConnectionAPITests: ServerTestCase {
+    func readLine(_ s: TestSocket) throws -> String {
+        var line: [UInt8] = []
+        while line.last != UInt8(ascii: "\n") { line += try s.readExactly(1) }
+        return String(decoding: line, as: UTF8.self)
+    }
+
+    func testGreetingOnOpenAndARepliesLongerThanTheRequest() throws {
+        for (mode, receive) in Self.variants {
+            try withServer(config(mode, receive), handler: { GreetAndCount() }) { _, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                XCTAssertEqual(try readLine(s), "hello\n", "\(mode)/\(receive): greeted before sending anything")
+                try s.writeAll(Array("ab".utf8))
+                XCTAssertEqual(try readLine(s), "OK 2\n", "\(mode)/\(receive): a 2-byte request gets a 5-byte answer")
+                try s.writeAll([UInt8](repeating: 0, count: 1))
+                XCTAssertEqual(try readLine(s), "OK 1\n")
+            }
+        }
+    }
+
+    func testInPlaceReplyGoesBeforeWhatTheSameCallWrites() throws {
+        for (mode, receive) in Self.variants {
+            try withServer(config(mode, receive), handler: { EchoThenBang() }) { _, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                for word in ["one", "two", "three"] {
+                    try s.writeAll(Array(word.utf8))
+                    XCTAssertEqual(String(decoding: try s.readExactly(word.count + 1), as: UTF8.self), word + "!")
+                }
+            }
+        }
+    }
+
+    func testWriteToAnotherConnectionAndAStaleIDIsRefused() throws {
+        for (mode, receive) in Self.variants {
+            let relay = Relay()
+            var c = config(mode, receive)
+            c.maxConnections = 2  // the subscriber's index is reused at once
+            try withServer(c, handler: { RelayHandler(relay: relay) }) { server, port in
+                let sub = try TestSocket.connect(port: port)
+                sub.setTimeout(seconds: 5)
+                try sub.writeAll(Array("sub".utf8))
+                XCTAssertEqual(try readLine(sub), "subscribed\n")
+                let pub = try TestSocket.connect(port: port)
+                pub.setTimeout(seconds: 5)
+                try pub.writeAll(Array("pub news\n".utf8))
+                XCTAssertEqual(try readLine(pub), "queued\n")
+                XCTAssertEqual(try readLine(sub), "news\n", "\(mode)/\(receive): written to the other connection")
+                // The subscriber leaves; a new connection takes its index.
+                sub.close()
+                XCTAssertTrue(eventually { server.statistics.closed == 1 })
+                let newcomer = try TestSocket.connect(port: port)
+                newcomer.setTimeout(seconds: 1)
+                try pub.writeAll(Array("pub stale\n".utf8))
+                XCTAssertEqual(try readLine(pub), "closed\n", "\(mode)/\(receive): a stale ID is refused")
+                XCTAssertThrowsError(try newcomer.readExactly(1), "the index's new owner gets nothing")
+                newcomer.close()
+                pub.close()
+            }
+        }
+    }
+
+    func testCloseSendsQueuedOutputThenEOFAndAbortEndsAtOnce() throws {
+        for (mode, receive) in Self.variants {
+            let relay = Relay()
+            try withServer(config(mode, receive), handler: { RelayHandler(relay: relay) }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 5)
+                try s.writeAll(Array("close".utf8))
+                XCTAssertEqual(try s.readToEnd(), Array("bye\n".utf8), "\(mode)/\(receive): output, then EOF")
+                s.close()
+                let a = try TestSocket.connect(port: port)
+                a.setTimeout(seconds: 5)
+                try a.writeAll(Array("abort".utf8))
+                let got = (try? a.readToEnd()) ?? []
+                XCTAssertLessThan(got.count, 1 << 20, "\(mode)/\(receive): abort dropped queued output")
+                a.close()
+                XCTAssertTrue(eventually { server.statistics.closed == 2 })
+            }
+        }
+    }
+
+    func testWritableFollowsARefusalAndEveryByteArrivesInOrder() throws {
+        let total = 2 << 20
+        for (mode, receive) in Self.variants {
+            let relay = Relay()
+            var c = config(mode, receive)
+            c.maxOutputBytesPerConnection = 64 << 10
+            try withServer(c, handler: { Streamer(relay: relay, total: total) }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 10)
+                usleep(100_000)  // let the queue fill to its bound before reading
+                let got = try s.readToEnd()
+                s.close()
+                XCTAssertEqual(got.count, total, "\(mode)/\(receive)")
+                var expected: [UInt8] = []
+                while expected.count < total { expected += Streamer.pattern }
+                XCTAssertTrue(got == Array(expected.prefix(total)), "\(mode)/\(receive): bytes in order")
+                XCTAssertTrue(relay.results.get.allSatisfy { $0 == .full })
+                XCTAssertGreaterThan(relay.results.get.count, 0, "the bound refused writes")
+                XCTAssertGreaterThan(relay.writableCalls.get, 0, "writable was called after the refusals")
+                XCTAssertGreaterThan(server.statistics.writesRefused, 0)
+            }
+        }
+    }
+
+    func testPostToAnotherRingAndBackKeepsOrderWithAndWithoutMessageRing() throws {
+        for features in [KernelFeatures.all, KernelFeatures.all.subtracting(.messageRing)] {
+            let relay = Relay()
+            var c = config(.pooled, .bufferRing)
+            c.threads = 2
+            c.features = features
+            try withServer(c, handler: { RingTrip(relay: relay) }) { server, port in
+                parallel(8) { i in
+                    guard let s = try? TestSocket.connect(port: port) else { return XCTFail("connect") }
+                    defer { s.close() }
+                    s.setTimeout(seconds: 10)
+                    for n in 0..<200 {
+                        let line = Array("client \(i) line \(n)\n".utf8)
+                        guard (try? s.writeAll(line)) != nil else { return XCTFail("write, client \(i) line \(n)") }
+                        XCTAssertEqual(try? s.readExactly(line.count), line, "client \(i) line \(n)")
+                    }
+                }
+                XCTAssertTrue(eventually { server.statistics.delivered == 2 * 8 * 200 }, "two hops per line")
+                let s = server.statistics
+                XCTAssertEqual(s.posted, 2 * 8 * 200)
+                XCTAssertEqual(s.postsRefused, 0)
+                XCTAssertEqual(s.features.contains(.messageRing), features.contains(.messageRing), "\(s.features)")
+            }
+        }
+    }
+
+    func testAFullMailboxIsReportedToTheSender() throws {
+        let relay = Relay()
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        c.mailboxBytes = 4096
+        try withServer(c, handler: { Flooder(relay: relay) }) { server, port in
+            let s = try TestSocket.connect(port: port)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            try s.writeAll([1])
+            let line = try readLine(s)
+            let parts = line.split(separator: " ")
+            let posted = Int(parts[1])!
+            let full = Int(parts[3].dropLast())!
+            XCTAssertEqual(posted + full, 50)
+            XCTAssertGreaterThanOrEqual(posted, 3, line)
+            XCTAssertGreaterThan(full, 0, "a full mailbox is reported, not dropped silently: \(line)")
+            XCTAssertTrue(eventually { server.statistics.delivered == UInt64(server.statistics.posted) })
+            XCTAssertTrue(eventually { server.statistics.postsRefused == UInt64(full) })
+        }
+    }
+}
