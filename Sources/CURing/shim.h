@@ -58,6 +58,12 @@ static inline unsigned int curing_cq_overflow(struct io_uring *ring) {
     return io_uring_smp_load_acquire(ring->cq.koverflow);
 }
 
+/// Reads the SQ ring's flags; IORING_SQ_CQ_OVERFLOW says completions wait in the kernel's
+/// overflow list because the CQ was full (with IORING_FEAT_NODROP none is lost).
+static inline unsigned int curing_sq_flags(struct io_uring *ring) {
+    return IO_URING_READ_ONCE(*ring->sq.kflags);
+}
+
 static inline void curing_buf_ring_init(void *br) { io_uring_buf_ring_init((struct io_uring_buf_ring *)br); }
 
 static inline void curing_buf_ring_add(void *br, void *addr, unsigned int len, unsigned short bid,

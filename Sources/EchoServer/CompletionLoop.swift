@@ -33,7 +33,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     // MARK: The loop
 
     func run() throws(URingError) {
-        core.now = monotonicNanoseconds()
+        core.now = Posix.monotonicNanoseconds()
         try housekeeping.armWake(core)
         try housekeeping.armTick(core)
         try acceptor.arm(core)
@@ -46,7 +46,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
                 }
             }
             try core.ring.submitAndWait(1)
-            core.now = monotonicNanoseconds()
+            core.now = Posix.monotonicNanoseconds()
             try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try dispatch(c) }
             try receiver.afterBatch(core: core)
         }

@@ -1,4 +1,3 @@
-import Glibc
 import Logging
 import SocketPool
 import URing
@@ -71,19 +70,13 @@ struct Housekeeping {
         if let slotStatistics = core.slots?.statistics { snapshot.slots = slotStatistics }
         snapshot.completions = core.ring.statistics.completions
         snapshot.submits = core.ring.statistics.submitCalls
-        snapshot.completionQueueOverflows = UInt64(core.ring.completionQueueOverflow)
+        snapshot.completionQueueOverflows =
+            UInt64(core.ring.completionQueueOverflow) + core.ring.statistics.overflowedHarvests
         snapshot.buffersHeld = buffersHeld
         snapshot.outboundBuffersInUse = core.queue.outboundCount - core.queue.outboundAvailable
         publish(snapshot, report)
         return snapshot
     }
-}
-
-@inline(__always)
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 extension Duration {

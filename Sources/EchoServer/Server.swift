@@ -1,5 +1,4 @@
 import Dispatch
-import Glibc
 import Logging
 import Metrics
 import ServiceLifecycle
@@ -117,38 +116,19 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         for i in 0..<threads {
             finished.enter()
             let listener = listeners[i]
-            startThread(name: "uring-ring-\(i)") { [self] in
-                defer {
-                    _ = try? Sockets.close(listener)
-                    finished.leave()
-                }
-                let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
-                    self.publish(thread: i, snapshot, report: report)
-                }
-                do throws(URingError) {
-                    var setup = try RingSetup(configuration, logger: logger)
-                    let buffers = setup.buffers.take()
-                    let core = LoopCore(
-                        configuration: configuration, setup: setup, providedBase: buffers?.buffer(0).baseAddress,
-                        ringIndex: i, mailboxes: mailboxes, logger: logger)
-                    mailboxes.ringDescriptors[i].value.store(core.ring.descriptor, ordering: .releasing)
-                    if let buffers {
-                        let receiver = BufferRingReceiver(
-                            buffers: buffers, sessions: core.sessions.capacity,
-                            maxHeldPerConnection: min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries))
-                        let loop = CompletionLoop(
-                            core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher)
-                        try serve(loop, ring: i, ready: ready, go: go)
-                    } else {
-                        let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
-                        let loop = CompletionLoop(
-                            core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher)
-                        try serve(loop, ring: i, ready: ready, go: go)
+            do throws(URingError) {
+                try Posix.startThread(name: "uring-ring-\(i)") { [self] in
+                    defer {
+                        _ = try? Sockets.close(listener)
+                        finished.leave()
                     }
-                } catch {
-                    state.withLock { $0.setupErrors.append(error) }
-                    ready.signal()
+                    runRing(i, listener: listener, mailboxes: mailboxes, ready: ready, go: go)
                 }
+            } catch {
+                _ = try? Sockets.close(listener)
+                finished.leave()
+                state.withLock { $0.setupErrors.append(error) }
+                ready.signal()
             }
         }
         for _ in 0..<threads { ready.wait() }
@@ -176,10 +156,42 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         }
     }
 
+    /// One ring thread: sets up its ring and loop (with the receive strategy the kernel granted),
+    /// reports ready, waits until every ring exists, and serves until stopped.
+    func runRing(_ i: Int, listener: Int32, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup) {
+        let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
+            self.publish(thread: i, snapshot, report: report)
+        }
+        do throws(URingError) {
+            var setup = try RingSetup(configuration, logger: logger)
+            let buffers = setup.buffers.take()
+            let core = LoopCore(
+                configuration: configuration, setup: setup, providedBase: buffers?.buffer(0).baseAddress,
+                ringIndex: i, mailboxes: mailboxes, logger: logger)
+            mailboxes.ringDescriptors[i].value.store(core.ring.descriptor, ordering: .releasing)
+            if let buffers {
+                let receiver = BufferRingReceiver(
+                    buffers: buffers, sessions: core.sessions.capacity,
+                    maxHeldPerConnection: min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries))
+                serve(
+                    CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher),
+                    ring: i, ready: ready, go: go)
+            } else {
+                let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
+                serve(
+                    CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher),
+                    ring: i, ready: ready, go: go)
+            }
+        } catch {
+            state.withLock { $0.setupErrors.append(error) }
+            ready.signal()
+        }
+    }
+
     /// Runs one ring's loop: reports it ready, waits for the others, serves until stopped.
     func serve<R: ReceivePath & ~Copyable>(
         _ loop: CompletionLoop<Handler, R>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup
-    ) throws(URingError) {
+    ) {
         loop.housekeeping.publishStatistics(loop.core, buffersHeld: loop.receiver.buffersHeld)
         ready.signal()
         go.wait()
@@ -288,34 +300,4 @@ struct ServerMetrics: Sendable {
         errors.increment(by: delta(p.errors, c.errors))
         active.record(c.active)
     }
-}
-
-/// Starts a detached POSIX thread running `body`.
-func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
-    final class Box: Sendable {
-        let body: @Sendable () -> Void
-        let name: String
-        init(_ body: @escaping @Sendable () -> Void, _ name: String) {
-            self.body = body
-            self.name = name
-        }
-    }
-    let box = Unmanaged.passRetained(Box(body, name)).toOpaque()
-    var thread = pthread_t()
-    let result = pthread_create(&thread, nil, { arg in
-        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-        // A ring thread never takes the process's signals: with an asynchronous signal unblocked
-        // here, the kernel could deliver, say, SIGTERM to this thread (waking it from
-        // io_uring_enter) while the application waits for it on a signalfd or DispatchSource, and
-        // an ignored signal would be lost.
-        var blocked = sigset_t()
-        sigfillset(&blocked)
-        for sig in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS] { sigdelset(&blocked, sig) }
-        pthread_sigmask(SIG_BLOCK, &blocked, nil)
-        CurrentThread.setName(box.name)
-        box.body()
-        return nil
-    }, box)
-    precondition(result == 0, "pthread_create failed with \(result)")
-    pthread_detach(thread)
 }

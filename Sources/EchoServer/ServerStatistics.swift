@@ -37,7 +37,8 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var bufferShortages: UInt64 = 0
     /// Times a connection's receiving paused because it held the most unsent bytes allowed.
     public var receivePauses: UInt64 = 0
-    /// Completions the kernel held back on CQ overflow (none is lost with `IORING_FEAT_NODROP`).
+    /// Times the completion queue overflowed: harvests that found completions held back in the
+    /// kernel's overflow list (none is lost with `IORING_FEAT_NODROP`), plus any the kernel dropped.
     public var completionQueueOverflows: UInt64 = 0
     /// Provided buffers currently held by the server (taken by a receive, not yet given back).
     /// 0 when idle; negative would mean a buffer was given back twice.

@@ -38,9 +38,6 @@ public struct Completion: Sendable, Hashable {
         hasBuffer ? UInt16(truncatingIfNeeded: flags >> UInt32(IORING_CQE_BUFFER_SHIFT)) : nil
     }
 
-    /// `IORING_CQE_F_SOCK_NONEMPTY`: more data was waiting in the socket after this receive.
-    @inlinable public var socketNonEmpty: Bool { flags & UInt32(IORING_CQE_F_SOCK_NONEMPTY) != 0 }
-
     /// `IORING_CQE_F_NOTIF`: a zero-copy send's notification that its buffer may be reused.
     @inlinable public var isNotification: Bool { flags & UInt32(IORING_CQE_F_NOTIF) != 0 }
 

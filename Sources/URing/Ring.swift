@@ -181,6 +181,7 @@ public struct Ring: ~Copyable {
     @inlinable
     @discardableResult
     public func forEachCompletion<E: Error>(_ body: (Completion) throws(E) -> Void) throws(E) -> Int {
+        if curing_sq_flags(ring) & UInt32(IORING_SQ_CQ_OVERFLOW) != 0 { counters.pointee.overflowedHarvests &+= 1 }
         let count = io_uring_peek_batch_cqe(ring, cqeBatch, cqeBatchCapacity)
         if count == 0 { return 0 }
         var handled: UInt32 = 0
@@ -196,22 +197,6 @@ public struct Ring: ~Copyable {
         }
         return Int(count)
     }
-
-    /// Submits, waits for at least `minimum` completions, and hands every ready one to `body`:
-    /// one turn of a completion loop (`GetQueuedCompletionStatusEx`).
-    /// - Parameters:
-    ///   - minimum: completions to wait for before harvesting.
-    ///   - body: called once per completion.
-    /// - Returns: the number of completions handled.
-    /// - Throws: ``URingError`` from the submission, or what `body` throws.
-    @inlinable
-    @discardableResult
-    public func submitWaitAndHarvest(minimum: UInt32 = 1, _ body: (Completion) throws(URingError) -> Void)
-        throws(URingError) -> Int
-    {
-        try submitAndWait(minimum)
-        return try forEachCompletion(body)
-    }
 }
 
 /// Counters a ring keeps about itself.
@@ -222,6 +207,10 @@ public struct RingCounters: Sendable, Equatable {
     public var completions: UInt64 = 0
     /// Times a full submission queue forced an early submit while preparing a request.
     public var submitsForFullQueue: UInt64 = 0
+    /// Harvests that found completions waiting in the kernel's overflow list
+    /// (`IORING_SQ_CQ_OVERFLOW`): the CQ had been full. With `IORING_FEAT_NODROP` they are flushed
+    /// into the CQ, not lost.
+    public var overflowedHarvests: UInt64 = 0
 
     /// All zero.
     public init() {}

@@ -59,20 +59,6 @@ public enum Sockets {
         }
     }
 
-    /// Reads an integer socket option (`getsockopt(2)`).
-    /// - Parameters:
-    ///   - fd: the socket.
-    ///   - level: `SOL_SOCKET`, `IPPROTO_TCP`, ...
-    ///   - name: the option.
-    /// - Returns: the option's value.
-    /// - Throws: ``URingError`` for `getsockopt`.
-    public static func option(_ fd: Int32, _ level: Int32, _ name: Int32) throws(URingError) -> Int32 {
-        var v: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        if getsockopt(fd, level, name, &v, &length) < 0 { throw URingError("getsockopt", errno: .current) }
-        return v
-    }
-
     /// The address a socket is bound to (`getsockname(2)`): how a listener on port 0 learns its port.
     /// - Parameter fd: the socket.
     /// - Returns: the local address.

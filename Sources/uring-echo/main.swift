@@ -3,6 +3,7 @@ import Dispatch
 import EchoServer
 import Glibc
 import Logging
+import URing
 
 /// `uring-echo`: the echo server on the io_uring completion loop.
 struct UringEcho: ParsableCommand {
@@ -81,7 +82,7 @@ struct UringEcho: ParsableCommand {
         // the dispositions; the handlers run on a dispatch queue, not in signal context.
         var sources: [DispatchSourceSignal] = []
         for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
+            Posix.ignore(signal: sig)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { server.stop() }
             source.resume()
@@ -115,8 +116,7 @@ struct UringEcho: ParsableCommand {
 }
 
 func printFlushed(_ line: String, to fd: Int32 = 1) {
-    let text = line + "\n"
-    _ = text.withCString { write(fd, $0, strlen($0)) }
+    Posix.write(line + "\n", to: fd)
 }
 
 UringEcho.main()
