@@ -13,6 +13,7 @@ let package = Package(
     targets: [
         .executableTarget(name: "minimal-echo", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(name: "uppercase-lines", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
+        .executableTarget(name: "chat-server", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(
             name: "concurrency-embed",
             dependencies: [

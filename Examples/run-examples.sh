@@ -6,6 +6,7 @@ cd "$(dirname "$0")"
 swift build --product minimal-echo
 swift build --product uppercase-lines
 swift build --product concurrency-embed
+swift build --product chat-server
 BIN=.build/debug
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -49,12 +50,19 @@ check() {
     if [ "$2" == "$3" ]; then passed=$((passed + 1)); echo "ok: $1"; else failed=$((failed + 1)); echo "FAIL: $1: got '$2', want '$3'"; fi
 }
 
+# stop_check NAME PID: SIGTERM, then check the exit status (a crash or a hang is a failure too).
+stop_check() {
+    local status=0
+    stop "$2" || status=$?
+    check "$1" "exit $status" "exit 0"
+}
+
 port=$(free_port)
 $BIN/minimal-echo "$port" > /tmp/minimal-echo.out &
 pid=$!
 wait_port "$port"
 check "minimal-echo echoes" "$(exchange "$port" "hello")" "hello|"
-stop "$pid" && check "minimal-echo stops on SIGTERM with exit 0" "0" "0"
+stop_check "minimal-echo stops on SIGTERM with exit 0" "$pid"
 
 port=$(free_port)
 $BIN/uppercase-lines "$port" > /tmp/uppercase.out &
@@ -62,15 +70,193 @@ pid=$!
 wait_port "$port"
 check "uppercase-lines upper-cases" "$(exchange "$port" "hello world")" "HELLO WORLD|"
 check "uppercase-lines closes after bye" "$(exchange "$port" $'one\nbye\nnot sent')" $'ONE\nBYE\n|'
-stop "$pid" && check "uppercase-lines stops on SIGTERM with exit 0" "0" "0"
+stop_check "uppercase-lines stops on SIGTERM with exit 0" "$pid"
 
 port=$(free_port)
 $BIN/concurrency-embed "$port" > /tmp/embed.out 2>&1 &
 pid=$!
 wait_port "$port"
 check "concurrency-embed echoes" "$(exchange "$port" "async")" "async|"
-stop "$pid" && check "concurrency-embed stops gracefully on SIGTERM" "0" "0"
+stop_check "concurrency-embed stops gracefully on SIGTERM" "$pid"
 grep -q "stopped:" /tmp/embed.out && check "concurrency-embed reported its statistics" "yes" "yes"
+
+# chat-server: 20 clients over 2 rings, each line to every other client in order; then a client
+# that never reads is cut off while the others keep receiving. The checker prints ok:/FAIL: lines.
+port=$(free_port)
+$BIN/chat-server --port "$port" --threads 2 > /tmp/chat-server.out 2> /tmp/chat-server.err &
+pid=$!
+first=""
+for _ in $(seq 1 100); do
+    first=$(head -n 1 /tmp/chat-server.out 2> /dev/null || true)
+    [ -n "$first" ] && break
+    sleep 0.1
+done
+check "chat-server prints its address first" "$first" "listening on 127.0.0.1:$port"
+chat_status=0
+chat_out=$(timeout 60 python3 - "$port" <<'PY'
+import socket, sys, threading, time
+
+PORT = int(sys.argv[1])
+# The big sender: 12 MiB, more than the default 4 MiB output bound plus what kernel socket buffers
+# can absorb for the slow client (net.ipv4.tcp_wmem's 4 MiB maximum on the server side).
+CLIENTS, LINES, BIG_LINE, BIG_LINES = 20, 300, 2000, 6300
+stop = threading.Event()
+results = []
+
+def check(name, ok, detail=""):
+    results.append(ok)
+    print(("ok: " if ok else "FAIL: ") + name + ("" if ok else ": " + detail), flush=True)
+
+def wait_for(predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+class Reader(threading.Thread):
+    """Reads one client's socket until EOF, splitting lines (kept without their newline)."""
+    def __init__(self, sock):
+        super().__init__(daemon=True)
+        self.sock, self.lines, self.rest, self.eof = sock, [], b"", False
+        self.chat = self.big = self.hellos = 0
+        self.syncs = set()
+    def run(self):
+        while not stop.is_set():
+            try:
+                chunk = self.sock.recv(262144)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            *lines, self.rest = (self.rest + chunk).split(b"\n")
+            for line in lines:
+                if line.startswith(b"sync "):
+                    self.syncs.add(line)
+                elif line == b"hello slow":
+                    self.hellos += 1
+                elif line.startswith(b"big "):
+                    self.big += 1
+                elif line.startswith(b"c"):
+                    self.chat += 1
+            self.lines.extend(lines)
+        self.eof = True
+
+def connect(rcvbuf=None):
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", PORT))
+    s.settimeout(2)
+    return s
+
+def sync(sender, receivers, tag):
+    """Until every receiver has seen one of `sender`'s sync lines: all are registered."""
+    for attempt in range(20):
+        line = b"sync %s %d" % (tag, attempt)
+        sender.sendall(line + b"\n")
+        if wait_for(lambda: all(line in r.syncs for r in receivers), 0.5):
+            return True
+    return False
+
+def chat_line(i, n):
+    return b"c%d %05d %s" % (i, n, b"x" * (10 + (n * 37 + i * 11) % 90))
+
+socks, readers = [], []
+try:
+    socks = [connect() for _ in range(CLIENTS)]
+    readers = [Reader(s) for s in socks]
+    for r in readers:
+        r.start()
+    check("chat-server: all 20 clients joined", sync(socks[0], readers[1:], b"a"), "sync lines did not reach every client")
+
+    # Everyone talks at once, in batches, interleaved between clients.
+    batches = 6
+    per = LINES // batches
+    start = time.monotonic()
+    for b in range(batches):
+        for i, s in enumerate(socks):
+            s.sendall(b"".join(chat_line(i, n) + b"\n" for n in range(b * per, (b + 1) * per)))
+    expected = (CLIENTS - 1) * LINES
+    done = wait_for(lambda: all(r.chat >= expected for r in readers), 20)
+    check("chat-server: every client got %d lines" % expected, done,
+          "counts %s after %.1fs" % ([r.chat for r in readers], time.monotonic() - start))
+    bad = []
+    for i, r in enumerate(readers):
+        got = {}
+        for line in r.lines:
+            if line.startswith(b"c"):
+                got.setdefault(int(line.split(b" ", 1)[0][1:]), []).append(line)
+        if i in got:
+            bad.append("client %d got %d of its own lines" % (i, len(got[i])))
+        for j in range(CLIENTS):
+            if j != i and got.get(j, []) != [chat_line(j, n) for n in range(LINES)]:
+                bad.append("client %d: lines from client %d missing, altered or out of order (%d lines)" % (i, j, len(got.get(j, []))))
+    check("chat-server: each client got exactly the others' lines, in order, none of its own", not bad, "; ".join(bad[:5]))
+
+    # A client that never reads (tiny receive buffer) while client 0 sends 12 MiB.
+    slow = connect(rcvbuf=4096)
+    slow.sendall(b"hello slow\n")  # forwarded to the others once the slow client is registered
+    joined = wait_for(lambda: all(r.hellos > 0 for r in readers), 5)
+    check("chat-server: the slow client joined", joined, "its hello did not reach everyone")
+    big = [b"big %06d %s" % (n, b"y" * (BIG_LINE - 12)) for n in range(BIG_LINES)]
+    start = time.monotonic()
+    # Paced at ~12 MiB/s: the server reads a burst far faster than it drains it to each receiver
+    # (one send of at most one 4 KiB buffer in flight per connection), so an unpaced 6 MiB burst
+    # would put even fast readers over the 4 MiB bound.
+    for k in range(0, BIG_LINES, 64):
+        socks[0].sendall(b"".join(line + b"\n" for line in big[k:k + 64]))
+        time.sleep(0.01)
+    done = wait_for(lambda: all(r.big >= BIG_LINES for r in readers[1:]), 15)
+    elapsed = time.monotonic() - start
+    check("chat-server: the others got all %d big lines despite the slow client" % BIG_LINES, done,
+          "counts %s after %.1fs" % ([r.big for r in readers[1:]], elapsed))
+    in_order = all([l for l in r.lines if l.startswith(b"big ")] == big for r in readers[1:])
+    check("chat-server: big lines intact and in order, none back to the sender", in_order and readers[0].big == 0,
+          "sender got %d of its own" % readers[0].big)
+
+    # Now read the slow client: it must end (EOF or reset) before the whole stream arrives.
+    stream = b"".join(line + b"\n" for line in big)
+    received, ended = bytearray(), False
+    slow.settimeout(2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            chunk = slow.recv(262144)
+        except socket.timeout:
+            break
+        except OSError:
+            ended = True
+            break
+        if not chunk:
+            ended = True
+            break
+        received += chunk
+    check("chat-server: the slow client was disconnected", ended and len(received) < len(stream),
+          "ended=%s after %d of %d bytes" % (ended, len(received), len(stream)))
+    check("chat-server: what the slow client got is a prefix of the stream", stream.startswith(bytes(received)),
+          "its %d bytes differ from the stream" % len(received))
+except Exception as error:  # a reset or timeout here means the server failed, not the checker
+    check("chat-server: checker ran to the end", False, repr(error))
+finally:
+    stop.set()
+    for s in socks:
+        s.close()
+sys.exit(0 if all(results) else 1)
+PY
+) || chat_status=$?
+echo "$chat_out"
+passed=$((passed + $(grep -c '^ok:' <<< "$chat_out" || true)))
+failed=$((failed + $(grep -c '^FAIL:' <<< "$chat_out" || true)))
+if [ "$chat_status" -ne 0 ] && ! grep -q '^FAIL:' <<< "$chat_out"; then
+    failed=$((failed + 1)); echo "FAIL: chat-server checker exited with status $chat_status"
+fi
+check "chat-server logged the slow client's abort" "$(grep -c 'over its output bound' /tmp/chat-server.err || true)" "1"
+stop_check "chat-server stops on SIGTERM with exit 0" "$pid"
 
 echo "examples: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -15,11 +15,13 @@ struct UppercaseLines: ConnectionHandler {
         recent = Array(repeating: 0, count: capacity)
     }
 
-    mutating func opened(_ connection: ConnectionID) {
+    // No greeting (the protocol has none); a `connection.write("...")` here would send one.
+    mutating func opened(_ connection: Connection) {
         recent[connection.index] = UInt64(UInt8(ascii: "\n"))  // a connection starts at a line start
     }
 
-    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: ConnectionID) -> Reply {
+    // Answered in place: the buffer is rewritten and its front sent back, nothing is copied.
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
         var window = recent[connection.index]
         let bye: UInt64 = 0x0A_42_59_45_0A  // "\nBYE\n" after upper-casing
         for i in 0..<bytes.count {
