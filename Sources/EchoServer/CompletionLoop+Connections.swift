@@ -91,8 +91,12 @@ extension CompletionLoop where Receiver: ~Copyable {
         let sent = Int(c.result)
         core.stats.bytesOut &+= UInt64(sent)
         s.pointee.bytesOut &+= UInt64(sent)
-        let finished = core.queue.advance(s, sent: sent)  // a short send continues where it stopped
-        if finished >= 0 { release(finished, of: s) }
+        var remaining = sent  // a short send continues where it stopped
+        while remaining > 0 {
+            let finished = core.queue.consume(s, &remaining)
+            if finished < 0 { break }
+            release(finished, of: s)
+        }
         if s.pointee.queueHead >= 0 { try core.postSend(s) }
         if s.pointee.wantsWritable && s.pointee.queuedBytes <= core.lowWater && s.pointee.state != .closing {
             s.pointee.wantsWritable = false
@@ -128,7 +132,7 @@ extension CompletionLoop where Receiver: ~Copyable {
         }
         core.stats.closed &+= 1
         handler.closed(id)
-        try core.flushDirty()
+        try flushDirty()
         try acceptor.resumeIfPaused(core)
     }
 
@@ -142,7 +146,19 @@ extension CompletionLoop where Receiver: ~Copyable {
     /// of any connection, keep `s` sending, and keep it receiving within its bounds.
     @inline(__always)
     func afterCallback(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        try core.flushDirty()
+        try flushDirty()
+        try settleAndReceive(s)
+    }
+
+    /// Carries out what a callback asked of the connections it touched (writes, closes, pauses).
+    @inline(__always)
+    func flushDirty() throws(URingError) {
+        while let s = core.popDirty() { try settleAndReceive(s) }
+    }
+
+    /// Sends what `s` has queued, closes it if asked, and keeps it receiving within its bounds.
+    @inline(__always)
+    func settleAndReceive(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
         try core.settle(s)
         guard s.pointee.state == .open else { return }
         let overBound = s.pointee.queuedBytes >= core.maxPending
@@ -159,6 +175,7 @@ extension CompletionLoop where Receiver: ~Copyable {
         {
             s.pointee.pausedForBound = false
         }
+        if s.pointee.pausedByHandler { try core.cancel(s, .recv) }
         if core.wantsReceive(s) {
             if s.pointee.bytesIn > 0 { core.stats.receiveRearms &+= 1 }
             try receiver.armOrWait(s, core: core)

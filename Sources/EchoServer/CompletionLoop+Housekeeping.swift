@@ -31,7 +31,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             core.stats.delivered &+= 1
             guard !core.stopping else { return }
             handler.received(message: RingMessage(from: from, value: value, bytes: bytes), ring: RingContext(core))
-            try core.flushDirty()
+            try flushDirty()
         }
     }
 }

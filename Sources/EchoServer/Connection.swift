@@ -55,6 +55,16 @@ public struct RingContext {
     /// - Parameter connection: a connection of this ring; a stale ID is ignored.
     public func abort(_ connection: ConnectionID) { core.requestClose(connection, abort: true) }
 
+    /// Stops receiving on `connection` until ``resumeReceiving(_:)``: flow control for a handler
+    /// that relays one connection's bytes to another and must not read faster than it can write.
+    /// Bytes the peer sends meanwhile wait in the kernel (and TCP slows the peer).
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func pauseReceiving(_ connection: ConnectionID) { core.pauseReceiving(connection, true) }
+
+    /// Receives again on a connection paused with ``pauseReceiving(_:)``.
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func resumeReceiving(_ connection: ConnectionID) { core.pauseReceiving(connection, false) }
+
     /// Bytes queued and not yet sent on `connection`, or `nil` for a stale ID.
     /// - Parameter connection: a connection of this ring.
     public func queuedBytes(_ connection: ConnectionID) -> Int? { core.queuedBytes(connection) }

@@ -59,7 +59,7 @@ final class LoopCore {
         queue = SendQueue(
             provided: useRing ? configuration.bufferRingEntries : 0, providedBase: providedBase,
             providedSize: configuration.bufferSize, outbound: configuration.outboundBuffers,
-            outboundSize: configuration.bufferSize, sessions: useRing ? 0 : capacity)
+            outboundSize: configuration.bufferSize, sessions: useRing ? 0 : capacity, capacity: capacity)
         dirtyNext = .allocate(capacity: capacity)
         dirtyNext.initialize(repeating: -1, count: capacity)
         isDirty = .allocate(capacity: capacity)
@@ -122,6 +122,24 @@ final class LoopCore {
 
     func queuedBytes(_ id: ConnectionID) -> Int? { session(id)?.pointee.queuedBytes }
 
+    func pauseReceiving(_ id: ConnectionID, _ paused: Bool) {
+        guard let s = session(id), s.pointee.pausedByHandler != paused else { return }
+        s.pointee.pausedByHandler = paused
+        markDirty(s)
+    }
+
+    /// The next connection written to (or closed, paused, resumed) during a callback, or nil.
+    @inline(__always)
+    func popDirty() -> UnsafeMutablePointer<Session>? {
+        while dirtyHead >= 0 {
+            let i = Int(dirtyHead)
+            dirtyHead = dirtyNext[i]
+            isDirty[i] = false
+            if let s = sessions.session(at: i) { return s }
+        }
+        return nil
+    }
+
     @inline(__always)
     func markDirty(_ s: UnsafeMutablePointer<Session>) {
         let i = Int(s.pointee.index)
@@ -129,18 +147,6 @@ final class LoopCore {
         isDirty[i] = true
         dirtyNext[i] = dirtyHead
         dirtyHead = Int32(i)
-    }
-
-    /// After a handler callback: carries out the closes it asked for and posts the sends its
-    /// writes need.
-    func flushDirty() throws(URingError) {
-        while dirtyHead >= 0 {
-            let i = Int(dirtyHead)
-            dirtyHead = dirtyNext[i]
-            isDirty[i] = false
-            guard let s = sessions.session(at: i) else { continue }
-            try settle(s)
-        }
     }
 
     /// Acts on a session's requests and queue: abort, close-after-output, and a send when output
@@ -162,16 +168,24 @@ final class LoopCore {
     /// Whether `s` should have a receive posted (the strategy decides whether it can).
     @inline(__always)
     func wantsReceive(_ s: UnsafeMutablePointer<Session>) -> Bool {
-        s.pointee.state == .open && !s.pointee.pausedForBound && !s.pointee.waitingForBuffers
+        s.pointee.state == .open && !s.pointee.pausedForBound && !s.pointee.pausedByHandler
+            && !s.pointee.waitingForBuffers
             && !s.pointee.pending.contains(.recv) && !s.pointee.pending.contains(.cancelRecv)
     }
 
     // MARK: Send
 
+    /// Posts the send of what `s` has queued: one `send` for one segment (the echo path), one
+    /// gathering `sendmsg` for several, so a connection that has fallen behind catches up in
+    /// few requests.
     @inline(__always)
     func postSend(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        guard let bytes = queue.head(s) else { return }
-        try ring.prepareSend(s.pointee.file, from: bytes, tag: s.pointee.tag(.send).rawValue)
+        if queue.hasSeveral(s) {
+            try ring.prepareSendMessage(s.pointee.file, queue.gather(s), tag: s.pointee.tag(.send).rawValue)
+        } else {
+            guard let bytes = queue.head(s) else { return }
+            try ring.prepareSend(s.pointee.file, from: bytes, tag: s.pointee.tag(.send).rawValue)
+        }
         s.pointee.pending.insert(.send)
     }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import SocketPool
 
 /// Every connection's send queue, over storage made once per ring.
@@ -25,6 +26,10 @@ struct SendQueue: ~Copyable {
     let sessionFirst: Int32
     let outboundFree: UnsafeMutablePointer<Int32>
     private(set) var outboundAvailable: Int
+    /// Per session: a `msghdr` and ``maxGather`` iovecs for a send of several segments at once.
+    let headers: UnsafeMutablePointer<msghdr>
+    let iovecs: UnsafeMutablePointer<iovec>
+    static let maxGather = 16
 
     /// - Parameters:
     ///   - provided: provided buffers (0 without a buffer ring), at `providedBase`, each `providedSize`.
@@ -32,8 +37,12 @@ struct SendQueue: ~Copyable {
     ///   - sessions: sessions with their own buffer (0 with a buffer ring).
     init(
         provided: Int, providedBase: UnsafeMutableRawPointer?, providedSize: Int, outbound: Int, outboundSize: Int,
-        sessions: Int
+        sessions: Int, capacity: Int
     ) {
+        headers = .allocate(capacity: capacity)
+        headers.initialize(repeating: msghdr(), count: capacity)
+        iovecs = .allocate(capacity: capacity * Self.maxGather)
+        iovecs.initialize(repeating: iovec(), count: capacity * Self.maxGather)
         let total = provided + outbound + sessions
         length = .allocate(capacity: max(total, 1))
         length.initialize(repeating: 0, count: max(total, 1))
@@ -53,6 +62,8 @@ struct SendQueue: ~Copyable {
     }
 
     deinit {
+        headers.deallocate()
+        iovecs.deallocate()
         length.deallocate()
         next.deallocate()
         outboundBase.deallocate()
@@ -130,14 +141,47 @@ struct SendQueue: ~Copyable {
         return true
     }
 
-    /// Records `sent` bytes of the head as sent; returns the head's id if it is now finished (and
-    /// unlinked), or -1 if part of it is left.
+    /// Whether more than one segment is queued (a gathering send is worth it).
     @inline(__always)
-    func advance(_ s: UnsafeMutablePointer<Session>, sent: Int) -> Int32 {
+    func hasSeveral(_ s: UnsafeMutablePointer<Session>) -> Bool {
+        s.pointee.queueHead >= 0 && next[Int(s.pointee.queueHead)] >= 0
+    }
+
+    /// Fills `s`'s `msghdr` with up to ``maxGather`` of its queued segments, from the unsent part of
+    /// the head on.
+    func gather(_ s: UnsafeMutablePointer<Session>) -> UnsafePointer<msghdr> {
+        let index = Int(s.pointee.index)
+        let iov = iovecs + index * Self.maxGather
+        var id = s.pointee.queueHead
+        var count = 0
+        var offset = Int(s.pointee.headSent)
+        while id >= 0 && count < Self.maxGather {
+            iov[count] = iovec(iov_base: base(id, s) + offset, iov_len: Int(length[Int(id)]) - offset)
+            count += 1
+            offset = 0
+            id = next[Int(id)]
+        }
+        headers[index] = msghdr()
+        headers[index].msg_iov = iov
+        headers[index].msg_iovlen = count
+        return UnsafePointer(headers + index)
+    }
+
+    /// Takes up to `remaining` sent bytes off the head of `s`'s queue. Returns the head's id if it
+    /// is now all sent (and unlinked; call again for the rest), or -1 when the bytes ended inside it.
+    @inline(__always)
+    func consume(_ s: UnsafeMutablePointer<Session>, _ remaining: inout Int) -> Int32 {
         let id = s.pointee.queueHead
-        s.pointee.headSent += Int32(sent)
-        s.pointee.queuedBytes -= sent
-        guard s.pointee.headSent >= length[Int(id)] else { return -1 }
+        guard id >= 0 else { return -1 }
+        let left = Int(length[Int(id)] - s.pointee.headSent)
+        if remaining < left {
+            s.pointee.headSent += Int32(remaining)
+            s.pointee.queuedBytes -= remaining
+            remaining = 0
+            return -1
+        }
+        remaining -= left
+        s.pointee.queuedBytes -= left
         s.pointee.queueHead = next[Int(id)]
         if s.pointee.queueHead < 0 { s.pointee.queueTail = -1 }
         s.pointee.headSent = 0

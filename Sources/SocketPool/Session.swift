@@ -80,6 +80,8 @@ public struct Session {
     // Receive state.
     /// Receiving is paused because queued output reached its bound.
     public var pausedForBound: Bool
+    /// Receiving is paused because the handler asked (flow control between connections).
+    public var pausedByHandler: Bool
     /// Waiting for provided buffers to come back (the receive ended with `ENOBUFS`).
     public var waitingForBuffers: Bool
     /// Provided buffers this connection holds (received and not yet sent or returned).
@@ -121,6 +123,7 @@ public struct Session {
         pending = []
         self.buffer = buffer
         pausedForBound = false
+        pausedByHandler = false
         waitingForBuffers = false
         buffersHeld = 0
         queueHead = -1

@@ -243,6 +243,26 @@ extension Ring {
         finish(sqe, tag, options, fixed: socket.isFixed)
     }
 
+    /// Prepares a gathering send (`IORING_OP_SENDMSG`) with `MSG_NOSIGNAL` always added: one
+    /// request for several buffers (`message.msg_iov`). The header, its iovecs and the bytes must
+    /// stay valid until the completion arrives; the result may be short: continue from there.
+    /// - Parameters:
+    ///   - socket: the socket to write.
+    ///   - message: the `msghdr` naming the buffers.
+    ///   - flags: further `MSG_*` flags.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareSendMessage(
+        _ socket: FileRef, _ message: UnsafePointer<msghdr>, flags: Int32 = 0, tag: UInt64,
+        options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_sendmsg(sqe, socket.raw, message, UInt32(bitPattern: flags | Int32(MSG_NOSIGNAL)))
+        finish(sqe, tag, options, fixed: socket.isFixed)
+    }
+
     /// Prepares a close (`IORING_OP_CLOSE`) of a plain descriptor or of a registered slot
     /// (`close_direct`, which frees the slot for reuse).
     ///

@@ -31,6 +31,7 @@ final class Relay: Sendable {
     let subscriber = Locked<ConnectionID?>(nil)
     let results = Locked<[WriteResult]>([])
     let writableCalls = Locked(0)
+    let refusedBytes = Locked(0)
 }
 
 struct RelayHandler: ConnectionHandler {
@@ -133,6 +134,38 @@ struct Flooder: ConnectionHandler {
             connection.ring.post(UnsafeRawBufferPointer(start: nil, count: 0), toRing: 99), .noSuchRing)
         connection.write("posted \(posted) full \(full)\n")
         return .nothing
+    }
+}
+
+/// The first connection to say `sink` receives every byte the others send (written, not in place).
+/// With flow control, a source stops receiving while the sink has more than 256 KiB queued, and
+/// resumes when the sink drains.
+struct Funnel: ConnectionHandler {
+    let relay: Relay
+    let flowControl: Bool
+    var paused: [ConnectionID] = []
+
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        guard let sink = relay.subscriber.get else {
+            relay.subscriber.with { $0 = connection.id }
+            return .nothing
+        }
+        let result = connection.ring.write(UnsafeRawBufferPointer(bytes), to: sink)
+        if result != .queued {
+            relay.results.with { $0.append(result) }
+            relay.refusedBytes.with { $0 += bytes.count }
+        }
+        if flowControl && (connection.ring.queuedBytes(sink) ?? 0) > 256 << 10 {
+            connection.ring.pauseReceiving(connection.id)
+            paused.append(connection.id)
+        }
+        return .nothing
+    }
+
+    mutating func writable(_ connection: Connection) {
+        relay.writableCalls.with { $0 += 1 }
+        for id in paused { connection.ring.resumeReceiving(id) }
+        paused.removeAll(keepingCapacity: true)
     }
 }
 
@@ -241,6 +274,52 @@ final class ConnectionAPITests: ServerTestCase {
                 XCTAssertGreaterThan(relay.results.get.count, 0, "the bound refused writes")
                 XCTAssertGreaterThan(relay.writableCalls.get, 0, "writable was called after the refusals")
                 XCTAssertGreaterThan(server.statistics.writesRefused, 0)
+            }
+        }
+    }
+
+    func testARelayWithFlowControlLosesNothingAndWithoutItRefusesNotDrops() throws {
+        // One source bursts 16 MiB at once, relayed to a sink whose reader is slower than the
+        // server reads. With pauseReceiving/resumeReceiving every byte arrives; without, writes
+        // past the sink's bound are refused (reported to the handler and counted), never silently lost.
+        let total = 16 << 20
+        let block = patternBytes(seed: 5, count: total)
+        let variants = Self.variants.map { ($0.0, $0.1, true) } + [(PoolMode.pooled, ReceiveStrategy.bufferRing, false)]
+        for (mode, receive, flowControl) in variants {
+            let relay = Relay()
+            let label = "\(mode)/\(receive)/\(flowControl ? "flow control" : "none")"
+            try withServer(config(mode, receive), handler: { Funnel(relay: relay, flowControl: flowControl) }) { server, port in
+                let sink = try TestSocket.connect(port: port)
+                defer { sink.close() }
+                sink.setTimeout(seconds: 10)
+                try sink.writeAll(Array("sink".utf8))
+                XCTAssertTrue(eventually { relay.subscriber.get != nil })
+                let source = try TestSocket.connect(port: port)
+                defer { source.close() }
+                Thread { try? source.writeAll(block) }.start()
+                var got: [UInt8] = []
+                got.reserveCapacity(total)
+                while true {
+                    if flowControl && got.count == total { break }
+                    if !flowControl && server.statistics.bytesIn == UInt64(total + 4)
+                        && got.count == total - relay.refusedBytes.get
+                    {
+                        break
+                    }
+                    guard let chunk = try? sink.readSome() else { break }
+                    got += chunk
+                    usleep(2_000)  // a reader slower than the server
+                }
+                if flowControl {
+                    XCTAssertTrue(got == block, "\(label): every byte, in order")
+                    XCTAssertEqual(relay.results.get, [], "\(label): no write was refused")
+                    XCTAssertGreaterThan(relay.writableCalls.get, 0, "\(label): the source was paused and resumed")
+                } else {
+                    XCTAssertGreaterThan(relay.results.get.count, 0, "\(label): writes past the bound were refused")
+                    XCTAssertTrue(relay.results.get.allSatisfy { $0 == .full })
+                    XCTAssertEqual(got.count + relay.refusedBytes.get, total, "\(label): queued or refused, nothing lost")
+                    XCTAssertTrue(eventually { server.statistics.writesRefused == UInt64(relay.results.get.count) })
+                }
             }
         }
     }
