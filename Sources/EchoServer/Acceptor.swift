@@ -9,18 +9,42 @@ import URing
 /// Descriptors: one multishot (or single-shot) accept, re-armed whenever a completion lacks
 /// `F_MORE`. On `EMFILE`/`ENFILE`/`ENOMEM`, or with no slot free, accepting pauses (one log line
 /// per episode) and resumes when a connection closes or on the next tick.
-struct Acceptor {
+struct Acceptor: ~Copyable {
     let listener: Int32
     let depth: Int
     var multishot: Bool
     var inFlight = 0
     var paused = false
     var episodeOpen = false
+    /// The tags of the accepts in flight, so a stop cancels each by its `user_data` (Linux 5.5)
+    /// rather than by the listener's fd (5.19).
+    let tags: UnsafeMutablePointer<UInt64>
 
     init(listener: Int32, core: LoopCore) {
         self.listener = listener
         multishot = core.features.contains(.multishotAccept)
         depth = core.useSlots ? max(1, min(core.configuration.acceptDepth, core.sessions.capacity)) : 1
+        tags = .allocate(capacity: depth)
+    }
+
+    deinit { tags.deallocate() }
+
+    /// Cancels every accept in flight (stop).
+    func cancelAll(_ core: LoopCore, tag: RequestTag) throws(URingError) {
+        for i in 0..<inFlight { try core.ring.prepareCancel(tags[i], tag: tag.rawValue) }
+    }
+
+    private mutating func posted(_ tag: RequestTag) {
+        tags[inFlight] = tag.rawValue
+        inFlight += 1
+    }
+
+    private mutating func ended(_ tag: RequestTag) {
+        for i in 0..<inFlight where tags[i] == tag.rawValue {
+            tags[i] = tags[inFlight - 1]
+            break
+        }
+        inFlight -= 1
     }
 
     /// A socket an accept completion delivered: a slot lease, or a plain descriptor.
@@ -44,7 +68,7 @@ struct Acceptor {
                 }
                 core.contexts.context(tag).pointee.user = lease.packed
                 try core.ring.prepareAccept(.fd(listener), into: .slot(lease.index), tag: tag.rawValue)
-                inFlight += 1
+                posted(tag)
                 paused = false
             }
             return
@@ -56,7 +80,7 @@ struct Acceptor {
         }
         core.contexts.context(tag).pointee.user = .max
         try core.ring.prepareAccept(.fd(listener), multishot: multishot, tag: tag.rawValue)
-        inFlight = 1
+        posted(tag)
         paused = false
     }
 
@@ -90,7 +114,7 @@ struct Acceptor {
         let isMultishot = lease == nil && multishot
         let ended = !isMultishot || !c.hasMore
         if ended {
-            inFlight -= 1
+            self.ended(tag)
             core.contexts.release(tag)
         }
         guard c.result >= 0 else {

@@ -46,7 +46,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     @inline(__always)
     mutating func arm(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
         try core.ring.prepareRecv(
-            s.pointee.file, bufferGroup: buffers.group, multishot: s.pointee.queueHead < 0,
+            s.pointee.file, bufferGroup: buffers.group, multishot: s.pointee.queueHead < 0 && s.pointee.buffersHeld == 0,
             tag: s.pointee.tag(.recv).rawValue)
         s.pointee.pending.insert(.recv)
     }
@@ -59,7 +59,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         if free > 0 {
             try arm(s, core: core)
         } else {
-            _ = waitForBuffers(s)
+            waitForBuffers(s)
         }
     }
 
@@ -85,21 +85,21 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         s.pointee.buffersHeld -= 1
     }
 
-    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) -> Bool {
-        if free > 0 { return false }
+    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) {
         s.pointee.waitingForBuffers = true
         let index = Int32(bitPattern: s.pointee.index)
-        guard !linked[Int(index)] else { return true }
+        guard !linked[Int(index)] else { return }
         linked[Int(index)] = true
         waitNext[Int(index)] = -1
         if waitTail >= 0 { waitNext[Int(waitTail)] = index } else { waitHead = index }
         waitTail = index
-        return true
     }
 
     mutating func afterBatch(core: LoopCore) throws(URingError) {
         buffers.commit()
-        while free > 0 && waitHead >= 0 {
+        // Wake at most as many waiters as there are buffers: the rest would only hit ENOBUFS again.
+        var budget = free
+        while budget > 0 && waitHead >= 0 {
             let index = Int(waitHead)
             waitHead = waitNext[index]
             if waitHead < 0 { waitTail = -1 }
@@ -109,6 +109,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
             s.pointee.waitingForBuffers = false
             if core.wantsReceive(s) {
                 core.stats.receiveRearms &+= 1
+                budget -= 1
                 try armOrWait(s, core: core)
             }
         }

@@ -46,7 +46,16 @@ extension CompletionLoop where Receiver: ~Copyable {
         core.replyAnchorSession = -1
         let count = min(max(reply.count, 0), bytes.count)
         if count > 0 && s.pointee.state != .closing && !s.pointee.abortRequested {
-            core.queue.insert(segment, count: count, after: anchor, in: s)
+            // Behind a queue (the peer reads slower than it writes), a small reply is copied onto
+            // the queue's last outbound buffer and its receive buffer goes straight back: a client
+            // trickling 1-byte segments then costs bytes, not a whole buffer per byte.
+            if anchor >= 0 && s.pointee.queueTail == anchor && count <= core.queue.outboundSize / 4
+                && core.queue.write(UnsafeRawBufferPointer(rebasing: bytes[0..<count]), to: s, coalesce: true)
+            {
+                receiver.release(segment, of: s)
+            } else {
+                core.queue.insert(segment, count: count, after: anchor, in: s)
+            }
         } else {
             receiver.release(segment, of: s)
         }
@@ -66,9 +75,11 @@ extension CompletionLoop where Receiver: ~Copyable {
             // The buffer ring ran dry; the data (or the EOF) waits in the socket. Receive again as
             // soon as buffers come back.
             core.stats.bufferShortages &+= 1
+            // Wait for buffers to come back: `free` may still count buffers the kernel has taken
+            // and not yet reported. The batch's end re-arms as many waiters as there are buffers.
             if core.wantsReceive(s) {
                 core.stats.receiveRearms &+= 1
-                try receiver.armOrWait(s, core: core)
+                receiver.waitForBuffers(s)
             }
             try core.closeIfDone(s)
         case .canceled:

@@ -7,7 +7,17 @@ extension CompletionLoop where Receiver: ~Copyable {
     func onTick() throws(URingError) {
         housekeeping.ticks &+= 1
         if !core.stopping {
-            try housekeeping.sweepIdle(core)
+            for i in 0..<core.sessions.capacity {
+                guard let s = core.sessions.session(at: i), try !housekeeping.sweep(s, core) else { continue }
+                // A refusal for want of outbound buffers has no send of its own to wait for: retry.
+                if s.pointee.wantsWritable && s.pointee.queueHead < 0 && s.pointee.state != .closing
+                    && core.queue.outboundAvailable > 0
+                {
+                    s.pointee.wantsWritable = false
+                    handler.writable(Connection(core.connectionID(s), core))
+                    try afterCallback(s)
+                }
+            }
             try acceptor.resumeIfPaused(core)
         }
         let snapshot = housekeeping.publishStatistics(core, buffersHeld: receiver.buffersHeld)
@@ -17,7 +27,7 @@ extension CompletionLoop where Receiver: ~Copyable {
 
     func onWake(_ c: Completion) throws(URingError) {
         if core.mailboxes.stopRequested.load(ordering: .acquiring) {
-            try housekeeping.beginStop(core, listener: acceptor.listener, acceptsInFlight: acceptor.inFlight)
+            try housekeeping.beginStop(core, acceptor: acceptor)
         }
         for from in 0..<core.mailboxes.count { try deliverMail(from: from) }
         if !core.stopping { try housekeeping.armWake(core) }

@@ -80,7 +80,11 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         case .timeout: try onTick()
         case .wake: if tag.generation == 0 { try onWake(c) }  // 1: the cancel of the accepts at stop
         case .message:
-            if tag.generation == 1 { try deliverMail(from: Int(tag.index)) } else { core.onMessageSent(c, tag) }
+            if tag.generation != 1 {
+                core.onMessageSent(c, tag)
+            } else if Int(tag.index) < core.mailboxes.count {
+                try deliverMail(from: Int(tag.index))
+            }
         default: core.stats.staleCompletions &+= 1
         }
     }

@@ -5,24 +5,28 @@ import SocketPool
 /// the same index — is refused by every call that takes one.
 @frozen
 public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
+    /// The ring (thread) the connection belongs to: an ID is only valid on its own ring.
+    public let ring: Int
     /// Index in the ring's session pool, below ``ConnectionHandler/start(capacity:)``'s capacity:
     /// usable as an index into per-connection state the handler keeps.
     public let index: Int
     /// Distinguishes successive connections that reuse one index.
     public let generation: UInt32
 
-    /// An ID from its parts (as read back from ``index`` and ``generation``).
+    /// An ID from its parts (as read back from ``ring``, ``index`` and ``generation``).
     /// - Parameters:
+    ///   - ring: the ring index.
     ///   - index: the session index.
     ///   - generation: the session generation.
     @inlinable
-    public init(index: Int, generation: UInt32) {
+    public init(ring: Int, index: Int, generation: UInt32) {
+        self.ring = ring
         self.index = index
         self.generation = generation
     }
 
-    /// `conn 3.g7`.
-    public var description: String { "conn \(index).g\(generation)" }
+    /// `conn 1/3.g7` (ring 1, index 3, generation 7).
+    public var description: String { "conn \(ring)/\(index).g\(generation)" }
 }
 
 /// What to do with the bytes a handler has just processed in place.

@@ -34,27 +34,33 @@ struct Housekeeping {
         try core.ring.prepareRead(.fd(wakeFD), into: wakeBuffer, tag: Self.wakeTag.rawValue)
     }
 
-    /// The idle sweep: a connection that received nothing for the idle timeout is closed.
-    func sweepIdle(_ core: LoopCore) throws(URingError) {
-        guard idleNanoseconds > 0 else { return }
-        for i in 0..<core.sessions.capacity {
-            guard let s = core.sessions.session(at: i), s.pointee.state == .open else { continue }
-            if core.now &- s.pointee.lastActivity > idleNanoseconds {
-                core.stats.idleClosed &+= 1
-                try core.beginClose(s)
-            }
+    /// The timeout sweep, over every connection not already closing: one whose queued output has
+    /// not moved for the idle timeout is closed, whatever its state (open, half-closed, paused at
+    /// its bound); one with nothing queued that received nothing for the idle timeout is closed
+    /// too, unless the handler paused its receiving.
+    /// - Returns: whether `s` was closed.
+    func sweep(_ s: UnsafeMutablePointer<Session>, _ core: LoopCore) throws(URingError) -> Bool {
+        guard idleNanoseconds > 0, s.pointee.state != .closing else { return false }
+        if s.pointee.queueHead >= 0 {
+            guard core.now &- s.pointee.lastProgress > idleNanoseconds else { return false }
+            core.stats.stalledClosed &+= 1
+        } else {
+            guard s.pointee.state == .open && !s.pointee.pausedByHandler,
+                core.now &- s.pointee.lastActivity > idleNanoseconds
+            else { return false }
+            core.stats.idleClosed &+= 1
         }
+        try core.beginClose(s)
+        return true
     }
 
     /// Stop: no new accepts, every connection closed; the timer keeps ticking so the stop deadline
     /// is checked even when nothing else completes.
-    mutating func beginStop(_ core: LoopCore, listener: Int32, acceptsInFlight: Int) throws(URingError) {
+    mutating func beginStop(_ core: LoopCore, acceptor: borrowing Acceptor) throws(URingError) {
         guard !core.stopping else { return }
         core.stopping = true
         stopDeadline = core.now &+ UInt64(core.configuration.stopTimeout.nanoseconds)
-        if acceptsInFlight > 0 {
-            try core.ring.prepareCancel(file: .fd(listener), tag: Self.acceptCancelTag.rawValue)
-        }
+        try acceptor.cancelAll(core, tag: Self.acceptCancelTag)
         for i in 0..<core.sessions.capacity {
             if let s = core.sessions.session(at: i) { try core.beginClose(s) }
         }

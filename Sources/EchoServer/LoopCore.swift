@@ -55,7 +55,8 @@ final class LoopCore {
         ring = setup.ring
         sessions = SessionPool(
             mode: configuration.mode, capacity: capacity, bufferSize: useRing ? 0 : configuration.bufferSize)
-        contexts = ContextSlab(capacity: configuration.acceptDepth + 64)
+        // Accepts, and the closes of sockets over the cap (at most one per spare slot in flight).
+        contexts = ContextSlab(capacity: configuration.acceptDepth + configuration.spareSlots + 64)
         queue = SendQueue(
             provided: useRing ? configuration.bufferRingEntries : 0, providedBase: providedBase,
             providedSize: configuration.bufferSize, outbound: configuration.outboundBuffers,
@@ -81,13 +82,13 @@ final class LoopCore {
     /// The live session an ID names, or nil for a stale ID.
     @inline(__always)
     func session(_ id: ConnectionID) -> UnsafeMutablePointer<Session>? {
-        guard id.index >= 0 && id.index < sessions.capacity else { return nil }
+        guard id.ring == ringIndex && id.index >= 0 && id.index < sessions.capacity else { return nil }
         return sessions.resolve(SessionHandle(index: UInt32(id.index), generation: id.generation))
     }
 
     @inline(__always)
     func connectionID(_ s: UnsafeMutablePointer<Session>) -> ConnectionID {
-        ConnectionID(index: Int(s.pointee.index), generation: s.pointee.generation)
+        ConnectionID(ring: ringIndex, index: Int(s.pointee.index), generation: s.pointee.generation)
     }
 
     // MARK: Requests from handles
@@ -97,7 +98,8 @@ final class LoopCore {
             !s.pointee.abortRequested
         else { return .closed }
         guard s.pointee.queuedBytes + bytes.count <= maxOutput else {
-            s.pointee.wantsWritable = true
+            // A write larger than the bound itself can never fit: no writable for it.
+            if bytes.count <= maxOutput { s.pointee.wantsWritable = true }
             stats.writesRefused &+= 1
             return .full
         }
@@ -187,5 +189,6 @@ final class LoopCore {
             try ring.prepareSend(s.pointee.file, from: bytes, tag: s.pointee.tag(.send).rawValue)
         }
         s.pointee.pending.insert(.send)
+        s.pointee.lastProgress = now
     }
 }

@@ -121,7 +121,9 @@ final class RingDescriptor: Sendable {
 extension LoopCore {
     /// ``RingContext/post(_:value:toRing:)``.
     func post(_ bytes: UnsafeRawBufferPointer, value: UInt64, to target: Int) -> PostResult {
-        guard target >= 0 && target < mailboxes.count else { return .noSuchRing }
+        guard target >= 0 && target < mailboxes.count, !mailboxes.stopRequested.load(ordering: .relaxed) else {
+            return .noSuchRing
+        }
         let box = mailboxes.box(from: ringIndex, to: target)
         guard bytes.count <= box.capacity / 4 else {
             stats.postsRefused &+= 1

@@ -23,9 +23,8 @@ protocol ReceivePath: ~Copyable {
     mutating func discard(_ c: Completion)
     /// Gives back a segment of this strategy once sent or dropped; `s` is its holder.
     mutating func release(_ segment: Int32, of s: UnsafeMutablePointer<Session>)
-    /// The receive of `s` ended with `ENOBUFS`: it waits for buffers, or returns false when it can
-    /// receive again at once.
-    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) -> Bool
+    /// The receive of `s` ended with `ENOBUFS`: it waits for buffers to come back.
+    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>)
     /// After each batch: publish returned buffers and re-arm the sessions that waited for them.
     mutating func afterBatch(core: LoopCore) throws(URingError)
     /// At the end: unregister from the ring.

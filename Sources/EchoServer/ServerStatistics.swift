@@ -14,6 +14,9 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var rejected: UInt64 = 0
     /// Connections closed by the idle timeout.
     public var idleClosed: UInt64 = 0
+    /// Connections closed because their queued output did not move for the idle timeout (a peer
+    /// that stopped reading), in any state.
+    public var stalledClosed: UInt64 = 0
     /// Connections that ended with an error (reset, broken pipe, ...).
     public var errors: UInt64 = 0
     /// Bytes received.
@@ -71,7 +74,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
 
     mutating func add(_ o: ServerStatistics) {
         accepted += o.accepted; active += o.active; closed += o.closed; rejected += o.rejected
-        idleClosed += o.idleClosed; errors += o.errors; bytesIn += o.bytesIn; bytesOut += o.bytesOut
+        idleClosed += o.idleClosed; stalledClosed += o.stalledClosed; errors += o.errors; bytesIn += o.bytesIn; bytesOut += o.bytesOut
         completions += o.completions; staleCompletions += o.staleCompletions; submits += o.submits
         acceptPauses += o.acceptPauses; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
         bufferShortages += o.bufferShortages; receivePauses += o.receivePauses
@@ -86,7 +89,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     /// One line for logs.
     public var description: String {
         "accepted \(accepted), active \(active), closed \(closed), rejected \(rejected), idle-closed \(idleClosed), "
-            + "errors \(errors), bytes in \(bytesIn), out \(bytesOut), completions \(completions), "
+            + "stalled-closed \(stalledClosed), errors \(errors), bytes in \(bytesIn), out \(bytesOut), completions \(completions), "
             + "stale \(staleCompletions), submits \(submits), accept pauses \(acceptPauses), "
             + "ENOBUFS \(bufferShortages), recv pauses \(receivePauses), slots in use \(slots.inUse), "
             + "sessions in use \(sessions.inUse)"

@@ -40,7 +40,7 @@ struct SessionBufferReceiver: ReceivePath {
         buffersHeld -= 1
     }
 
-    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) -> Bool { false }
+    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) {}
 
     @inline(__always) mutating func afterBatch(core: LoopCore) throws(URingError) {}
 

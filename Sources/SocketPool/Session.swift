@@ -105,6 +105,8 @@ public struct Session {
 
     /// Monotonic time of the last received byte, in nanoseconds.
     public var lastActivity: UInt64
+    /// Monotonic time the send queue last moved (a send posted or completed), in nanoseconds.
+    public var lastProgress: UInt64
     /// Total bytes received.
     public var bytesIn: UInt64
     /// Total bytes sent.
@@ -134,6 +136,7 @@ public struct Session {
         closeRequested = false
         abortRequested = false
         lastActivity = 0
+        lastProgress = 0
         bytesIn = 0
         bytesOut = 0
     }

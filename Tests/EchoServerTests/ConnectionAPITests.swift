@@ -111,7 +111,7 @@ struct RingTrip: ConnectionHandler {
         if message.value & 1 << 63 != 0 {
             XCTAssertEqual(ring.post(message.bytes, value: message.value & ~(1 << 63), toRing: message.from), .posted)
         } else {
-            let id = ConnectionID(index: Int(message.value >> 32), generation: UInt32(truncatingIfNeeded: message.value))
+            let id = ConnectionID(ring: ring.index, index: Int(message.value >> 32), generation: UInt32(truncatingIfNeeded: message.value))
             XCTAssertEqual(ring.write(message.bytes, to: id), .queued)
         }
     }

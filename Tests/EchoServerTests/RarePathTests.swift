@@ -1,0 +1,135 @@
+import EchoServer
+import Foundation
+import Glibc
+import SocketPool
+import TestSupport
+import URing
+import XCTest
+
+/// Closes after its reply when a read contains `bye`, like a protocol's QUIT.
+struct ByeHandler: ConnectionHandler {
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        let text = String(decoding: bytes, as: UTF8.self)
+        if text.contains("bye") {
+            // More than loopback's socket buffers take (tcp_wmem's 4 MiB): the output stays queued.
+            XCTAssertEqual(connection.write([UInt8](repeating: 0x2E, count: 12 << 20)), .queued)
+            return .sendThenClose(bytes.count)
+        }
+        return .send(bytes.count)
+    }
+}
+
+/// The rare paths of issue 11: one client cannot starve the rest, every close finishes, and the
+/// plainest kernel profile serves, times out and stops.
+final class RarePathTests: ServerTestCase {
+    /// A client that never reads must not take the buffer ring from the others: with the pipes
+    /// full, every segment it sends used to pin a whole provided buffer while the per-connection
+    /// bound counted only bytes (1-byte segments add 1 byte each), and a few hundred emptied a
+    /// 256-buffer ring. Here the byte bound is set out of reach, so only the buffer bound holds.
+    func testAClientThatNeverReadsCannotTakeTheBufferRing() throws {
+        for mode in PoolMode.allCases {
+            var c = config(mode, .bufferRing)
+            c.bufferRingEntries = 256
+            c.maxPendingBytesPerConnection = 64 << 20
+            try withServer(c) { server, port in
+                let attacker = try TestSocket.connect(port: port)
+                defer { attacker.close() }
+                var small: Int32 = 1
+                setsockopt(attacker.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                var one: Int32 = 1
+                setsockopt(attacker.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                let bulk = [UInt8](repeating: 0x41, count: 8 << 20)
+                Thread {
+                    try? attacker.writeAll(bulk)  // fills the pipes; the kernel stalls it
+                    for _ in 0..<2000 {
+                        guard (try? attacker.writeAll([0x42])) != nil else { return }
+                        usleep(200)
+                    }
+                }.start()
+                // The attacker is stopped (its receiving paused), or it has pushed megabytes in.
+                XCTAssertTrue(eventually { server.statistics.receivePauses > 0 || server.statistics.bytesIn > 4 << 20 })
+                usleep(500_000)
+                let held = server.statistics.buffersHeld
+                XCTAssertLessThanOrEqual(held, 16 + 2, "\(mode): the attacker holds at most its share of the ring")
+                // Another client is served at once.
+                for i in 0..<5 {
+                    let started = ContinuousClock.now
+                    let payload = patternBytes(seed: UInt64(i), count: 100)
+                    XCTAssertEqual(try Self.roundTrip(port: port, payload), payload)
+                    let took = ContinuousClock.now - started
+                    XCTAssertLessThan(took, .milliseconds(100), "\(mode): echo \(i) took \(took); attacker held \(held)")
+                }
+                attacker.reset()
+            }
+        }
+    }
+
+    /// A connection that half-closes (or is closed by its handler) while its output cannot move
+    /// is closed once the output has not moved for the idle timeout.
+    func testOutputThatMakesNoProgressIsClosedInEveryState() throws {
+        for (mode, receive) in Self.variants {
+            var c = config(mode, receive)
+            c.idleTimeout = .milliseconds(600)
+            c.maxOutputBytesPerConnection = 16 << 20
+            c.outboundBuffers = 4096
+            try withServer(c, handler: { ByeHandler() }) { server, port in
+                // Handler-initiated close (half-closed on our side) with 4 MiB the client never reads.
+                let a = try TestSocket.connect(port: port)
+                var small: Int32 = 1
+                setsockopt(a.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                try a.writeAll(Array("bye".utf8))
+                // Open, receiving paused at its bound: it sends far more than it reads (nothing).
+                let b = try TestSocket.connect(port: port)
+                setsockopt(b.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                let flood = [UInt8](repeating: 0x42, count: 12 << 20)
+                Thread { try? b.writeAll(flood) }.start()
+                XCTAssertTrue(eventually { server.statistics.accepted == 2 })
+                XCTAssertTrue(eventually(.seconds(8)) { server.statistics.active == 0 }, "\(mode)/\(receive): \(server.statistics)")
+                XCTAssertEqual(server.statistics.stalledClosed, 2, "\(mode)/\(receive): both closed for stalled output: \(server.statistics)")
+                a.close()
+                b.close()
+            }
+        }
+    }
+
+    /// What Linux 5.15 offers: no multishot accept, no buffer ring, no fixed files, no
+    /// DEFER_TASKRUN, no MSG_RING. Echo, the idle timeout, a stop with no client and a stop with
+    /// 1,000 clients all work there.
+    func testThePlainestKernelProfileEchoesTimesOutAndStops() throws {
+        for mode in PoolMode.allCases {
+            var c = config(mode, .bufferRing)
+            c.features = []
+            c.idleTimeout = .milliseconds(300)
+            try withServer(c) { server, port in
+                XCTAssertEqual(server.statistics.features, [])
+                let payload = patternBytes(seed: 3, count: 100_000)
+                XCTAssertTrue(try Self.roundTrip(port: port, payload) == payload)
+                let silent = try TestSocket.connect(port: port)
+                silent.setTimeout(seconds: 5)
+                XCTAssertEqual(try silent.readSome(), [], "\(mode): the idle timeout closed the silent client")
+                XCTAssertGreaterThanOrEqual(server.statistics.idleClosed, 1)
+                silent.close()
+            }
+            // Stop with no client at all, within the stop timeout.
+            let idle = EchoServer(configuration: c)
+            try idle.start()
+            let started = ContinuousClock.now
+            idle.stop()
+            idle.wait()
+            XCTAssertLessThan(ContinuousClock.now - started, .seconds(2), "\(mode): stop with nothing to complete")
+            // Stop with 1,000 live clients.
+            var big = c
+            big.idleTimeout = nil
+            let server = EchoServer(configuration: big)
+            try server.start()
+            let port = server.boundAddress!.port
+            let clients = try (0..<1000).map { _ in try TestSocket.connect(port: port) }
+            XCTAssertTrue(eventually { server.statistics.active == 1000 }, "\(mode)")
+            server.stop()
+            server.wait()
+            XCTAssertEqual(server.statistics.active, 0)
+            XCTAssertEqual(server.statistics.contexts.inUse, 0)
+            for client in clients { client.close() }
+        }
+    }
+}
