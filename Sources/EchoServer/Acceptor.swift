@@ -123,16 +123,18 @@ struct Acceptor: ~Copyable {
             switch errno {
             case .processFileTableFull, .systemFileTableFull, .noMemory, .noBufferSpace:
                 pause(core, "accept failed with \(errno.name)")
-            case .canceled:
-                break
+            case .canceled, .connectionAborted:
+                break  // a stop, or a client that reset before it was accepted: accept again
             case .invalidArgument where isMultishot && !core.stopping:
                 core.logger.warning("multishot accept refused (EINVAL); falling back to single-shot accepts")
                 multishot = false
                 core.features.remove(.multishotAccept)
                 core.stats.features = core.features
             default:
-                core.stats.errors &+= 1
-                core.logger.error("accept failed: \(errno)")
+                // Anything else may well fail again at once (a listener shut down, say): back off
+                // to the next tick or close rather than spin, count it, log once per episode.
+                core.stats.acceptErrors &+= 1
+                pause(core, "accept failed with \(errno)")
             }
             if ended && !paused && !core.stopping {
                 core.stats.acceptRearms &+= 1

@@ -29,6 +29,8 @@ extension CompletionLoop where Receiver: ~Copyable {
         if core.mailboxes.stopRequested.load(ordering: .acquiring) {
             try housekeeping.beginStop(core, acceptor: acceptor)
         }
+        let fault = core.mailboxes.injectedFaults[core.ringIndex].value.exchange(0, ordering: .acquiringAndReleasing)
+        if fault != 0 { core.ring.injectEnterFailure(Errno(rawValue: fault)) }
         for from in 0..<core.mailboxes.count { try deliverMail(from: from) }
         if !core.stopping { try housekeeping.armWake(core) }
     }

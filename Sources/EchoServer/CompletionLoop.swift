@@ -45,12 +45,32 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
                     break
                 }
             }
-            try core.ring.submitAndWait(1)
+            try enter()
             core.now = Posix.monotonicNanoseconds()
             try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try dispatch(c) }
             try receiver.afterBatch(core: core)
         }
         teardown()
+    }
+
+    /// One `io_uring_enter`. `EAGAIN` (no memory for requests now) and `EBUSY` (completions backed
+    /// up) mean: reap what is there and try again; `EBADR` means the kernel dropped completions,
+    /// which is logged and counted. Anything else ends the ring (and stops the server).
+    @inline(__always)
+    func enter() throws(URingError) {
+        do {
+            try core.ring.submitAndWait(1)
+        } catch {
+            switch error.errno {
+            case .wouldBlock, .busy:
+                core.stats.enterRetries &+= 1
+            case .droppedCompletions:
+                core.stats.droppedCompletions &+= 1
+                core.logger.error("io_uring_enter: the kernel dropped completions (EBADR); connections may stall")
+            default:
+                throw error
+            }
+        }
     }
 
     func dispatch(_ c: Completion) throws(URingError) {

@@ -48,7 +48,7 @@ final class LoopCore {
         self.ringIndex = ringIndex
         self.mailboxes = mailboxes
         self.logger = logger
-        let capacity = configuration.connectionsPerThread
+        let capacity = configuration.connections(forRing: ringIndex)
         let useRing = providedBase != nil
         features = setup.features
         slots = setup.slots.take()

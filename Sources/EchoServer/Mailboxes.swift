@@ -83,6 +83,8 @@ final class Mailboxes: Sendable {
     let wakeDescriptors: [Int32]
     /// Set by ``Server/stop()``: a ring woken through its eventfd checks it.
     let stopRequested = Atomic<Bool>(false)
+    /// Faults to inject into each ring's next `io_uring_enter` (tests), read on its wake-up.
+    let injectedFaults: [RingDescriptor]
 
     // Ring threads read their eventfd into these 8 bytes each; owned here because a read may stay
     // pending until its ring exits. Each ring touches only its own.
@@ -93,6 +95,7 @@ final class Mailboxes: Sendable {
         wakeBuffers = .allocate(byteCount: 8 * count, alignment: 8)
         boxes = (0..<count * count).map { _ in Mailbox(capacity: capacity) }
         ringDescriptors = (0..<count).map { _ in RingDescriptor() }
+        injectedFaults = (0..<count).map { _ in RingDescriptor(0) }
         self.wakeDescriptors = wakeDescriptors
     }
 
@@ -115,7 +118,8 @@ final class Mailboxes: Sendable {
 
 /// A ring's fd as other rings see it.
 final class RingDescriptor: Sendable {
-    let value = Atomic<Int32>(-1)
+    let value: Atomic<Int32>
+    init(_ value: Int32 = -1) { self.value = Atomic(value) }
 }
 
 extension LoopCore {

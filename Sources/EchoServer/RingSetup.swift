@@ -11,23 +11,22 @@ struct RingSetup: ~Copyable {
     var buffers: BufferRing?
     let probe: Probe?
 
-    init(_ configuration: ServerConfiguration, logger: Logger) throws(URingError) {
-        // Probe at start: drop what the running kernel cannot do before trying it.
-        let release = Sockets.kernelRelease
-        var features = configuration.features.intersection(KernelFeatures.supported(byKernelRelease: release))
-        if features != configuration.features {
-            logger.notice("kernel \(release) lacks \(configuration.features.subtracting(features)); using the fallbacks")
-        }
+    init(_ configuration: ServerConfiguration, ring index: Int, logger: Logger) throws(URingError) {
+        // The setup flags are a trial down the chain; the rest comes from the kernel's opcode probe,
+        // so what it cannot do is dropped before it is tried.
+        var features = configuration.features
         var chain = RingOptions.automaticFlags
         if !features.contains(.deferTaskrun) { chain.removeAll { $0.contains(.deferTaskrun) } }
         ring = try Ring(RingOptions(entries: configuration.ringEntries, flagPreference: chain))
         if !ring.setupFlags.contains(.deferTaskrun) { features.remove(.deferTaskrun) }
         probe = try? ring.probe()
-        if features.contains(.messageRing) && !(probe?.supports(.msgRing) ?? false) {
-            logger.notice("IORING_OP_MSG_RING unsupported; rings wake each other through eventfds")
-            features.remove(.messageRing)
+        let supported = probe.map { KernelFeatures.supported(by: $0) } ?? []
+        if !features.subtracting(supported).isEmpty {
+            logger.notice(
+                "kernel \(Sockets.kernelRelease) lacks \(features.subtracting(supported)) (opcode probe); using the fallbacks")
+            features.formIntersection(supported)
         }
-        let capacity = configuration.connectionsPerThread
+        let capacity = configuration.connections(forRing: index)
 
         // Fixed slots: pooled mode only. The table has spare slots beyond the connection cap so a
         // client over the cap can still be accepted and closed cleanly.

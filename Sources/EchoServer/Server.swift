@@ -37,6 +37,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         var reported: [ServerStatistics] = []
         var boundAddress: SocketAddress?
         var setupErrors: [URingError] = []
+        var failure: ServerError?
     }
 
     /// Creates a server; nothing is bound until ``start()``.
@@ -99,7 +100,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             bound = address
         } catch {
             cleanup()
-            throw .setup(error)
+            throw ServerError(setupFailure: error)
         }
         let mailboxes = Mailboxes(count: threads, capacity: configuration.mailboxBytes, wakeDescriptors: wakes)
         state.withLock {
@@ -134,15 +135,29 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         for _ in 0..<threads { ready.wait() }
         go.leave()
         let errors = state.withLock { $0.setupErrors }
-        if let first = errors.first {
+        // Where io_uring is unavailable every ring fails alike; that cause is the one to report.
+        if let first = errors.first(where: IOUring.isUnavailable) ?? errors.first {
             stop()
             wait()
-            throw .setup(first)
+            throw ServerError(setupFailure: first)
         }
         let stats = statistics
         logger.info(
             "listening on \(bound) with \(threads) ring(s), mode \(configuration.mode), receive \(configuration.receive), setup \(stats.setupFlags), features \(stats.features)"
         )
+    }
+
+    /// Why the server stopped by itself, if it did: a ring ended on an error
+    /// (``ServerError/ringFailed(ring:_:)``). `nil` after a requested stop.
+    public var failure: ServerError? { state.withLock { $0.failure } }
+
+    /// Makes ring `ring`'s next `io_uring_enter` fail with `errno` (fault injection for tests).
+    package func injectEnterFailure(ring: Int, _ errno: Errno) {
+        state.withLock { s in
+            guard let mailboxes = s.mailboxes, ring < mailboxes.count else { return }
+            mailboxes.injectedFaults[ring].value.store(errno.rawValue, ordering: .releasing)
+            try? Sockets.signalEventFD(s.wakeFDs[ring])
+        }
     }
 
     /// Asks every ring to stop: no new accepts, every connection cancelled and closed, the ring
@@ -163,7 +178,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             self.publish(thread: i, snapshot, report: report)
         }
         do throws(URingError) {
-            var setup = try RingSetup(configuration, logger: logger)
+            var setup = try RingSetup(configuration, ring: i, logger: logger)
             let buffers = setup.buffers.take()
             let core = LoopCore(
                 configuration: configuration, setup: setup, providedBase: buffers?.buffer(0).baseAddress,
@@ -198,8 +213,14 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         do throws(URingError) {
             try loop.run()
         } catch {
-            logger.error("ring \(ring) stopped on error: \(error)")
+            // A ring that ends on an error takes the server down with it, saying why: a server
+            // with a dead ring would keep accepting on the others' listeners and look healthy.
+            logger.error("ring \(ring) stopped on error: \(error); stopping the server")
+            state.withLock { s in
+                if s.failure == nil { s.failure = .ringFailed(ring: ring, error) }
+            }
             loop.teardown()
+            stop()
         }
     }
 
@@ -214,6 +235,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     public func run() throws(ServerError) {
         try start()
         wait()
+        if let failure { throw failure }
     }
 
     /// Waits without blocking a thread until every ring has exited.
@@ -260,6 +282,7 @@ extension Server: Service {
         } onCancel: {
             self.stop()
         }
+        if let failure { throw failure }
     }
 }
 

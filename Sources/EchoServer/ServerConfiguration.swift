@@ -37,22 +37,20 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// Everything on.
     public static let all: KernelFeatures = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing]
 
-    /// The features a kernel release can run, from its version (`uname -r`, for example
-    /// `"6.1.0-18-amd64"`): multishot accept from 5.19; the buffer ring path (multishot recv) and
-    /// fixed files (which the close path cancels by fixed fd) from 6.0; `DEFER_TASKRUN` from 6.1.
-    /// An unparsable release is assumed recent; ring setup and registration still fall back at run
-    /// time if the kernel refuses.
-    /// - Parameter release: the kernel release string.
-    /// - Returns: the features that release supports.
-    public static func supported(byKernelRelease release: String) -> KernelFeatures {
-        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard numbers.count == 2 else { return .all }
-        let version = numbers[0] * 1000 + numbers[1]
-        var features = KernelFeatures()
-        if version >= 5_019 { features.insert(.multishotAccept) }
-        if version >= 6_000 { features.formUnion([.bufferRing, .fixedFiles]) }
-        if version >= 6_001 { features.insert(.deferTaskrun) }
-        if version >= 5_018 { features.insert(.messageRing) }
+    /// The features a kernel can run, read from its opcode probe rather than its version string
+    /// (distribution kernels backport): `IORING_OP_MSG_RING` (5.18) means MSG_RING;
+    /// `IORING_OP_SOCKET` (5.19) means the release of multishot accept, sparse file tables, direct
+    /// accept and provided-buffer rings; `IORING_OP_SEND_ZC` (6.0) means the release of multishot
+    /// recv, which the buffer-ring path needs. `DEFER_TASKRUN` is not an opcode: ring setup tries it
+    /// and falls back. Registration and `EINVAL` at run time still fall back where the probe was
+    /// optimistic.
+    /// - Parameter probe: the running kernel's probe (``Ring/probe()``).
+    /// - Returns: the features that kernel supports.
+    public static func supported(by probe: Probe) -> KernelFeatures {
+        var features: KernelFeatures = [.deferTaskrun]
+        if probe.supports(.msgRing) { features.insert(.messageRing) }
+        if probe.supports(.socket) { features.formUnion([.multishotAccept, .fixedFiles]) }
+        if probe.supports(.sendZeroCopy) { features.insert(.bufferRing) }
         return features
     }
 
@@ -128,40 +126,108 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// Connections per ring thread.
     public var connectionsPerThread: Int { max(1, (maxConnections + threads - 1) / max(threads, 1)) }
 
+    /// Connections ring `ring` serves at once: ``maxConnections`` split over the rings so that the
+    /// total is exactly ``maxConnections`` (the first `maxConnections % threads` rings take one more).
+    /// - Parameter ring: the ring index, `0..<threads`.
+    public func connections(forRing ring: Int) -> Int {
+        let rings = max(threads, 1)
+        return max(1, maxConnections / rings + (ring < maxConnections % rings ? 1 : 0))
+    }
+
     /// Checks values a person could get wrong.
     /// - Throws: ``ServerError/invalidConfiguration(_:)`` naming the bad value.
     public func validate() throws(ServerError) {
+        // Every numeric setting is range-checked, naming the setting, its range and the value. The
+        // bounds keep every product made later (durations in nanoseconds, sizes in bytes) far below
+        // Int64's range, so nothing after validation can trap. The full table: docs/operating.md.
+        func check(_ ok: Bool, _ setting: String, _ range: String, _ value: Any) throws(ServerError) {
+            if !ok { throw .invalidConfiguration("\(setting) must be \(range), got \(value)") }
+        }
+        func powerOfTwo(_ n: Int, in range: ClosedRange<Int>) -> Bool { range.contains(n) && n.nonzeroBitCount == 1 }
         if SocketAddress(host: host, port: port) == nil {
             throw .invalidConfiguration("host '\(host)' is not a numeric IPv4 or IPv6 address")
         }
-        if threads < 1 || threads > 256 { throw .invalidConfiguration("threads must be 1...256, got \(threads)") }
-        if bufferSize < 64 || bufferSize > 1 << 20 {
-            throw .invalidConfiguration("buffer size must be 64...1048576 bytes, got \(bufferSize)")
+        try check((1...256).contains(threads), "threads", "1...256", threads)
+        try check((64...1 << 20).contains(bufferSize), "bufferSize", "64...1048576 bytes", bufferSize)
+        try check(
+            powerOfTwo(bufferRingEntries, in: 2...32768), "bufferRingEntries",
+            "a power of two in 2...32768 (the kernel's limit for a provided-buffer ring)", bufferRingEntries)
+        try check((1...1_000_000).contains(maxConnections), "maxConnections", "1...1000000", maxConnections)
+        // Split over the rings, the total is exactly maxConnections: each ring needs at least one.
+        try check(
+            maxConnections >= threads, "maxConnections", "at least threads (\(threads)), each ring serves one or more",
+            maxConnections)
+        // The completion queue is four times the submission queue, and the kernel refuses more than
+        // IORING_MAX_CQ_ENTRIES (65536) completions (IORING_MAX_ENTRIES, 32768, submissions).
+        try check(
+            powerOfTwo(Int(ringEntries), in: 1...16384), "ringEntries",
+            "a power of two in 1...16384 (its completion queue, 4 x ringEntries, must fit the kernel's 65536)",
+            ringEntries)
+        try check((0...65536).contains(spareSlots), "spareSlots", "0...65536", spareSlots)
+        // Registered-file table: IORING_MAX_FIXED_FILES (1 << 20) slots per ring.
+        try check(
+            connectionsPerThread + spareSlots <= 1 << 20, "spareSlots",
+            "0...\((1 << 20) - connectionsPerThread) with \(connectionsPerThread) connections per ring "
+                + "(connections per ring + spareSlots must fit the kernel's 1048576 registered files)", spareSlots)
+        try check((1...1024).contains(acceptDepth), "acceptDepth", "1...1024", acceptDepth)
+        try check(
+            (1...65535).contains(backlog), "backlog", "1...65535 (the kernel caps it at net.core.somaxconn)", backlog)
+        try check(
+            (bufferSize...1 << 30).contains(maxPendingBytesPerConnection), "maxPendingBytesPerConnection",
+            "bufferSize...1073741824 bytes (\(bufferSize)...1073741824)", maxPendingBytesPerConnection)
+        try check(
+            (1...1 << 40).contains(maxOutputBytesPerConnection), "maxOutputBytesPerConnection",
+            "1...1099511627776 bytes (2^40)", maxOutputBytesPerConnection)
+        try check(
+            (1...32768).contains(maxBuffersPerConnection), "maxBuffersPerConnection", "1...32768",
+            maxBuffersPerConnection)
+        try check((0...1 << 20).contains(outboundBuffers), "outboundBuffers", "0...1048576", outboundBuffers)
+        try check(
+            powerOfTwo(mailboxBytes, in: 4096...1 << 30), "mailboxBytes", "a power of two in 4096...1073741824 bytes",
+            mailboxBytes)
+        // Durations are compared as Durations, never converted first: a huge one would trap there.
+        if let idle = idleTimeout {
+            try check(
+                idle >= .milliseconds(1) && idle <= .seconds(7 * 86400), "idleTimeout",
+                "1 ms...604800 s (7 days), or nil to disable", idle)
         }
-        if bufferRingEntries < 2 || bufferRingEntries > 32768 || bufferRingEntries & (bufferRingEntries - 1) != 0 {
-            throw .invalidConfiguration("buffer ring entries must be a power of two in 2...32768, got \(bufferRingEntries)")
-        }
-        if maxConnections < 1 || maxConnections > 1_000_000 {
-            throw .invalidConfiguration("max connections must be 1...1000000, got \(maxConnections)")
-        }
-        if let idle = idleTimeout, idle <= .zero { throw .invalidConfiguration("idle timeout must be positive") }
-        if maxPendingBytesPerConnection < bufferSize {
-            throw .invalidConfiguration("max pending bytes per connection must be at least the buffer size")
-        }
-        if backlog < 1 { throw .invalidConfiguration("backlog must be positive") }
-        if spareSlots < 0 { throw .invalidConfiguration("spare slots must be 0 or more") }
-        if acceptDepth < 1 || acceptDepth > 1024 { throw .invalidConfiguration("accept depth must be 1...1024") }
-        if maxOutputBytesPerConnection < 1 || maxOutputBytesPerConnection > 1 << 40 {
-            throw .invalidConfiguration("max output bytes per connection must be 1...2^40, got \(maxOutputBytesPerConnection)")
-        }
-        if maxBuffersPerConnection < 1 || maxBuffersPerConnection > 32768 {
-            throw .invalidConfiguration("max buffers per connection must be 1...32768, got \(maxBuffersPerConnection)")
-        }
-        if outboundBuffers < 0 || outboundBuffers > 1 << 20 {
-            throw .invalidConfiguration("outbound buffers must be 0...1048576, got \(outboundBuffers)")
-        }
-        if mailboxBytes < 4096 || mailboxBytes > 1 << 30 || mailboxBytes & (mailboxBytes - 1) != 0 {
-            throw .invalidConfiguration("mailbox bytes must be a power of two in 4096...2^30, got \(mailboxBytes)")
+        try check(
+            tickInterval >= .milliseconds(1) && tickInterval <= .seconds(60), "tickInterval", "1 ms...60 s",
+            tickInterval)
+        try check(
+            stopTimeout >= .zero && stopTimeout <= .seconds(3600), "stopTimeout", "0...3600 s (1 hour)", stopTimeout)
+
+        // What start() allocates up front must fit the machine: a request beyond memory is this
+        // error, not an abort in the allocator. Per ring: the receive buffers (the buffer ring, or in
+        // pooled mode a buffer per session; the larger of the two, as a ring the kernel refuses a
+        // buffer ring falls back to per-session buffers), the outbound buffers, and about 0.5 KiB
+        // plus a session record of bookkeeping per connection; then one mailbox per ordered pair of
+        // rings. With the bounds above the sum stays below 2^52: no overflow.
+        guard let memory = Posix.physicalMemoryBytes else { return }
+        let sessionBuffers = mode == .pooled ? connectionsPerThread * bufferSize : 0
+        let ringBuffers = receive == .bufferRing && features.contains(.bufferRing) ? bufferRingEntries * bufferSize : 0
+        let receiveBytes = max(sessionBuffers, ringBuffers)
+        let outboundBytes = outboundBuffers * bufferSize
+        let bookkeeping = connectionsPerThread * (MemoryLayout<Session>.stride + 512)
+        let mailboxes = threads * threads * mailboxBytes
+        let total = threads * (receiveBytes + outboundBytes + bookkeeping) + mailboxes
+        if total > memory {
+            func size(_ bytes: Int) -> String {
+                let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+                var unit = 0
+                var scaled = bytes
+                while (scaled >= 10 << 10 || scaled >= 1 << 10 && scaled & 1023 == 0) && unit < units.count - 1 {
+                    scaled >>= 10
+                    unit += 1
+                }
+                return "\(scaled) \(units[unit])"
+            }
+            throw .invalidConfiguration(
+                "the total preallocation, \(size(total)) (\(total) bytes), exceeds this machine's physical memory, "
+                    + "\(size(memory)): per ring \(size(receiveBytes)) of receive buffers, \(size(outboundBytes)) of "
+                    + "outbound buffers and \(size(bookkeeping)) of bookkeeping, times \(threads) ring(s), plus "
+                    + "\(size(mailboxes)) of mailboxes; lower maxConnections, bufferSize, bufferRingEntries, "
+                    + "outboundBuffers, mailboxBytes or threads")
         }
     }
 }
@@ -174,6 +240,21 @@ public enum ServerError: Error, Sendable, Hashable, CustomStringConvertible {
     case setup(URingError)
     /// The server was started twice.
     case alreadyStarted
+    /// A ring ended on an error it cannot recover from, and the server stopped.
+    case ringFailed(ring: Int, URingError)
+    /// io_uring cannot be used here: ring setup (`io_uring_queue_init_params`) failed with `EPERM`
+    /// or `ENOSYS`. The text names the causes found (`kernel.io_uring_disabled`, a container's
+    /// seccomp profile, a kernel without io_uring) and their fixes (``IOUring/unavailableReason(for:)``).
+    case ioUringUnavailable(String)
+
+    /// The error for a failed setup step: ``ioUringUnavailable(_:)``, explained, where ring setup
+    /// was refused with `EPERM` or `ENOSYS`, ``setup(_:)`` otherwise.
+    /// - Parameter error: what the setup step threw.
+    package init(setupFailure error: URingError) {
+        self =
+            IOUring.isUnavailable(error)
+            ? .ioUringUnavailable(IOUring.unavailableReason(for: error.errno)) : .setup(error)
+    }
 
     /// A sentence a person can act on.
     public var description: String {
@@ -181,6 +262,8 @@ public enum ServerError: Error, Sendable, Hashable, CustomStringConvertible {
         case .invalidConfiguration(let why): return "invalid configuration: \(why)"
         case .setup(let error): return "server setup failed: \(error)"
         case .alreadyStarted: return "the server was already started"
+        case .ringFailed(let ring, let error): return "ring \(ring) failed: \(error)"
+        case .ioUringUnavailable(let explanation): return explanation
         }
     }
 }

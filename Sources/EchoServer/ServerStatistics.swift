@@ -29,6 +29,8 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var staleCompletions: UInt64 = 0
     /// Submit calls (`io_uring_enter` at most once each).
     public var submits: UInt64 = 0
+    /// Accepts that failed with an unexpected error (each backs off to the next tick).
+    public var acceptErrors: UInt64 = 0
     /// Times accepting paused (descriptor or slot exhaustion), one per episode.
     public var acceptPauses: UInt64 = 0
     /// Accepts armed again after one ended: a multishot accept's completion without `F_MORE`, an
@@ -58,6 +60,10 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var delivered: UInt64 = 0
     /// `MSG_RING` requests that failed (the eventfd woke the target instead).
     public var messageRingFailures: UInt64 = 0
+    /// `io_uring_enter` calls that failed with `EAGAIN` or `EBUSY` and were retried after reaping.
+    public var enterRetries: UInt64 = 0
+    /// Times `io_uring_enter` reported dropped completions (`EBADR`).
+    public var droppedCompletions: UInt64 = 0
     /// Session pool counters.
     public var sessions = PoolStatistics()
     /// Slot pool counters (pooled mode with fixed files).
@@ -76,10 +82,11 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
         accepted += o.accepted; active += o.active; closed += o.closed; rejected += o.rejected
         idleClosed += o.idleClosed; stalledClosed += o.stalledClosed; errors += o.errors; bytesIn += o.bytesIn; bytesOut += o.bytesOut
         completions += o.completions; staleCompletions += o.staleCompletions; submits += o.submits
-        acceptPauses += o.acceptPauses; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
+        acceptPauses += o.acceptPauses; acceptErrors += o.acceptErrors; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
         bufferShortages += o.bufferShortages; receivePauses += o.receivePauses
         completionQueueOverflows += o.completionQueueOverflows; buffersHeld += o.buffersHeld
         writesRefused += o.writesRefused; outboundBuffersInUse += o.outboundBuffersInUse; posted += o.posted
+        enterRetries += o.enterRetries; droppedCompletions += o.droppedCompletions
         postsRefused += o.postsRefused; delivered += o.delivered; messageRingFailures += o.messageRingFailures
         sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
         if setupFlags.isEmpty { setupFlags = o.setupFlags }

@@ -59,6 +59,8 @@ public struct Errno: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     public static let canceled = Errno(rawValue: ECANCELED)
     /// `ECONNRESET`
     public static let connectionReset = Errno(rawValue: ECONNRESET)
+    /// `ECONNABORTED`: a connection was reset before it was accepted.
+    public static let connectionAborted = Errno(rawValue: ECONNABORTED)
     /// `ECONNREFUSED`
     public static let connectionRefused = Errno(rawValue: ECONNREFUSED)
     /// `ENOTCONN`
@@ -73,6 +75,8 @@ public struct Errno: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     public static let notSupported = Errno(rawValue: EOPNOTSUPP)
     /// `ENXIO`
     public static let noSuchDevice = Errno(rawValue: ENXIO)
+    /// `EBADR`: `io_uring_enter` reports completions the kernel had to drop.
+    public static let droppedCompletions = Errno(rawValue: EBADR)
 
     private static let names: [Int32: String] = [
         EPERM: "EPERM", ENOENT: "ENOENT", ESRCH: "ESRCH", EINTR: "EINTR", EIO: "EIO", ENXIO: "ENXIO",
@@ -87,7 +91,7 @@ public struct Errno: RawRepresentable, Hashable, Sendable, CustomStringConvertib
         ECONNRESET: "ECONNRESET", ENOBUFS: "ENOBUFS", EISCONN: "EISCONN", ENOTCONN: "ENOTCONN",
         ESHUTDOWN: "ESHUTDOWN", ETIMEDOUT: "ETIMEDOUT", ECONNREFUSED: "ECONNREFUSED",
         EHOSTUNREACH: "EHOSTUNREACH", EALREADY: "EALREADY", EINPROGRESS: "EINPROGRESS",
-        ECANCELED: "ECANCELED", EOWNERDEAD: "EOWNERDEAD", EBADFD: "EBADFD",
+        ECANCELED: "ECANCELED", EOWNERDEAD: "EOWNERDEAD", EBADFD: "EBADFD", EBADR: "EBADR",
     ]
 }
 

@@ -29,9 +29,11 @@ public struct Opcode: RawRepresentable, Hashable, Sendable, CustomStringConverti
     public static let provideBuffers = Opcode(rawValue: 31)
     /// `IORING_OP_SHUTDOWN`
     public static let shutdown = Opcode(rawValue: 34)
-    /// `IORING_OP_MSG_RING`
+    /// `IORING_OP_MSG_RING` (Linux 5.18)
     public static let msgRing = Opcode(rawValue: 40)
-    /// `IORING_OP_SEND_ZC`
+    /// `IORING_OP_SOCKET` (Linux 5.19, the release of multishot accept and sparse file tables)
+    public static let socket = Opcode(rawValue: 45)
+    /// `IORING_OP_SEND_ZC` (Linux 6.0, the release of multishot recv)
     public static let sendZeroCopy = Opcode(rawValue: 47)
 
     /// The name of a known opcode, or its number.
@@ -39,7 +41,7 @@ public struct Opcode: RawRepresentable, Hashable, Sendable, CustomStringConverti
         let names: [UInt8: String] = [
             0: "NOP", 11: "TIMEOUT", 13: "ACCEPT", 14: "ASYNC_CANCEL", 15: "LINK_TIMEOUT", 16: "CONNECT",
             19: "CLOSE", 26: "SEND", 27: "RECV", 31: "PROVIDE_BUFFERS", 34: "SHUTDOWN", 40: "MSG_RING",
-            47: "SEND_ZC",
+            45: "SOCKET", 47: "SEND_ZC",
         ]
         return names[rawValue] ?? "opcode \(rawValue)"
     }
@@ -55,6 +57,14 @@ public struct Probe: Sendable, Hashable {
     /// - Parameter opcode: the request type.
     public func supports(_ opcode: Opcode) -> Bool {
         Int(opcode.rawValue) < supported.count && supported[Int(opcode.rawValue)]
+    }
+
+    /// A probe result made by hand: what a kernel that supports exactly `opcodes` would report
+    /// (tests of the paths older kernels take).
+    /// - Parameter opcodes: the supported opcodes.
+    package init(opcodes: Set<Opcode>) {
+        opcodeCount = Int(opcodes.map(\.rawValue).max() ?? 0) + 1
+        supported = (0..<256).map { op in opcodes.contains(Opcode(rawValue: UInt8(op))) }
     }
 
     init(_ probe: UnsafeMutablePointer<io_uring_probe>) {

@@ -141,6 +141,7 @@ public struct Ring: ~Copyable {
     @discardableResult
     public func submitAndWait(_ count: UInt32 = 1) throws(URingError) -> Int {
         counters.pointee.submitCalls &+= 1
+        if counters.pointee.injectedEnterFailure != 0 { return try failInjected("io_uring_submit_and_wait") }
         let result = io_uring_submit_and_wait(ring, count)
         if result >= 0 { return Int(result) }
         if result == -EINTR { return 0 }
@@ -199,6 +200,22 @@ public struct Ring: ~Copyable {
     }
 }
 
+extension Ring {
+    /// Makes the next ``submitAndWait(_:)`` fail with `errno` without entering the kernel: fault
+    /// injection for the paths that handle `io_uring_enter` errors (`EAGAIN`, `EBUSY`, `EBADR`, ...).
+    /// - Parameter errno: the error the next wait reports.
+    package func injectEnterFailure(_ errno: Errno) {
+        counters.pointee.injectedEnterFailure = errno.rawValue
+    }
+
+    @usableFromInline
+    func failInjected(_ operation: String) throws(URingError) -> Int {
+        let errno = Errno(rawValue: counters.pointee.injectedEnterFailure)
+        counters.pointee.injectedEnterFailure = 0
+        throw URingError(operation, errno: errno)
+    }
+}
+
 /// Counters a ring keeps about itself.
 public struct RingCounters: Sendable, Equatable {
     /// Calls to the submit functions (`io_uring_submit*`): at most one `io_uring_enter` each.
@@ -207,6 +224,8 @@ public struct RingCounters: Sendable, Equatable {
     public var completions: UInt64 = 0
     /// Times a full submission queue forced an early submit while preparing a request.
     public var submitsForFullQueue: UInt64 = 0
+    /// A fault to report from the next wait instead of entering the kernel (tests only).
+    @usableFromInline package var injectedEnterFailure: Int32 = 0
     /// Harvests that found completions waiting in the kernel's overflow list
     /// (`IORING_SQ_CQ_OVERFLOW`): the CQ had been full. With `IORING_FEAT_NODROP` they are flushed
     /// into the CQ, not lost.

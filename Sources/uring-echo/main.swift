@@ -19,40 +19,55 @@ struct UringEcho: ParsableCommand {
     var host = "127.0.0.1"
     @Option(help: "Port to listen on; 0 picks a free one.")
     var port: UInt16 = 7777
-    @Option(help: "Rings, each on its own thread with its own SO_REUSEPORT listener.")
+    @Option(help: "Rings, each on its own thread with its own SO_REUSEPORT listener (1...256).")
     var threads = 1
     @Option(help: "pooled (preallocated sessions, buffers and fixed slots) or unpooled (allocated per connection).")
     var mode: Mode = .pooled
     @Option(help: "buffer (a buffer per session) or ring (multishot recv over a shared provided-buffer ring).")
     var recv: Receive = .ring
-    @Option(help: "Bytes per receive buffer.")
+    @Option(help: "Bytes per receive buffer (64...1048576).")
     var bufferSize = 4096
-    @Option(help: "Connections served at once; more are accepted and closed at once.")
+    @Option(help: "Connections served at once (1...1000000); more are accepted and closed at once.")
     var maxConnections = 4096
-    @Option(help: "Seconds a connection may stay silent before it is closed; 0 disables.")
+    @Option(help: "Seconds a connection may stay silent before it is closed (1...604800, 7 days); 0 disables.")
     var idleTimeout = 60
-    @Option(help: "Pooled mode: accepts kept posted at once, each into its own free slot.")
+    @Option(help: "Pooled mode: accepts kept posted at once, each into its own free slot (1...1024).")
     var acceptDepth = 8
-    @Option(help: "Seconds between statistics lines on stdout; 0 is off.")
+    @Option(help: "Seconds between statistics lines on stdout (1...86400); 0 is off.")
     var statsInterval = 0
     @Option(
         name: .customLong("disable"), parsing: .upToNextOption,
-        help: "Kernel features to leave unused: multishot-accept, buffer-ring, fixed-files, defer-taskrun.")
+        help: "Kernel features to leave unused: multishot-accept, buffer-ring, fixed-files, defer-taskrun, message-ring, or all (what Linux 5.15 offers).")
     var disabled: [String] = []
 
     func validate() throws {
-        if idleTimeout < 0 { throw ValidationError("--idle-timeout must be 0 or more seconds") }
-        if statsInterval < 0 { throw ValidationError("--stats-interval must be 0 or more seconds") }
+        // Checked before serverConfiguration() and run() make durations of them: a huge value must
+        // never reach a conversion to nanoseconds, which traps.
+        if !(0...604_800).contains(idleTimeout) {
+            throw ValidationError("--idle-timeout must be 0...604800 seconds (7 days; 0 disables), got \(idleTimeout)")
+        }
+        if !(0...86_400).contains(statsInterval) {
+            throw ValidationError("--stats-interval must be 0...86400 seconds (1 day; 0 is off), got \(statsInterval)")
+        }
         for name in disabled where Self.featureNames[name] == nil {
             throw ValidationError(
                 "unknown feature '\(name)' for --disable; known: \(Self.featureNames.keys.sorted().joined(separator: ", "))")
         }
-        do { try serverConfiguration().validate() } catch { throw ValidationError(error.description) }
+        do { try serverConfiguration().validate() } catch {
+            // The library names its settings; say which flag sets the one at fault.
+            let flags = [
+                "host": "--host", "threads": "--threads", "bufferSize": "--buffer-size",
+                "maxConnections": "--max-connections", "acceptDepth": "--accept-depth",
+                "maxPendingBytesPerConnection": "--buffer-size",
+            ]
+            let flag = flags.first { error.description.hasPrefix("invalid configuration: \($0.key) ") }
+            throw ValidationError((flag.map { "\($0.value): " } ?? "") + error.description)
+        }
     }
 
     static let featureNames: [String: KernelFeatures] = [
         "multishot-accept": .multishotAccept, "buffer-ring": .bufferRing, "fixed-files": .fixedFiles,
-        "defer-taskrun": .deferTaskrun,
+        "defer-taskrun": .deferTaskrun, "message-ring": .messageRing, "all": .all,
     ]
 
     func serverConfiguration() -> ServerConfiguration {
@@ -92,6 +107,8 @@ struct UringEcho: ParsableCommand {
             try server.start()
         } catch {
             printFlushed("uring-echo: \(error)", to: 2)
+            // EX_UNAVAILABLE: what must change is the machine or the container, not the flags.
+            if case .ioUringUnavailable = error { throw ExitCode(69) }
             throw ExitCode(1)
         }
         let stats = server.statistics
@@ -99,6 +116,11 @@ struct UringEcho: ParsableCommand {
             "listening on \(server.boundAddress!) threads=\(threads) mode=\(mode.rawValue) recv=\(recv.rawValue) "
                 + "buffer-size=\(bufferSize) max-connections=\(maxConnections) idle-timeout=\(idleTimeout)s "
                 + "setup=\(stats.setupFlags) features=\(stats.features)")
+
+        // Fault injection for the tests of the ring-failure path: an errno for ring 0's next enter.
+        if let text = getenv("URING_ECHO_INJECT_ENTER_ERRNO"), let errno = Int32(String(cString: text)) {
+            server.injectEnterFailure(ring: 0, Errno(rawValue: errno))
+        }
 
         var timer: DispatchSourceTimer? = nil
         if statsInterval > 0 {
@@ -111,6 +133,10 @@ struct UringEcho: ParsableCommand {
         server.wait()
         timer?.cancel()
         sources.forEach { $0.cancel() }
+        if let failure = server.failure {
+            printFlushed("uring-echo: \(failure); final stats: \(server.statistics)", to: 2)
+            throw ExitCode(70)  // EX_SOFTWARE
+        }
         printFlushed("stopped; final stats: \(server.statistics)")
     }
 }

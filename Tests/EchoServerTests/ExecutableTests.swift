@@ -37,6 +37,21 @@ final class ExecutableTests: XCTestCase {
         XCTAssertTrue((firstLine + rest).contains("final stats: accepted 1"), firstLine + rest)
     }
 
+    func testARingThatFailsStopsTheServerAndTheCLIExits70NamingTheError() throws {
+        let process = Process()
+        process.executableURL = try binary()
+        process.arguments = ["--port", "0"]
+        process.environment = ["URING_ECHO_INJECT_ENTER_ERRNO": "\(EINVAL)"]
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        XCTAssertTrue(waitForExit(process), "the server stopped by itself")
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(process.terminationStatus, 70, message)
+        XCTAssertTrue(message.contains("ring 0 failed: io_uring_submit_and_wait failed: EINVAL"), message)
+    }
+
     func testBadFlagsExitWith64AndAClearMessage() throws {
         for args in [["--mode", "sideways"], ["--threads", "0"], ["--no-such-flag"], ["--disable", "warp-drive"]] {
             let process = Process()

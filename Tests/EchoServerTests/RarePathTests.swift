@@ -132,4 +132,86 @@ final class RarePathTests: ServerTestCase {
             for client in clients { client.close() }
         }
     }
+
+    /// `io_uring_enter` failing with `EAGAIN` or `EBUSY` is retried after reaping, `EBADR` is counted,
+    /// and anything else stops the whole server with that error instead of leaving a dead ring.
+    func testEnterErrorsAreRetriedOrCountedAndAFatalOneStopsTheServer() throws {
+        try withServer(config(.pooled, .bufferRing)) { server, port in
+            for errno in [Errno.wouldBlock, .busy, .droppedCompletions] {
+                server.injectEnterFailure(ring: 0, errno)
+                usleep(20_000)
+                XCTAssertEqual(try Self.roundTrip(port: port, [1, 2, 3]), [1, 2, 3], "serving after \(errno.name)")
+            }
+            XCTAssertTrue(eventually {
+                server.statistics.enterRetries == 2 && server.statistics.droppedCompletions == 1
+            }, "\(server.statistics.enterRetries) retries, \(server.statistics.droppedCompletions) drops")
+            XCTAssertNil(server.failure)
+        }
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        let server = EchoServer(configuration: c)
+        try server.start()
+        server.injectEnterFailure(ring: 1, .invalidArgument)
+        let stopped = DispatchSemaphore(value: 0)
+        Thread {
+            server.wait()
+            stopped.signal()
+        }.start()
+        XCTAssertEqual(stopped.wait(timeout: .now() + 10), .success, "the other ring stopped too")
+        XCTAssertEqual(
+            server.failure, .ringFailed(ring: 1, URingError("io_uring_submit_and_wait", errno: .invalidArgument)))
+        XCTAssertThrowsError(try server.run(), "a second start is refused")
+    }
+
+    /// An accept that keeps failing (the listener was shut down under the server) backs off to
+    /// the tick instead of re-arming at once: a handful of errors, one log episode, no spin.
+    func testAnAcceptErrorOutsideThePauseListBacksOffInsteadOfSpinning() throws {
+        for mode in PoolMode.allCases {
+            var c = config(mode, .bufferRing)
+            c.tickInterval = .milliseconds(100)
+            try withServer(c) { server, port in
+                XCTAssertEqual(try Self.roundTrip(port: port, [9]), [9])
+                // Find the listener among our descriptors and shut it down: every accept now fails.
+                var listener: Int32 = -1
+                for fd in Int32(3)..<Int32(highestOpenDescriptor() + 1) {
+                    guard let address = try? Sockets.localAddress(fd), address.port == port else { continue }
+                    var listening: Int32 = 0
+                    var length = socklen_t(MemoryLayout<Int32>.size)
+                    if getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 && listening == 1 {
+                        listener = fd
+                    }
+                }
+                XCTAssertGreaterThanOrEqual(listener, 0, "found the listener")
+                shutdown(listener, Int32(SHUT_RDWR))
+                usleep(600_000)
+                XCTAssertTrue(eventually { server.statistics.acceptErrors >= 1 })
+                let errors = server.statistics.acceptErrors
+                // At most one try per posted accept (8 in pooled mode) per 100 ms tick; a spin makes thousands.
+                XCTAssertLessThan(errors, 100, "\(mode): backed off, not spun (\(errors) errors in 0.6 s)")
+                XCTAssertGreaterThanOrEqual(server.statistics.acceptPauses, 1)
+            }
+        }
+    }
+
+    /// `threads` rings share `maxConnections`: the total served at once never exceeds it.
+    func testThreadsShareTheConnectionCapExactly() throws {
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        c.maxConnections = 3
+        try withServer(c) { server, port in
+            let clients = try (0..<10).map { _ in try TestSocket.connect(port: port) }
+            defer { clients.forEach { $0.close() } }
+            var served = 0
+            for (i, s) in clients.enumerated() {
+                s.setTimeout(seconds: 2)
+                if (try? s.writeAll([UInt8(i)])) != nil, (try? s.readExactly(1)) == [UInt8(i)] { served += 1 }
+            }
+            XCTAssertGreaterThan(served, 0)
+            XCTAssertLessThanOrEqual(served, 3, "at most maxConnections over all rings")
+            XCTAssertTrue(eventually { server.statistics.rejected + UInt64(server.statistics.active) == 10 })
+            XCTAssertLessThanOrEqual(server.statistics.active, 3)
+        }
+        c.maxConnections = 1
+        XCTAssertThrowsError(try c.validate(), "fewer connections than rings is a named error")
+    }
 }

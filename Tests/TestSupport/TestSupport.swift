@@ -7,20 +7,15 @@ import URing
 
 /// Why io_uring cannot be used here, or `nil` when it can.
 ///
-/// Checks `/proc/sys/kernel/io_uring_disabled` (1 or 2 restrict or disable it) and then tries a
-/// real ring: setup failing with `ENOSYS` or `EPERM` means the kernel lacks or forbids io_uring.
+/// Tries a real ring: setup failing with `ENOSYS` or `EPERM` means the kernel lacks or forbids
+/// io_uring, and the reason is the library's own diagnosis (``IOUring/unavailableReason(for:)``):
+/// `kernel.io_uring_disabled`, a container's seccomp profile, or a kernel without io_uring, each
+/// with its fix.
 public func ioUringUnavailableReason() -> String? {
-    if let text = try? readFile("/proc/sys/kernel/io_uring_disabled"),
-        let value = Int(text.trimmingCharacters(in: " \n")), value != 0
-    {
-        if value == 2 { return "io_uring is disabled (/proc/sys/kernel/io_uring_disabled = 2)" }
-    }
     do {
         _ = try Ring(RingOptions(entries: 2, flagPreference: [[]]))
     } catch {
-        if error.errno == .notImplemented || error.errno == .notPermitted {
-            return "io_uring is unavailable: io_uring_setup failed with \(error.errno)"
-        }
+        if IOUring.isUnavailable(error) { return IOUring.unavailableReason(for: error.errno) }
     }
     return nil
 }
