@@ -27,6 +27,7 @@ final class RarePathTests: ServerTestCase {
     /// bound counted only bytes (1-byte segments add 1 byte each), and a few hundred emptied a
     /// 256-buffer ring. Here the byte bound is set out of reach, so only the buffer bound holds.
     func testAClientThatNeverReadsCannotTakeTheBufferRing() throws {
+        try requireKernel(.bufferRing)
         for mode in PoolMode.allCases {
             var c = config(mode, .bufferRing)
             c.bufferRingEntries = 256

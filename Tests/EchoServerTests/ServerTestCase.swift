@@ -29,6 +29,15 @@ class ServerTestCase: XCTestCase {
         if let reason = ioUringUnavailableReason() { throw XCTSkip(reason) }
     }
 
+    /// Skips the test, saying which, when the running kernel's opcode probe lacks `features`.
+    func requireKernel(_ features: KernelFeatures, file: StaticString = #filePath, line: UInt = #line) throws {
+        let ring = try Ring()
+        let missing = features.subtracting(KernelFeatures.supported(by: try ring.probe()))
+        if !missing.isEmpty {
+            throw XCTSkip("this kernel (\(Sockets.kernelRelease)) lacks \(missing)", file: file, line: line)
+        }
+    }
+
     func config(_ mode: PoolMode, _ receive: ReceiveStrategy) -> ServerConfiguration {
         var c = ServerConfiguration()
         c.port = 0
