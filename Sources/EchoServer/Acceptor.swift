@@ -16,6 +16,8 @@ struct Acceptor: ~Copyable {
     var inFlight = 0
     var paused = false
     var episodeOpen = false
+    /// A multishot accept has delivered a connection: a later `EINVAL` is not "unsupported".
+    var multishotWorked = false
     /// The tags of the accepts in flight, so a stop cancels each by its `user_data` (Linux 5.5)
     /// rather than by the listener's fd (5.19).
     let tags: UnsafeMutablePointer<UInt64>
@@ -42,9 +44,9 @@ struct Acceptor: ~Copyable {
     private mutating func ended(_ tag: RequestTag) {
         for i in 0..<inFlight where tags[i] == tag.rawValue {
             tags[i] = tags[inFlight - 1]
-            break
+            inFlight -= 1
+            return
         }
-        inFlight -= 1
     }
 
     /// A socket an accept completion delivered: a slot lease, or a plain descriptor.
@@ -125,7 +127,7 @@ struct Acceptor: ~Copyable {
                 pause(core, "accept failed with \(errno.name)")
             case .canceled, .connectionAborted:
                 break  // a stop, or a client that reset before it was accepted: accept again
-            case .invalidArgument where isMultishot && !core.stopping:
+            case .invalidArgument where isMultishot && !multishotWorked && !core.stopping:
                 core.logger.warning("multishot accept refused (EINVAL); falling back to single-shot accepts")
                 multishot = false
                 core.features.remove(.multishotAccept)
@@ -143,6 +145,7 @@ struct Acceptor: ~Copyable {
             return (nil, false)
         }
         episodeOpen = false
+        if isMultishot { multishotWorked = true }
         core.stats.accepted &+= 1
         return (Accepted(file: lease.map { $0.file } ?? .fd(c.result), lease: lease), ended)
     }

@@ -150,7 +150,7 @@ extension CompletionLoop where Receiver: ~Copyable {
     /// Gives a sent or dropped segment back to whoever owns its memory.
     @inline(__always)
     func release(_ segment: Int32, of s: UnsafeMutablePointer<Session>) {
-        if core.queue.isOutbound(segment) { core.queue.freeOutbound(segment) } else { receiver.release(segment, of: s) }
+        if core.queue.isOutbound(segment) { core.queue.freeOutbound(segment, of: s) } else { receiver.release(segment, of: s) }
     }
 
     /// After a handler callback on `s` (or a change to its queue): carry out what the handler asked
@@ -172,8 +172,10 @@ extension CompletionLoop where Receiver: ~Copyable {
     func settleAndReceive(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
         try core.settle(s)
         guard s.pointee.state == .open else { return }
+        // Bytes, and buffers: a peer that trickles small requests and never reads could otherwise
+        // pin a whole provided or outbound buffer per few bytes.
         let overBound = s.pointee.queuedBytes >= core.maxPending
-            || s.pointee.buffersHeld >= receiver.maxHeldPerConnection
+            || s.pointee.buffersHeld >= receiver.maxHeldPerConnection || s.pointee.outboundHeld >= core.maxOutboundHeld
         if overBound {
             if !s.pointee.pausedForBound {
                 // Bounded memory per connection: stop receiving until the peer reads.
@@ -183,6 +185,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             }
         } else if s.pointee.pausedForBound && s.pointee.queuedBytes <= core.maxPending / 2
             && s.pointee.buffersHeld <= receiver.maxHeldPerConnection / 2
+            && s.pointee.outboundHeld <= core.maxOutboundHeld / 2
         {
             s.pointee.pausedForBound = false
         }

@@ -64,6 +64,8 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             switch error.errno {
             case .wouldBlock, .busy:
                 core.stats.enterRetries &+= 1
+                // Nothing to reap: wait a moment (submitting nothing) rather than spin.
+                if core.ring.readyCompletions == 0 { _ = try? core.ring.submitAndWait(1, timeout: .milliseconds(1)) }
             case .droppedCompletions:
                 core.stats.droppedCompletions &+= 1
                 core.logger.error("io_uring_enter: the kernel dropped completions (EBADR); connections may stall")
@@ -113,11 +115,16 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         // Whatever is still open after the stop timeout: plain fds are closed here, slots when the
         // table is unregistered (and the ring exits).
         core.mailboxes.ringDescriptors[core.ringIndex].value.store(-1, ordering: .releasing)
+        // A plain fd whose close was already submitted may be another socket's number by now.
         for i in 0..<core.sessions.capacity {
-            if let s = core.sessions.session(at: i), !s.pointee.file.isFixed { _ = try? Sockets.close(s.pointee.file.raw) }
+            if let s = core.sessions.session(at: i), !s.pointee.file.isFixed, !s.pointee.pending.contains(.close) {
+                _ = try? Sockets.close(s.pointee.file.raw)
+            }
         }
         receiver.teardown(core: core)
-        if core.useSlots { try? core.ring.unregisterFiles() }
+        // Unregistering a file table waits for the requests still using it on older kernels; with
+        // connections left, the ring's exit closes the slots instead.
+        if core.useSlots && core.sessions.statistics.inUse == 0 { try? core.ring.unregisterFiles() }
         let final = housekeeping.publishStatistics(core, buffersHeld: receiver.buffersHeld)
         core.logger.info("ring stopped: \(final)")
     }

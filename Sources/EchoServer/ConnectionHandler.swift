@@ -10,8 +10,8 @@ public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
     /// Index in the ring's session pool, below ``ConnectionHandler/start(capacity:)``'s capacity:
     /// usable as an index into per-connection state the handler keeps.
     public let index: Int
-    /// Distinguishes successive connections that reuse one index.
-    public let generation: UInt32
+    /// Distinguishes successive connections that reuse one index; never repeats on its ring.
+    public let generation: UInt64
 
     /// An ID from its parts (as read back from ``ring``, ``index`` and ``generation``).
     /// - Parameters:
@@ -19,7 +19,7 @@ public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
     ///   - index: the session index.
     ///   - generation: the session generation.
     @inlinable
-    public init(ring: Int, index: Int, generation: UInt32) {
+    public init(ring: Int, index: Int, generation: UInt64) {
         self.ring = ring
         self.index = index
         self.generation = generation

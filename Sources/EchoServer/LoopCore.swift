@@ -30,6 +30,10 @@ final class LoopCore {
     let maxOutput: Int
     /// ``ConnectionHandler/writable(_:)`` is called once a waiting queue drains to this.
     let lowWater: Int
+    /// Receiving pauses while a connection's queue holds this many outbound buffers.
+    let maxOutboundHeld: Int32
+    /// Outbound buffers one connection's writes may take.
+    let maxOutboundPerConnection: Int
 
     /// Connections written to (or closed) during a callback, flushed when the callback returns.
     let dirtyNext: UnsafeMutablePointer<Int32>
@@ -68,6 +72,9 @@ final class LoopCore {
         maxPending = configuration.maxPendingBytesPerConnection
         maxOutput = configuration.maxOutputBytesPerConnection
         lowWater = configuration.maxPendingBytesPerConnection / 2
+        maxOutboundHeld = Int32(max(2, configuration.maxPendingBytesPerConnection / configuration.bufferSize))
+        maxOutboundPerConnection = max(1, (configuration.maxOutputBytesPerConnection + configuration.bufferSize - 1)
+            / configuration.bufferSize)
         stats.setupFlags = ring.setupFlags
         stats.features = features
     }
@@ -82,13 +89,15 @@ final class LoopCore {
     /// The live session an ID names, or nil for a stale ID.
     @inline(__always)
     func session(_ id: ConnectionID) -> UnsafeMutablePointer<Session>? {
-        guard id.ring == ringIndex && id.index >= 0 && id.index < sessions.capacity else { return nil }
-        return sessions.resolve(SessionHandle(index: UInt32(id.index), generation: id.generation))
+        guard id.ring == ringIndex && id.index >= 0 && id.index < sessions.capacity,
+            let s = sessions.session(at: id.index), s.pointee.epoch == id.generation
+        else { return nil }
+        return s
     }
 
     @inline(__always)
     func connectionID(_ s: UnsafeMutablePointer<Session>) -> ConnectionID {
-        ConnectionID(ring: ringIndex, index: Int(s.pointee.index), generation: s.pointee.generation)
+        ConnectionID(ring: ringIndex, index: Int(s.pointee.index), generation: s.pointee.epoch)
     }
 
     // MARK: Requests from handles
@@ -106,7 +115,7 @@ final class LoopCore {
         // Writes made during `received` go after its in-place reply, so they must not fill the room
         // left in the segment that was last before the call.
         let coalesce = !(Int32(bitPattern: s.pointee.index) == replyAnchorSession && s.pointee.queueTail == replyAnchor)
-        guard queue.write(bytes, to: s, coalesce: coalesce) else {
+        guard queue.write(bytes, to: s, coalesce: coalesce, maxHeld: maxOutboundPerConnection) else {
             s.pointee.wantsWritable = true
             stats.writesRefused &+= 1
             return .full

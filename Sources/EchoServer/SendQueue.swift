@@ -112,14 +112,17 @@ struct SendQueue: ~Copyable {
 
     /// Copies `bytes` to the end of `s`'s queue: into the room left in its last outbound segment
     /// (unless `coalesce` is false), then into fresh outbound buffers. All or nothing.
-    /// - Returns: false (nothing queued) when the outbound buffers would run out.
-    mutating func write(_ bytes: UnsafeRawBufferPointer, to s: UnsafeMutablePointer<Session>, coalesce: Bool) -> Bool {
+    /// - Returns: false (nothing queued) when the outbound buffers would run out, or `s` would hold
+    ///   more than `maxHeld` of them.
+    mutating func write(
+        _ bytes: UnsafeRawBufferPointer, to s: UnsafeMutablePointer<Session>, coalesce: Bool, maxHeld: Int = .max
+    ) -> Bool {
         var remaining = bytes.count
         guard remaining > 0 else { return true }
         let tail = s.pointee.queueTail
         let room = tail >= 0 && coalesce && isOutbound(tail) ? outboundSize - Int(length[Int(tail)]) : 0
         let needed = (max(remaining - room, 0) + outboundSize - 1) / outboundSize
-        guard needed <= outboundAvailable else { return false }
+        guard needed <= outboundAvailable, Int(s.pointee.outboundHeld) + needed <= maxHeld else { return false }
         var source = bytes.baseAddress.unsafelyUnwrapped
         if room > 0 {
             let n = min(room, remaining)
@@ -131,6 +134,7 @@ struct SendQueue: ~Copyable {
         }
         while remaining > 0 {
             outboundAvailable -= 1
+            s.pointee.outboundHeld += 1
             let id = outboundFree[outboundAvailable]
             let n = min(outboundSize, remaining)
             base(id, s).copyMemory(from: source, byteCount: n)
@@ -199,9 +203,10 @@ struct SendQueue: ~Copyable {
         return head
     }
 
-    /// Returns an outbound segment to the free list.
+    /// Returns an outbound segment of `s` to the free list.
     @inline(__always)
-    mutating func freeOutbound(_ id: Int32) {
+    mutating func freeOutbound(_ id: Int32, of s: UnsafeMutablePointer<Session>) {
+        s.pointee.outboundHeld -= 1
         outboundFree[outboundAvailable] = id
         outboundAvailable += 1
     }

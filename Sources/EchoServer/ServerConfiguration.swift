@@ -100,14 +100,16 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// Received-but-unsent bytes one connection may hold before its receiving pauses (a client that
     /// sends but never reads costs at most this much).
     public var maxPendingBytesPerConnection: Int = 64 * 1024
-    /// Bytes one connection may have queued for sending through ``Connection/write(_:)``; a write
-    /// beyond it is refused (``WriteResult/full``).
-    public var maxOutputBytesPerConnection: Int = 4 << 20
+    /// Bytes one connection may have queued for sending through ``Connection/write(_:)``, counted in
+    /// the outbound buffers they take (a 3-byte write may take a whole buffer); a write beyond it is
+    /// refused (``WriteResult/full``). The ring's ``outboundBuffers`` are shared: size them for the
+    /// number of slow readers a protocol must carry at once (default: 16 at the full bound).
+    public var maxOutputBytesPerConnection: Int = 1 << 20
     /// Provided buffers one connection may hold (received and not yet sent) before its receiving
     /// pauses, so one stalled client cannot empty the ring for the others (at most the ring's size).
     public var maxBuffersPerConnection: Int = 16
     /// Outbound buffers (of ``bufferSize`` bytes) per ring that writes are copied into.
-    public var outboundBuffers: Int = 2048
+    public var outboundBuffers: Int = 4096
     /// Bytes of each mailbox between two rings (one per ordered pair); a message may take a
     /// quarter of it.
     public var mailboxBytes: Int = 1 << 20

@@ -64,8 +64,11 @@ public struct PendingRequests: OptionSet, Sendable, Hashable {
 public struct Session {
     /// The session's index in the pool.
     public var index: UInt32
-    /// The session's generation (moves on at every recycle).
+    /// The session's generation (moves on at every recycle; 24 bits, as it rides in request tags).
     public var generation: UInt32
+    /// Which connection this is, over the pool's whole life (64 bits: never repeats, unlike
+    /// ``generation``, which wraps after 2^24 reuses of one index).
+    public var epoch: UInt64
     /// The socket: a fixed slot (pooled) or a plain fd (unpooled, or a fallback).
     public var file: FileRef
     /// The slot lease's generation when ``file`` is a slot.
@@ -86,6 +89,9 @@ public struct Session {
     public var waitingForBuffers: Bool
     /// Provided buffers this connection holds (received and not yet sent or returned).
     public var buffersHeld: Int32
+
+    /// Outbound buffers this connection's queue holds.
+    public var outboundHeld: Int32
 
     // Send queue: a singly linked list of segments (see the loop's send queue).
     /// First segment to send, or -1.
@@ -119,6 +125,7 @@ public struct Session {
     public init(index: UInt32, buffer: UnsafeMutableRawBufferPointer) {
         self.index = index
         generation = 0
+        epoch = 0
         file = .fd(-1)
         slotGeneration = 0
         state = .free
@@ -128,6 +135,7 @@ public struct Session {
         pausedByHandler = false
         waitingForBuffers = false
         buffersHeld = 0
+        outboundHeld = 0
         queueHead = -1
         queueTail = -1
         headSent = 0

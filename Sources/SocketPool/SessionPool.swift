@@ -34,6 +34,8 @@ public struct SessionPool: ~Copyable {
     public let bufferSize: Int
     /// Counters. In unpooled mode every hit is an allocation.
     public var statistics: PoolStatistics { indices.statistics }
+    /// Connections handed out so far: each session's ``Session/epoch``.
+    public private(set) var epochs: UInt64 = 0
     /// Releases refused because requests were still in flight.
     public private(set) var refusedReleases: UInt64 = 0
 
@@ -107,6 +109,8 @@ public struct SessionPool: ~Copyable {
         let buffer = session.pointee.buffer
         session.pointee = Session(index: index, buffer: buffer)
         session.pointee.generation = generation
+        epochs &+= 1
+        session.pointee.epoch = epochs
         session.pointee.file = file
         session.pointee.slotGeneration = slotGeneration
         session.pointee.state = .open

@@ -97,6 +97,9 @@ public struct BufferRing: ~Copyable {
         pending += 1
     }
 
+    /// Buffers given back with ``recycle(_:)`` and not yet published by ``commit()``.
+    public var returnedSinceCommit: Int { Int(pending) }
+
     /// Publishes the buffers queued by ``recycle(_:)`` to the kernel (`io_uring_buf_ring_advance`).
     @inlinable
     public mutating func commit() {

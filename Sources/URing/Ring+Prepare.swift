@@ -72,11 +72,20 @@ extension Ring {
     @inlinable
     func nextSQE() throws(URingError) -> UnsafeMutablePointer<io_uring_sqe> {
         var sqe = io_uring_get_sqe(ring)
-        if sqe == nil {
+        var tries = 0
+        while sqe == nil {
             counters.pointee.submitsForFullQueue &+= 1
-            try submit()
+            // A full SQ mid-batch: submit what is prepared. EAGAIN (no memory for requests now) and
+            // EBUSY (completions backed up) pass: the harvest has already taken this batch's CQEs
+            // off the ring, so the kernel can post, and a few tries get through.
+            do {
+                try submit()
+            } catch where (error.errno == .wouldBlock || error.errno == .busy) && tries < 64 {
+                counters.pointee.submitRetries &+= 1
+            }
+            tries += 1
             sqe = io_uring_get_sqe(ring)
-            guard sqe != nil else { throw URingError("io_uring_get_sqe", errno: .busy) }
+            if sqe == nil && tries >= 64 { throw URingError("io_uring_get_sqe", errno: .busy) }
         }
         return sqe.unsafelyUnwrapped
     }

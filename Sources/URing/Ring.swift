@@ -15,6 +15,7 @@ public struct Ring: ~Copyable {
     @usableFromInline let ring: UnsafeMutablePointer<io_uring>
     @usableFromInline let cqeBatch: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     @usableFromInline let cqeBatchCapacity: UInt32
+    @usableFromInline let completionCopies: UnsafeMutablePointer<Completion>
     @usableFromInline let scratch: UnsafeMutablePointer<SubmissionScratch>
     @usableFromInline let counters: UnsafeMutablePointer<RingCounters>
 
@@ -82,6 +83,7 @@ public struct Ring: ~Copyable {
         self.descriptor = Int32(bitPattern: curing_ring_fd(ring))
         self.cqeBatchCapacity = completionEntries
         self.cqeBatch = .allocate(capacity: Int(completionEntries))
+        self.completionCopies = .allocate(capacity: Int(completionEntries))
         self.scratch = .allocate(capacity: Int(submissionEntries))
         self.scratch.initialize(repeating: SubmissionScratch(), count: Int(submissionEntries))
         self.counters = .allocate(capacity: 1)
@@ -93,6 +95,7 @@ public struct Ring: ~Copyable {
         io_uring_queue_exit(ring)
         ring.deallocate()
         cqeBatch.deallocate()
+        completionCopies.deallocate()
         scratch.deallocate()
         counters.deallocate()
     }
@@ -170,33 +173,31 @@ public struct Ring: ~Copyable {
 
     // MARK: Completion
 
-    /// Hands every ready completion to `body`, then marks them all seen with one CQ advance.
+    /// Copies every ready completion out of the CQ ring, marks them all seen with one CQ advance,
+    /// then hands each to `body`.
     ///
     /// Maps to `io_uring_peek_batch_cqe` + `io_uring_cq_advance`: no allocation, no system call
-    /// (unless the kernel flagged an overflow to flush). Each ``Completion`` is a copy, so `body`
-    /// may prepare new requests; it must not harvest again from inside.
+    /// (unless the kernel flagged an overflow to flush). The CQ is emptied *before* `body` runs, so
+    /// the requests `body` prepares — and the submits a full SQ forces meanwhile — find room for
+    /// their completions instead of `EBUSY`. `body` must not harvest again from inside.
     /// - Parameter body: called once per completion, in queue order.
     /// - Returns: the number of completions handled.
-    /// - Throws: what `body` throws; the completions up to and including the throwing one are
-    ///   consumed, later ones stay queued.
+    /// - Throws: what `body` throws; the rest of the batch is then dropped (it was already taken
+    ///   off the ring), which is only right for a caller that stops on the error.
     @inlinable
     @discardableResult
     public func forEachCompletion<E: Error>(_ body: (Completion) throws(E) -> Void) throws(E) -> Int {
         if curing_sq_flags(ring) & UInt32(IORING_SQ_CQ_OVERFLOW) != 0 { counters.pointee.overflowedHarvests &+= 1 }
-        let count = io_uring_peek_batch_cqe(ring, cqeBatch, cqeBatchCapacity)
+        let count = Int(io_uring_peek_batch_cqe(ring, cqeBatch, cqeBatchCapacity))
         if count == 0 { return 0 }
-        var handled: UInt32 = 0
-        defer {
-            io_uring_cq_advance(ring, handled)
-            counters.pointee.completions &+= UInt64(handled)
+        for i in 0..<count {
+            let cqe = cqeBatch[i].unsafelyUnwrapped
+            completionCopies[i] = Completion(tag: cqe.pointee.user_data, result: cqe.pointee.res, flags: cqe.pointee.flags)
         }
-        while handled < count {
-            let cqe = cqeBatch[Int(handled)].unsafelyUnwrapped
-            let completion = Completion(tag: cqe.pointee.user_data, result: cqe.pointee.res, flags: cqe.pointee.flags)
-            handled &+= 1
-            try body(completion)
-        }
-        return Int(count)
+        io_uring_cq_advance(ring, UInt32(count))
+        counters.pointee.completions &+= UInt64(count)
+        for i in 0..<count { try body(completionCopies[i]) }
+        return count
     }
 }
 
@@ -226,6 +227,8 @@ public struct RingCounters: Sendable, Equatable {
     public var submitsForFullQueue: UInt64 = 0
     /// A fault to report from the next wait instead of entering the kernel (tests only).
     @usableFromInline package var injectedEnterFailure: Int32 = 0
+    /// Submits that failed with `EAGAIN` or `EBUSY` while the SQ was full and were tried again.
+    public var submitRetries: UInt64 = 0
     /// Harvests that found completions waiting in the kernel's overflow list
     /// (`IORING_SQ_CQ_OVERFLOW`): the CQ had been full. With `IORING_FEAT_NODROP` they are flushed
     /// into the CQ, not lost.
