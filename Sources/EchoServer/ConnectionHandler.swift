@@ -80,7 +80,7 @@ public struct RingMessage {
 /// Two ways to answer:
 /// - **In place** (the fast path): ``received(_:connection:)`` may rewrite the received buffer and
 ///   returns how many bytes at its front to send back. Nothing is copied; echo returns them all.
-/// - **Written** (anything else): ``Connection/write(_:)`` copies bytes of any length into the
+/// - **Written** (anything else): `Connection.write(_:)` copies bytes of any length into the
 ///   ring's pooled outbound buffers, from any callback, to this or another connection of the ring.
 ///   Written bytes go out in order, after the in-place reply of the same call.
 public protocol ConnectionHandler: SendableMetatype {

@@ -44,7 +44,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// recv, which the buffer-ring path needs. `DEFER_TASKRUN` is not an opcode: ring setup tries it
     /// and falls back. Registration and `EINVAL` at run time still fall back where the probe was
     /// optimistic.
-    /// - Parameter probe: the running kernel's probe (``Ring/probe()``).
+    /// - Parameter probe: the running kernel's probe (`Ring.probe()`).
     /// - Returns: the features that kernel supports.
     public static func supported(by probe: Probe) -> KernelFeatures {
         var features: KernelFeatures = [.deferTaskrun]
@@ -100,7 +100,7 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// Received-but-unsent bytes one connection may hold before its receiving pauses (a client that
     /// sends but never reads costs at most this much).
     public var maxPendingBytesPerConnection: Int = 64 * 1024
-    /// Bytes one connection may have queued for sending through ``Connection/write(_:)``, counted in
+    /// Bytes one connection may have queued for sending through `Connection.write(_:)`, counted in
     /// the outbound buffers they take (a 3-byte write may take a whole buffer); a write beyond it is
     /// refused (``WriteResult/full``). The ring's ``outboundBuffers`` are shared: size them for the
     /// number of slow readers a protocol must carry at once (default: 16 at the full bound).
@@ -246,7 +246,7 @@ public enum ServerError: Error, Sendable, Hashable, CustomStringConvertible {
     case ringFailed(ring: Int, URingError)
     /// io_uring cannot be used here: ring setup (`io_uring_queue_init_params`) failed with `EPERM`
     /// or `ENOSYS`. The text names the causes found (`kernel.io_uring_disabled`, a container's
-    /// seccomp profile, a kernel without io_uring) and their fixes (``IOUring/unavailableReason(for:)``).
+    /// seccomp profile, a kernel without io_uring) and their fixes (`IOUring.unavailableReason(for:)`).
     case ioUringUnavailable(String)
 
     /// The error for a failed setup step: ``ioUringUnavailable(_:)``, explained, where ring setup
