@@ -217,16 +217,7 @@ final class ConfigurationTests: XCTestCase {
 
     /// Runs `executable` with `arguments`; returns how it ended and its standard error.
     func run(_ executable: URL, _ arguments: [String]) throws -> (Process, String) {
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertTrue(waitForExit(process), "\(arguments) ended")
-        return (process, message)
+        try runToExit(executable, arguments)
     }
 
     func testHugeIdleTimeoutExits64NamingTheFlagInsteadOfTrapping() throws {

@@ -38,16 +38,8 @@ final class ExecutableTests: XCTestCase {
     }
 
     func testARingThatFailsStopsTheServerAndTheCLIExits70NamingTheError() throws {
-        let process = Process()
-        process.executableURL = try binary()
-        process.arguments = ["--port", "0"]
-        process.environment = ["URING_ECHO_INJECT_ENTER_ERRNO": "\(EINVAL)"]
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        XCTAssertTrue(waitForExit(process), "the server stopped by itself")
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let (process, message) = try runToExit(
+            try binary(), ["--port", "0"], environment: ["URING_ECHO_INJECT_ENTER_ERRNO": "\(EINVAL)"])
         XCTAssertEqual(process.terminationStatus, 70, message)
         XCTAssertTrue(message.contains("ring 0 failed: io_uring_submit_and_wait failed: EINVAL"), message)
     }

@@ -95,7 +95,13 @@ final class RarePathTests: ServerTestCase {
                 Thread { try? b.writeAll(flood) }.start()
                 XCTAssertTrue(eventually { server.statistics.accepted == 2 })
                 XCTAssertTrue(eventually(.seconds(8)) { server.statistics.active == 0 }, "\(mode)/\(receive): \(server.statistics)")
-                XCTAssertEqual(server.statistics.stalledClosed, 2, "\(mode)/\(receive): both closed for stalled output: \(server.statistics)")
+                // The handler-closed one always ends as stalled output. The flooder usually does too;
+                // in about one run in eight (unpooled, buffer ring) its output drained into the
+                // kernel's buffers first and it sat with a receive armed and nothing arriving, and
+                // the idle rule closed it instead. Either way nothing is held.
+                let s = server.statistics
+                XCTAssertGreaterThanOrEqual(s.stalledClosed, 1, "\(mode)/\(receive): closed for stalled output: \(s)")
+                XCTAssertEqual(s.stalledClosed + s.idleClosed, 2, "\(mode)/\(receive): both closed by a timeout: \(s)")
                 a.close()
                 b.close()
             }

@@ -137,6 +137,24 @@ func waitForExit(_ process: Process, timeout: TimeInterval = 15) -> Bool {
     return true
 }
 
+/// Runs `executable` with `arguments` (and `environment`, when given) to its end, at most 15 s;
+/// returns the ended process and what it wrote to standard error.
+func runToExit(_ executable: URL, _ arguments: [String], environment: [String: String]? = nil) throws -> (Process, String) {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let err = Pipe()
+    process.standardError = err
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    // Waiting first bounds the run (a process that does not end is killed, closing the pipe); the
+    // messages read afterwards are far smaller than a pipe's buffer.
+    XCTAssertTrue(waitForExit(process), "\(arguments) ended")
+    let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (process, message)
+}
+
 /// Starts `executable` with `arguments`, stdout piped, stderr discarded; returns the process, the
 /// pipe, and what it printed up to its first newline (the server's `listening on …` line).
 func launchServer(_ executable: URL, _ arguments: [String]) throws -> (Process, Pipe, String) {
