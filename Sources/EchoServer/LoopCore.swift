@@ -73,8 +73,10 @@ final class LoopCore {
         maxOutput = configuration.maxOutputBytesPerConnection
         lowWater = configuration.maxPendingBytesPerConnection / 2
         maxOutboundHeld = Int32(max(2, configuration.maxPendingBytesPerConnection / configuration.bufferSize))
-        maxOutboundPerConnection = max(1, (configuration.maxOutputBytesPerConnection + configuration.bufferSize - 1)
-            / configuration.bufferSize)
+        // The byte bound in buffers, plus two for a partly sent head and a partly filled tail: full
+        // buffers meet the byte bound first; only many small, uncoalesced writes meet this one.
+        maxOutboundPerConnection = (configuration.maxOutputBytesPerConnection + configuration.bufferSize - 1)
+            / configuration.bufferSize + 2
         stats.setupFlags = ring.setupFlags
         stats.features = features
     }
