@@ -83,8 +83,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             }
             try core.closeIfDone(s)
         case .canceled:
-            try core.closeIfDone(s)
-            if core.wantsReceive(s) { try receiver.armOrWait(s, core: core) }
+            try settleAndReceive(s)
         default:
             // Reset or another error: nothing more will be read or written.
             core.stats.errors &+= 1
@@ -108,7 +107,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             if finished < 0 { break }
             release(finished, of: s)
         }
-        if s.pointee.queueHead >= 0 { try core.postSend(s) }
+        // The rest of the queue goes out in afterCallback (settle), with anything `writable` adds.
         if s.pointee.wantsWritable && s.pointee.queuedBytes <= core.lowWater && s.pointee.state != .closing {
             s.pointee.wantsWritable = false
             handler.writable(Connection(core.connectionID(s), core))
@@ -118,8 +117,7 @@ extension CompletionLoop where Receiver: ~Copyable {
 
     func onCancel(_ c: Completion, _ s: UnsafeMutablePointer<Session>, _ request: PendingRequests) throws(URingError) {
         s.pointee.pending.remove(request)
-        try core.closeIfDone(s)
-        if core.wantsReceive(s) { try receiver.armOrWait(s, core: core) }
+        try settleAndReceive(s)
     }
 
     func onClose(_ c: Completion, _ s: UnsafeMutablePointer<Session>) throws(URingError) {

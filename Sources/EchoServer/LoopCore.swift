@@ -170,7 +170,7 @@ final class LoopCore {
             return
         }
         if s.pointee.closeRequested && s.pointee.state == .open { try stopReceiving(s) }
-        if s.pointee.state == .closing { return }
+        if s.pointee.state == .closing { return try finishCloseIfIdle(s) }
         if !s.pointee.pending.contains(.send) && s.pointee.queueHead >= 0 {
             try postSend(s)
         } else {

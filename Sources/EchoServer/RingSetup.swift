@@ -9,7 +9,6 @@ struct RingSetup: ~Copyable {
     var features: KernelFeatures
     var slots: SlotPool?
     var buffers: BufferRing?
-    let probe: Probe?
 
     init(_ configuration: ServerConfiguration, ring index: Int, logger: Logger) throws(URingError) {
         // The setup flags are a trial down the chain; the rest comes from the kernel's opcode probe,
@@ -19,8 +18,7 @@ struct RingSetup: ~Copyable {
         if !features.contains(.deferTaskrun) { chain.removeAll { $0.contains(.deferTaskrun) } }
         ring = try Ring(RingOptions(entries: configuration.ringEntries, flagPreference: chain))
         if !ring.setupFlags.contains(.deferTaskrun) { features.remove(.deferTaskrun) }
-        probe = try? ring.probe()
-        let supported = probe.map { KernelFeatures.supported(by: $0) } ?? []
+        let supported = (try? ring.probe()).map { KernelFeatures.supported(by: $0) } ?? []
         if !features.subtracting(supported).isEmpty {
             logger.notice(
                 "kernel \(Sockets.kernelRelease) lacks \(features.subtracting(supported)) (opcode probe); using the fallbacks")

@@ -74,8 +74,6 @@ struct SendQueue: ~Copyable {
         id >= outboundFirst && id < outboundFirst + Int32(outboundCount)
     }
 
-    @inline(__always) func isProvided(_ id: Int32) -> Bool { id < outboundFirst }
-
     /// The memory of segment `id` (a session segment's is that session's buffer).
     @inline(__always)
     func base(_ id: Int32, _ s: UnsafeMutablePointer<Session>) -> UnsafeMutableRawPointer {
