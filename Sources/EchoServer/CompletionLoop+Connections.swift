@@ -107,7 +107,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             if finished < 0 { break }
             release(finished, of: s)
         }
-        // The rest of the queue goes out in afterCallback (settle), with anything `writable` adds.
+        if s.pointee.queueHead >= 0 { try core.postSend(s) }
         if s.pointee.wantsWritable && s.pointee.queuedBytes <= core.lowWater && s.pointee.state != .closing {
             s.pointee.wantsWritable = false
             handler.writable(Connection(core.connectionID(s), core))
