@@ -11,6 +11,9 @@ import URing
 /// per episode) and resumes when a connection closes or on the next tick.
 struct Acceptor: ~Copyable {
     let listener: Int32
+    /// The tag kind of its accepts: ``OperationKind/accept`` for the main listener,
+    /// ``OperationKind/acceptSecondary`` for a secondary one.
+    let kind: OperationKind
     let depth: Int
     var multishot: Bool
     var inFlight = 0
@@ -22,10 +25,16 @@ struct Acceptor: ~Copyable {
     /// rather than by the listener's fd (5.19).
     let tags: UnsafeMutablePointer<UInt64>
 
-    init(listener: Int32, core: LoopCore) {
+    /// - Parameters:
+    ///   - listener: the listening socket.
+    ///   - core: the loop's state.
+    ///   - kind: the tag kind of its accepts.
+    ///   - maxDepth: the most accepts posted at once (with slots; one multishot accept otherwise).
+    init(listener: Int32, core: LoopCore, kind: OperationKind = .accept, maxDepth: Int = .max) {
         self.listener = listener
+        self.kind = kind
         multishot = core.features.contains(.multishotAccept)
-        depth = core.useSlots ? max(1, min(core.configuration.acceptDepth, core.sessions.capacity)) : 1
+        depth = core.useSlots ? max(1, min(core.configuration.acceptDepth, core.sessions.capacity, maxDepth)) : 1
         tags = .allocate(capacity: depth)
     }
 
@@ -63,7 +72,7 @@ struct Acceptor: ~Copyable {
                     if inFlight == 0 { pause(core, "every fixed-file slot is in use") }
                     return
                 }
-                guard let tag = core.contexts.acquire(.accept) else {
+                guard let tag = core.contexts.acquire(kind) else {
                     core.slots?.release(lease)
                     if inFlight == 0 { pause(core, "request contexts exhausted") }
                     return
@@ -76,7 +85,7 @@ struct Acceptor: ~Copyable {
             return
         }
         guard inFlight == 0 else { return }
-        guard let tag = core.contexts.acquire(.accept) else {
+        guard let tag = core.contexts.acquire(kind) else {
             pause(core, "request contexts exhausted")
             return
         }
@@ -146,7 +155,7 @@ struct Acceptor: ~Copyable {
         }
         episodeOpen = false
         if isMultishot { multishotWorked = true }
-        core.stats.accepted &+= 1
+        if kind == .accept { core.stats.accepted &+= 1 } else { core.stats.endpointConnections &+= 1 }
         return (Accepted(file: lease.map { $0.file } ?? .fd(c.result), lease: lease), ended)
     }
 

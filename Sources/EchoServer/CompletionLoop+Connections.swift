@@ -4,8 +4,8 @@ import URing
 // A connection's completions: accepted, received, sent, cancelled, closed. Each ends by letting
 // the handler's requests take effect (afterCallback).
 extension CompletionLoop where Receiver: ~Copyable {
-    func onAccept(_ c: Completion, _ tag: RequestTag) throws(URingError) {
-        let (accepted, ended) = try acceptor.onAccept(c, tag, core)
+    func onAccept(_ c: Completion, _ tag: RequestTag, listener: UInt8) throws(URingError) {
+        let (accepted, ended) = listener == 0 ? try acceptor.onAccept(c, tag, core) : try secondary!.onAccept(c, tag, core)
         if let accepted {
             if core.stopping {
                 try Acceptor.closeRejected(accepted, core)
@@ -13,6 +13,8 @@ extension CompletionLoop where Receiver: ~Copyable {
                 let s = core.sessions.resolve(handle)
             {
                 s.pointee.lastActivity = core.now
+                s.pointee.listener = listener
+                if listener != 0 { core.endpointSessions.append(s.pointee.index) }
                 handler.opened(Connection(core.connectionID(s), core))
                 try afterCallback(s)
             } else {
@@ -20,7 +22,13 @@ extension CompletionLoop where Receiver: ~Copyable {
                 try Acceptor.closeRejected(accepted, core)
             }
         }
-        try acceptor.rearmIfEnded(ended, core)
+        if listener == 0 { try acceptor.rearmIfEnded(ended, core) } else { try secondary!.rearmIfEnded(ended, core) }
+    }
+
+    /// After a close or on a tick: post the accepts a pause or a full slot table held back.
+    func resumeAccepting() throws(URingError) {
+        try acceptor.resumeIfPaused(core)
+        try secondary?.resumeIfPaused(core)
     }
 
     func onReceive(_ c: Completion, _ s: UnsafeMutablePointer<Session>) throws(URingError) {
@@ -136,13 +144,20 @@ extension CompletionLoop where Receiver: ~Copyable {
             core.slots?.release(SlotLease(index: UInt32(bitPattern: s.pointee.file.raw), generation: s.pointee.slotGeneration))
         }
         s.pointee.state = ConnectionLifecycle.next(.closing, .closeCompleted)
+        // Before the release: unpooled, it frees the session.
+        if s.pointee.listener == 0 {
+            core.stats.closed &+= 1
+        } else if let i = core.endpointSessions.firstIndex(of: s.pointee.index) {
+            core.endpointSessions.remove(at: i)
+            core.endpointClosedBytesIn &+= s.pointee.bytesIn
+            core.endpointClosedBytesOut &+= s.pointee.bytesOut
+        }
         if !core.sessions.release(handle) {
             core.logger.critical("\(handle) closed with requests in flight: \(s.pointee.pending)")
         }
-        core.stats.closed &+= 1
         handler.closed(id)
         try flushDirty()
-        try acceptor.resumeIfPaused(core)
+        try resumeAccepting()
     }
 
     /// Gives a sent or dropped segment back to whoever owns its memory.

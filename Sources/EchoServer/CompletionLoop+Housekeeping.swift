@@ -18,7 +18,7 @@ extension CompletionLoop where Receiver: ~Copyable {
                     try afterCallback(s)
                 }
             }
-            try acceptor.resumeIfPaused(core)
+            try resumeAccepting()
         }
         let snapshot = housekeeping.publishStatistics(core, buffersHeld: receiver.buffersHeld)
         if housekeeping.ticks % 40 == 0 { core.logger.debug("statistics: \(snapshot)") }
@@ -27,7 +27,7 @@ extension CompletionLoop where Receiver: ~Copyable {
 
     func onWake(_ c: Completion) throws(URingError) {
         if core.mailboxes.stopRequested.load(ordering: .acquiring) {
-            try housekeeping.beginStop(core, acceptor: acceptor)
+            try housekeeping.beginStop(core, acceptor: acceptor, secondary: secondary)
         }
         let fault = core.mailboxes.injectedFaults[core.ringIndex].value.exchange(0, ordering: .acquiringAndReleasing)
         if fault != 0 { core.ring.injectEnterFailure(Errno(rawValue: fault)) }

@@ -16,16 +16,19 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     var handler: Handler
     var receiver: Receiver
     var acceptor: Acceptor
+    /// Accepts on a secondary listener (a metrics endpoint): its connections carry listener 1.
+    var secondary: Acceptor?
     var housekeeping: Housekeeping
 
     init(
         core: LoopCore, handler: Handler, receiver: consuming Receiver, listener: Int32,
-        publish: @escaping (ServerStatistics, Bool) -> Void
+        secondaryListener: Int32? = nil, publish: @escaping (ServerStatistics, Bool) -> Void
     ) {
         self.core = core
         self.handler = handler
         self.receiver = receiver
         acceptor = Acceptor(listener: listener, core: core)
+        secondary = secondaryListener.map { Acceptor(listener: $0, core: core, kind: .acceptSecondary, maxDepth: 1) }
         housekeeping = Housekeeping(core: core, publish: publish)
         self.handler.start(capacity: core.sessions.capacity)
     }
@@ -37,6 +40,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         try housekeeping.armWake(core)
         try housekeeping.armTick(core)
         try acceptor.arm(core)
+        try secondary?.arm(core)
         while true {
             if core.stopping {
                 if core.sessions.statistics.inUse == 0 && core.contexts.statistics.inUse == 0 { break }
@@ -47,7 +51,8 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             }
             try enter()
             core.now = Posix.monotonicNanoseconds()
-            try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try dispatch(c) }
+            let harvested = try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try dispatch(c) }
+            core.stats.completionsPerTurn.record(harvested)
             try receiver.afterBatch(core: core)
         }
         teardown()
@@ -95,10 +100,11 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             return
         }
         switch tag.kind {
-        case .accept: try onAccept(c, tag)
+        case .accept: try onAccept(c, tag, listener: 0)
+        case .acceptSecondary: try onAccept(c, tag, listener: 1)
         case .closeRejected:
             Acceptor.onRejectedClosed(tag, core)
-            try acceptor.resumeIfPaused(core)
+            try resumeAccepting()
         case .timeout: try onTick()
         case .wake: if tag.generation == 0 { try onWake(c) }  // 1: the cancel of the accepts at stop
         case .message:

@@ -56,11 +56,14 @@ struct Housekeeping {
 
     /// Stop: no new accepts, every connection closed; the timer keeps ticking so the stop deadline
     /// is checked even when nothing else completes.
-    mutating func beginStop(_ core: LoopCore, acceptor: borrowing Acceptor) throws(URingError) {
+    mutating func beginStop(
+        _ core: LoopCore, acceptor: borrowing Acceptor, secondary: borrowing Acceptor?
+    ) throws(URingError) {
         guard !core.stopping else { return }
         core.stopping = true
         stopDeadline = core.now &+ UInt64(core.configuration.stopTimeout.nanoseconds)
         try acceptor.cancelAll(core, tag: Self.acceptCancelTag)
+        try secondary?.cancelAll(core, tag: Self.acceptCancelTag)
         for i in 0..<core.sessions.capacity {
             if let s = core.sessions.session(at: i) { try core.beginClose(s) }
         }
@@ -70,7 +73,16 @@ struct Housekeeping {
     @discardableResult
     func publishStatistics(_ core: LoopCore, buffersHeld: Int, report: Bool = true) -> ServerStatistics {
         var snapshot = core.stats
-        snapshot.active = core.sessions.statistics.inUse
+        snapshot.active = core.sessions.statistics.inUse - core.endpointSessions.count
+        var endpointIn = core.endpointClosedBytesIn
+        var endpointOut = core.endpointClosedBytesOut
+        for index in core.endpointSessions {
+            guard let s = core.sessions.session(at: Int(index)) else { continue }
+            endpointIn &+= s.pointee.bytesIn
+            endpointOut &+= s.pointee.bytesOut
+        }
+        snapshot.bytesIn &-= endpointIn
+        snapshot.bytesOut &-= endpointOut
         snapshot.sessions = core.sessions.statistics
         snapshot.contexts = core.contexts.statistics
         if let slotStatistics = core.slots?.statistics { snapshot.slots = slotStatistics }

@@ -20,6 +20,12 @@ final class LoopCore {
     var slots: SlotPool?
     var queue: SendQueue
     var stats = ServerStatistics()
+    /// The sessions of the secondary listener's (the metrics endpoint's) connections open now, and
+    /// the bytes its closed ones moved: kept out of `active`, `bytesIn` and `bytesOut` when
+    /// statistics are published, so the hot path never asks which listener a connection came from.
+    var endpointSessions: [UInt32] = []
+    var endpointClosedBytesIn: UInt64 = 0
+    var endpointClosedBytesOut: UInt64 = 0
     var features: KernelFeatures
     var now: UInt64 = 0
     var stopping = false

@@ -27,7 +27,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     let logger: Logger
     let state = PthreadLock(State())
     let finished = DispatchGroup()
-    let metrics: ServerMetrics
+    let metrics: [ServerMetrics]
+    let metricsEndpoint: MetricsEndpoint?
 
     struct State {
         var started = false
@@ -36,6 +37,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         var perThread: [ServerStatistics] = []
         var reported: [ServerStatistics] = []
         var boundAddress: SocketAddress?
+        var metricsAddress: SocketAddress?
         var setupErrors: [URingError] = []
         var failure: ServerError?
     }
@@ -44,19 +46,37 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     /// - Parameters:
     ///   - configuration: what to serve and how.
     ///   - logger: where episodes (accept pauses, fallbacks, errors) and statistics are logged.
+    ///   - metrics: an HTTP endpoint serving the metrics exposition, on a ring of this server
+    ///     (see ``MetricsEndpoint``); `nil` for none.
+    ///   - metricsFactory: the swift-metrics backend the server's counters go to (labelled per
+    ///     ring); `nil` for the one bootstrapped with `MetricsSystem.bootstrap` (by default a no-op).
     ///   - makeHandler: makes one handler per ring thread.
     public init(
         configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo"),
+        metrics: MetricsEndpoint? = nil, metricsFactory: (any MetricsFactory)? = nil,
         makeHandler: @escaping @Sendable () -> Handler
     ) {
         self.configuration = configuration
         self.logger = logger
         self.makeHandler = makeHandler
-        self.metrics = ServerMetrics()
+        self.metricsEndpoint = metrics
+        let factory = metricsFactory ?? MetricsSystem.factory
+        // Within validated bounds; an invalid thread count fails in start(), before any ring runs.
+        self.metrics = (0..<max(1, min(configuration.threads, 256))).map { ServerMetrics(ring: $0, factory: factory) }
     }
 
     /// Where the server listens, once started (the real port when configured with port 0).
     public var boundAddress: SocketAddress? { state.withLock { $0.boundAddress } }
+
+    /// Where the metrics endpoint listens, once started with one (the real port when configured
+    /// with port 0).
+    public var metricsAddress: SocketAddress? { state.withLock { $0.metricsAddress } }
+
+    /// Ring `ring`'s own counters, as of its last tick (`nil` for a ring that does not exist).
+    /// - Parameter ring: `0..<configuration.threads`.
+    public func statistics(ring: Int) -> ServerStatistics? {
+        state.withLock { s in ring >= 0 && ring < s.perThread.count ? s.perThread[ring] : nil }
+    }
 
     /// The counters summed over all rings, as of the end of each ring's last loop turn.
     public var statistics: ServerStatistics {
@@ -72,6 +92,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     ///   registration that could not be set up (then nothing is left running).
     public func start() throws(ServerError) {
         try configuration.validate()
+        try metricsEndpoint?.validate(configuration)
         let already = state.withLock { s in
             let was = s.started
             s.started = true
@@ -81,11 +102,14 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         let threads = configuration.threads
         var listeners: [Int32] = []
         var wakes: [Int32] = []
+        var metricsListener: Int32? = nil
         func cleanup() {
             for fd in listeners { _ = try? Sockets.close(fd) }
             for fd in wakes { _ = try? Sockets.close(fd) }
+            if let fd = metricsListener { _ = try? Sockets.close(fd) }
         }
         var bound: SocketAddress
+        var metricsBound: SocketAddress? = nil
         do throws(URingError) {
             var address = SocketAddress(host: configuration.host, port: configuration.port)!
             for i in 0..<threads {
@@ -98,6 +122,13 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
                 wakes.append(try Sockets.makeEventFD())
             }
             bound = address
+            if let endpoint = metricsEndpoint {
+                let fd = try Sockets.listen(
+                    on: SocketAddress(host: endpoint.host, port: endpoint.port)!, backlog: 64, reusePort: false,
+                    noDelay: true)
+                metricsListener = fd
+                metricsBound = try Sockets.localAddress(fd)
+            }
         } catch {
             cleanup()
             throw ServerError(setupFailure: error)
@@ -109,6 +140,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             $0.perThread = Array(repeating: ServerStatistics(), count: threads)
             $0.reported = Array(repeating: ServerStatistics(), count: threads)
             $0.boundAddress = bound
+            $0.metricsAddress = metricsBound
         }
         let ready = DispatchSemaphore(value: 0)
         // Every ring starts serving only once all exist, so a post to another ring finds its fd.
@@ -117,16 +149,19 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         for i in 0..<threads {
             finished.enter()
             let listener = listeners[i]
+            let secondary = i == metricsEndpoint?.ring ? metricsListener : nil
             do throws(URingError) {
                 try Posix.startThread(name: "uring-ring-\(i)") { [self] in
                     defer {
                         _ = try? Sockets.close(listener)
+                        if let secondary { _ = try? Sockets.close(secondary) }
                         finished.leave()
                     }
-                    runRing(i, listener: listener, mailboxes: mailboxes, ready: ready, go: go)
+                    runRing(i, listener: listener, secondary: secondary, mailboxes: mailboxes, ready: ready, go: go)
                 }
             } catch {
                 _ = try? Sockets.close(listener)
+                if let secondary { _ = try? Sockets.close(secondary) }
                 finished.leave()
                 state.withLock { $0.setupErrors.append(error) }
                 ready.signal()
@@ -173,10 +208,9 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
 
     /// One ring thread: sets up its ring and loop (with the receive strategy the kernel granted),
     /// reports ready, waits until every ring exists, and serves until stopped.
-    func runRing(_ i: Int, listener: Int32, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup) {
-        let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
-            self.publish(thread: i, snapshot, report: report)
-        }
+    func runRing(
+        _ i: Int, listener: Int32, secondary: Int32?, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup
+    ) {
         do throws(URingError) {
             var setup = try RingSetup(configuration, ring: i, logger: logger)
             let buffers = setup.buffers.take()
@@ -188,14 +222,10 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
                 let receiver = BufferRingReceiver(
                     buffers: buffers, sessions: core.sessions.capacity,
                     maxHeldPerConnection: min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries))
-                serve(
-                    CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher),
-                    ring: i, ready: ready, go: go)
+                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
             } else {
                 let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
-                serve(
-                    CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher),
-                    ring: i, ready: ready, go: go)
+                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
             }
         } catch {
             state.withLock { $0.setupErrors.append(error) }
@@ -203,9 +233,38 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         }
     }
 
-    /// Runs one ring's loop: reports it ready, waits for the others, serves until stopped.
+    /// Makes the ring's loop: with the handler alone, or, on the ring serving the metrics
+    /// endpoint, with the handler and the endpoint's, each for its own listener's connections.
     func serve<R: ReceivePath & ~Copyable>(
-        _ loop: CompletionLoop<Handler, R>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup
+        _ core: LoopCore, _ receiver: consuming R, listener: Int32, secondary: Int32?, ready: DispatchSemaphore,
+        go: DispatchGroup
+    ) {
+        let ring = core.ringIndex
+        let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
+            self.publish(thread: ring, snapshot, report: report)
+        }
+        if let secondary, let endpoint = metricsEndpoint {
+            let metrics = MetricsHTTPHandler(
+                maxConnections: endpoint.maxConnections, maxRequestBytes: endpoint.maxRequestBytes
+            ) { [self] buffer in
+                endpoint.exposition(&buffer)
+                appendServerMetrics(to: &buffer)
+            }
+            let handler = ListenerRouter(main: makeHandler(), side: metrics)
+            run(
+                CompletionLoop(
+                    core: core, handler: handler, receiver: receiver, listener: listener, secondaryListener: secondary,
+                    publish: publisher), ring: ring, ready: ready, go: go)
+        } else {
+            run(
+                CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher),
+                ring: ring, ready: ready, go: go)
+        }
+    }
+
+    /// Runs one ring's loop: reports it ready, waits for the others, serves until stopped.
+    func run<H: ConnectionHandler, R: ReceivePath & ~Copyable>(
+        _ loop: CompletionLoop<H, R>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup
     ) {
         loop.housekeeping.publishStatistics(loop.core, buffersHeld: loop.receiver.buffersHeld)
         ready.signal()
@@ -222,6 +281,26 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             loop.teardown()
             stop()
         }
+    }
+
+    /// The metrics the server renders itself, in the Prometheus text format: the histogram of
+    /// completions harvested per loop turn, per ring (a swift-metrics recorder would take a lock
+    /// per turn; the loop counts into fixed buckets instead).
+    func appendServerMetrics(to buffer: inout [UInt8]) {
+        let rings = state.withLock { $0.perThread.map(\.completionsPerTurn) }
+        let name = "uring_echo_completions_per_turn"
+        var text = "# HELP \(name) Completions harvested per completion-loop turn.\n# TYPE \(name) histogram\n"
+        for (ring, histogram) in rings.enumerated() {
+            var cumulative: UInt64 = 0
+            for (bucket, bound) in TurnHistogram.upperBounds.enumerated() {
+                cumulative &+= histogram[bucket]
+                text += "\(name)_bucket{ring=\"\(ring)\",le=\"\(bound)\"} \(cumulative)\n"
+            }
+            text += "\(name)_bucket{ring=\"\(ring)\",le=\"+Inf\"} \(histogram.count)\n"
+            text += "\(name)_sum{ring=\"\(ring)\"} \(histogram.sum)\n"
+            text += "\(name)_count{ring=\"\(ring)\"} \(histogram.count)\n"
+        }
+        buffer.append(contentsOf: text.utf8)
     }
 
     /// Blocks until every ring thread has exited (after ``stop()``).
@@ -263,7 +342,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             s.reported[thread] = snapshot
             return p
         }
-        if let previous { metrics.record(previous: previous, current: snapshot) }
+        if let previous { metrics[thread].record(previous: previous, current: snapshot) }
     }
 }
 
@@ -294,33 +373,66 @@ extension Server where Handler == EchoHandler {
     /// - Parameters:
     ///   - configuration: what to serve and how.
     ///   - logger: where to log.
-    public convenience init(configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo")) {
-        self.init(configuration: configuration, logger: logger) { EchoHandler() }
+    ///   - metrics: an HTTP endpoint serving the metrics exposition; `nil` for none.
+    ///   - metricsFactory: the swift-metrics backend; `nil` for the bootstrapped one.
+    public convenience init(
+        configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo"),
+        metrics: MetricsEndpoint? = nil, metricsFactory: (any MetricsFactory)? = nil
+    ) {
+        self.init(configuration: configuration, logger: logger, metrics: metrics, metricsFactory: metricsFactory) {
+            EchoHandler()
+        }
     }
 }
 
-/// swift-metrics instruments; with no backend bootstrapped they are no-ops.
+/// One ring's swift-metrics instruments, labelled `ring="N"`; with no backend bootstrapped they are
+/// no-ops. Recorded from the statistics each ring publishes once per tick.
 struct ServerMetrics: Sendable {
-    let accepted = Counter(label: "uring_echo_accepted_total")
-    let closed = Counter(label: "uring_echo_closed_total")
-    let rejected = Counter(label: "uring_echo_rejected_total")
-    let bytesIn = Counter(label: "uring_echo_bytes_in_total")
-    let bytesOut = Counter(label: "uring_echo_bytes_out_total")
-    let completions = Counter(label: "uring_echo_completions_total")
-    let stale = Counter(label: "uring_echo_stale_completions_total")
-    let errors = Counter(label: "uring_echo_errors_total")
-    let active = Gauge(label: "uring_echo_active_connections")
+    let accepted, closed, rejected, bytesIn, bytesOut, completions, stale, errors: Counter
+    let idleClosed, stalledClosed, bufferShortages, acceptPauses, receivePauses, writesRefused: Counter
+    let endpointConnections: Counter
+    let active: Gauge
+
+    init(ring: Int, factory: any MetricsFactory) {
+        let labels = [("ring", String(ring))]
+        func counter(_ name: String) -> Counter { Counter(label: name, dimensions: labels, factory: factory) }
+        accepted = counter("uring_echo_accepted_total")
+        closed = counter("uring_echo_closed_total")
+        rejected = counter("uring_echo_rejected_total")
+        bytesIn = counter("uring_echo_bytes_in_total")
+        bytesOut = counter("uring_echo_bytes_out_total")
+        completions = counter("uring_echo_completions_total")
+        stale = counter("uring_echo_stale_completions_total")
+        errors = counter("uring_echo_errors_total")
+        idleClosed = counter("uring_echo_idle_closed_total")
+        stalledClosed = counter("uring_echo_stalled_closed_total")
+        bufferShortages = counter("uring_echo_buffer_shortages_total")
+        acceptPauses = counter("uring_echo_accept_pauses_total")
+        receivePauses = counter("uring_echo_receive_pauses_total")
+        writesRefused = counter("uring_echo_writes_refused_total")
+        endpointConnections = counter("uring_echo_metrics_connections_total")
+        active = Gauge(label: "uring_echo_active_connections", dimensions: labels, factory: factory)
+    }
 
     func record(previous p: ServerStatistics, current c: ServerStatistics) {
-        func delta(_ a: UInt64, _ b: UInt64) -> Int64 { b >= a ? Int64(truncatingIfNeeded: b - a) : 0 }
-        accepted.increment(by: delta(p.accepted, c.accepted))
-        closed.increment(by: delta(p.closed, c.closed))
-        rejected.increment(by: delta(p.rejected, c.rejected))
-        bytesIn.increment(by: delta(p.bytesIn, c.bytesIn))
-        bytesOut.increment(by: delta(p.bytesOut, c.bytesOut))
-        completions.increment(by: delta(p.completions, c.completions))
-        stale.increment(by: delta(p.staleCompletions, c.staleCompletions))
-        errors.increment(by: delta(p.errors, c.errors))
+        func add(_ counter: Counter, _ a: UInt64, _ b: UInt64) {
+            if b > a { counter.increment(by: Int64(truncatingIfNeeded: b - a)) }
+        }
+        add(accepted, p.accepted, c.accepted)
+        add(closed, p.closed, c.closed)
+        add(rejected, p.rejected, c.rejected)
+        add(bytesIn, p.bytesIn, c.bytesIn)
+        add(bytesOut, p.bytesOut, c.bytesOut)
+        add(completions, p.completions, c.completions)
+        add(stale, p.staleCompletions, c.staleCompletions)
+        add(errors, p.errors, c.errors)
+        add(idleClosed, p.idleClosed, c.idleClosed)
+        add(stalledClosed, p.stalledClosed, c.stalledClosed)
+        add(bufferShortages, p.bufferShortages, c.bufferShortages)
+        add(acceptPauses, p.acceptPauses, c.acceptPauses)
+        add(receivePauses, p.receivePauses, c.receivePauses)
+        add(writesRefused, p.writesRefused, c.writesRefused)
+        add(endpointConnections, p.endpointConnections, c.endpointConnections)
         active.record(c.active)
     }
 }

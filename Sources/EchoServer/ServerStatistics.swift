@@ -4,12 +4,16 @@ import URing
 /// A server's counters, summed over its ring threads. A value: read it at any time through
 /// ``Server/statistics``.
 public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
-    /// Connections accepted (including those rejected at the connection cap).
+    /// Connections accepted (including those rejected at the connection cap). Connections to the
+    /// metrics endpoint are counted apart, in ``endpointConnections``.
     public var accepted: UInt64 = 0
-    /// Connections open now.
+    /// Connections open now (not counting the metrics endpoint's).
     public var active: Int = 0
-    /// Connections whose close completed.
+    /// Connections whose close completed (not counting the metrics endpoint's).
     public var closed: UInt64 = 0
+    /// Connections accepted on the metrics endpoint. They and their bytes are not in ``accepted``,
+    /// ``closed``, ``active``, ``bytesIn`` or ``bytesOut``; their completions are in ``completions``.
+    public var endpointConnections: UInt64 = 0
     /// Connections closed at once because the connection cap was reached.
     public var rejected: UInt64 = 0
     /// Connections closed by the idle timeout.
@@ -64,6 +68,8 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var enterRetries: UInt64 = 0
     /// Times `io_uring_enter` reported dropped completions (`EBADR`).
     public var droppedCompletions: UInt64 = 0
+    /// Completions harvested per loop turn.
+    public var completionsPerTurn = TurnHistogram()
     /// Session pool counters.
     public var sessions = PoolStatistics()
     /// Slot pool counters (pooled mode with fixed files).
@@ -79,7 +85,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public init() {}
 
     mutating func add(_ o: ServerStatistics) {
-        accepted += o.accepted; active += o.active; closed += o.closed; rejected += o.rejected
+        accepted += o.accepted; endpointConnections += o.endpointConnections; active += o.active; closed += o.closed; rejected += o.rejected
         idleClosed += o.idleClosed; stalledClosed += o.stalledClosed; errors += o.errors; bytesIn += o.bytesIn; bytesOut += o.bytesOut
         completions += o.completions; staleCompletions += o.staleCompletions; submits += o.submits
         acceptPauses += o.acceptPauses; acceptErrors += o.acceptErrors; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
@@ -88,6 +94,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
         writesRefused += o.writesRefused; outboundBuffersInUse += o.outboundBuffersInUse; posted += o.posted
         enterRetries += o.enterRetries; droppedCompletions += o.droppedCompletions
         postsRefused += o.postsRefused; delivered += o.delivered; messageRingFailures += o.messageRingFailures
+        completionsPerTurn.add(o.completionsPerTurn)
         sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
         if setupFlags.isEmpty { setupFlags = o.setupFlags }
         if features.isEmpty { features = o.features }
@@ -107,5 +114,57 @@ extension PoolStatistics {
     mutating func add(_ o: PoolStatistics) {
         capacity += o.capacity; inUse += o.inUse; highWater += o.highWater; hits += o.hits; misses += o.misses
         staleCompletions += o.staleCompletions
+    }
+}
+
+/// How many completions each loop turn harvested: a histogram with power-of-two buckets, cheap
+/// enough to fill on every turn (one increment, no lock, no allocation).
+///
+/// A turn that harvests many completions per `io_uring_enter` amortises the kernel crossing; a
+/// loop that mostly harvests one is latency-bound.
+public struct TurnHistogram: Sendable, Equatable {
+    /// Each bucket's inclusive upper bound; a last bucket, ``count`` minus the others, holds the rest.
+    public static let upperBounds: [Int] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    static let buckets = 10
+    private var counts: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    /// Completions over all turns counted.
+    public private(set) var sum: UInt64 = 0
+
+    /// Empty.
+    public init() {}
+
+    /// Turns that harvested more than the previous bucket's bound and at most
+    /// `upperBounds[bucket]` completions; bucket `upperBounds.count` holds the turns above 256.
+    /// - Parameter bucket: `0...upperBounds.count`.
+    public subscript(bucket: Int) -> UInt64 {
+        precondition(bucket >= 0 && bucket < Self.buckets, "bucket \(bucket) out of 0...\(Self.buckets - 1)")
+        return withUnsafeBytes(of: counts) { $0.load(fromByteOffset: bucket * 8, as: UInt64.self) }
+    }
+
+    /// Turns counted.
+    public var count: UInt64 { (0..<Self.buckets).reduce(0) { $0 &+ self[$1] } }
+
+    /// Counts one turn that harvested `completions`.
+    @inline(__always)
+    mutating func record(_ completions: Int) {
+        let bucket = completions <= 1 ? 0 : min(Int.bitWidth - (completions - 1).leadingZeroBitCount, Self.buckets - 1)
+        withUnsafeMutableBytes(of: &counts) { raw in
+            let offset = bucket &* 8
+            raw.storeBytes(of: raw.load(fromByteOffset: offset, as: UInt64.self) &+ 1, toByteOffset: offset, as: UInt64.self)
+        }
+        sum &+= UInt64(truncatingIfNeeded: completions)
+    }
+
+    mutating func add(_ other: TurnHistogram) {
+        for bucket in 0..<Self.buckets {
+            let total = self[bucket] &+ other[bucket]
+            withUnsafeMutableBytes(of: &counts) { $0.storeBytes(of: total, toByteOffset: bucket * 8, as: UInt64.self) }
+        }
+        sum &+= other.sum
+    }
+
+    public static func == (a: TurnHistogram, b: TurnHistogram) -> Bool {
+        a.sum == b.sum && (0..<buckets).allSatisfy { a[$0] == b[$0] }
     }
 }

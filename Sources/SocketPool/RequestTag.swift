@@ -39,6 +39,8 @@ public struct OperationKind: RawRepresentable, Hashable, Sendable, CustomStringC
     /// The close of a socket that never became a connection (over the cap, or accepted while
     /// stopping).
     public static let closeRejected = OperationKind(rawValue: 13)
+    /// An accept on a server's secondary listener (a metrics endpoint, say).
+    public static let acceptSecondary = OperationKind(rawValue: 14)
     /// The first kind free for users.
     public static let user = OperationKind(rawValue: 64)
 
@@ -46,7 +48,7 @@ public struct OperationKind: RawRepresentable, Hashable, Sendable, CustomStringC
     public var description: String {
         let names = [
             "none", "nop", "accept", "recv", "send", "close", "shutdown", "cancel", "timeout", "connect", "wake",
-            "cancelSend", "message", "closeRejected",
+            "cancelSend", "message", "closeRejected", "acceptSecondary",
         ]
         return Int(rawValue) < names.count ? names[Int(rawValue)] : "kind \(rawValue)"
     }

@@ -108,6 +108,9 @@ public struct Session {
     public var closeRequested: Bool
     /// The handler asked to abort.
     public var abortRequested: Bool
+    /// Which of the server's listeners accepted it: 0 for the main one, 1 for a secondary one
+    /// (such as a metrics endpoint).
+    public var listener: UInt8
 
     /// Monotonic time of the last received byte, in nanoseconds.
     public var lastActivity: UInt64
@@ -143,6 +146,7 @@ public struct Session {
         wantsWritable = false
         closeRequested = false
         abortRequested = false
+        listener = 0
         lastActivity = 0
         lastProgress = 0
         bytesIn = 0

@@ -3,6 +3,8 @@ import Dispatch
 import EchoServer
 import Glibc
 import Logging
+import Metrics
+import Prometheus
 import URing
 
 /// `uring-echo`: the echo server on the io_uring completion loop.
@@ -36,6 +38,11 @@ struct UringEcho: ParsableCommand {
     @Option(help: "Seconds between statistics lines on stdout (1...86400); 0 is off.")
     var statsInterval = 0
     @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one); off by default.",
+            valueName: "host:port"))
+    var metrics: String? = nil
+    @Option(
         name: .customLong("disable"), parsing: .upToNextOption,
         help: "Kernel features to leave unused: multishot-accept, buffer-ring, fixed-files, defer-taskrun, message-ring, or all (what Linux 5.15 offers).")
     var disabled: [String] = []
@@ -48,6 +55,10 @@ struct UringEcho: ParsableCommand {
         }
         if !(0...86_400).contains(statsInterval) {
             throw ValidationError("--stats-interval must be 0...86400 seconds (1 day; 0 is off), got \(statsInterval)")
+        }
+        if let metrics, Self.parseHostPort(metrics) == nil {
+            throw ValidationError(
+                "--metrics must be HOST:PORT with a numeric IPv4 or IPv6 host ([::1]:9100 for IPv6) and a port 0...65535, got '\(metrics)'")
         }
         for name in disabled where Self.featureNames[name] == nil {
             throw ValidationError(
@@ -63,6 +74,15 @@ struct UringEcho: ParsableCommand {
             let flag = flags.first { error.description.hasPrefix("invalid configuration: \($0.key) ") }
             throw ValidationError((flag.map { "\($0.value): " } ?? "") + error.description)
         }
+    }
+
+    /// `127.0.0.1:9100` or `[::1]:9100`.
+    static func parseHostPort(_ text: String) -> (host: String, port: UInt16)? {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard SocketAddress(host: host, port: port) != nil else { return nil }
+        return (host, port)
     }
 
     static let featureNames: [String: KernelFeatures] = [
@@ -92,7 +112,15 @@ struct UringEcho: ParsableCommand {
             return handler
         }
         let config = serverConfiguration()
-        let server = EchoServer(configuration: config)
+        var endpoint: MetricsEndpoint? = nil
+        if let metrics, let (host, port) = Self.parseHostPort(metrics) {
+            // The swift-metrics backend: the server's counters land in this registry, which the
+            // endpoint (served on ring 0 by the server's own loop) renders.
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            endpoint = MetricsEndpoint(host: host, port: port, registry: registry)
+        }
+        let server = EchoServer(configuration: config, metrics: endpoint)
         // SIGINT/SIGTERM: stop gracefully. Set up before any thread starts so every thread inherits
         // the dispositions; the handlers run on a dispatch queue, not in signal context.
         var sources: [DispatchSourceSignal] = []
@@ -116,6 +144,7 @@ struct UringEcho: ParsableCommand {
             "listening on \(server.boundAddress!) threads=\(threads) mode=\(mode.rawValue) recv=\(recv.rawValue) "
                 + "buffer-size=\(bufferSize) max-connections=\(maxConnections) idle-timeout=\(idleTimeout)s "
                 + "setup=\(stats.setupFlags) features=\(stats.features)")
+        if let address = server.metricsAddress { printFlushed("metrics on http://\(address)/metrics") }
 
         // Fault injection for the tests of the ring-failure path: an errno for ring 0's next enter.
         if let text = getenv("URING_ECHO_INJECT_ENTER_ERRNO"), let errno = Int32(String(cString: text)) {

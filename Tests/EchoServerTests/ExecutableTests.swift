@@ -45,7 +45,10 @@ final class ExecutableTests: XCTestCase {
     }
 
     func testBadFlagsExitWith64AndAClearMessage() throws {
-        for args in [["--mode", "sideways"], ["--threads", "0"], ["--no-such-flag"], ["--disable", "warp-drive"]] {
+        for args in [
+            ["--mode", "sideways"], ["--threads", "0"], ["--no-such-flag"], ["--disable", "warp-drive"],
+            ["--metrics", "9100"], ["--metrics", "localhost:9100"], ["--metrics", "127.0.0.1:70000"],
+        ] {
             let process = Process()
             process.executableURL = try binary()
             process.arguments = args
@@ -58,5 +61,65 @@ final class ExecutableTests: XCTestCase {
             XCTAssertEqual(process.terminationStatus, 64, "\(args): \(message)")
             XCTAssertTrue(message.contains("Error"), "\(args): \(message)")
         }
+    }
+
+    /// `--metrics`: the line after the listening line names the endpoint; a scrape by Python's
+    /// urllib after echo connections shows them; a port taken is a clear error.
+    func testTheMetricsFlagServesPrometheusTextAfterTheListeningLine() throws {
+        let (process, out, first) = try launchServer(
+            try binary(), ["--port", "0", "--threads", "2", "--metrics", "127.0.0.1:0"])
+        defer { if process.isRunning { process.terminate() } }
+        var printed = first
+        while printed.split(separator: "\n").count < 2 {
+            let data = out.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            printed += String(decoding: data, as: UTF8.self)
+        }
+        let lines = printed.split(separator: "\n").map(String.init)
+        XCTAssertGreaterThanOrEqual(lines.count, 2, printed)
+        let port = try XCTUnwrap(UInt16(lines[0].dropFirst("listening on 127.0.0.1:".count).prefix { $0.isNumber }))
+        XCTAssertTrue(lines[1].hasPrefix("metrics on http://127.0.0.1:") && lines[1].hasSuffix("/metrics"), lines[1])
+        let metricsPort = try XCTUnwrap(
+            UInt16(lines[1].dropFirst("metrics on http://127.0.0.1:".count).prefix { $0.isNumber }))
+        for i in 0..<7 {
+            let s = try TestSocket.connect(port: port)
+            try s.writeAll([UInt8(i), 2, 3])
+            s.shutdownWrite()
+            XCTAssertEqual(try s.readToEnd(), [UInt8(i), 2, 3])
+            s.close()
+        }
+        // Counters reach the registry on each tick (250 ms): at most a second old.
+        var body = ""
+        let deadline = Date().addingTimeInterval(3)
+        repeat {
+            let (status, text) = try httpGet(port: metricsPort)
+            XCTAssertEqual(status, 200)
+            body = text
+            if Self.sum(body, "uring_echo_closed_total") == 7 { break }
+            usleep(100_000)
+        } while Date() < deadline
+        XCTAssertEqual(Self.sum(body, "uring_echo_accepted_total"), 7, body)
+        XCTAssertEqual(Self.sum(body, "uring_echo_closed_total"), 7, body)
+        XCTAssertEqual(Self.sum(body, "uring_echo_bytes_in_total"), 21, body)
+        XCTAssertTrue(body.contains("uring_echo_accepted_total{ring=\"1\"}"), "labelled per ring: \(body)")
+        XCTAssertTrue(body.contains("uring_echo_buffer_shortages_total{ring=\"0\"}"), body)
+        XCTAssertTrue(body.contains("uring_echo_accept_pauses_total{ring=\"0\"}"), body)
+        XCTAssertTrue(body.contains("uring_echo_completions_per_turn_bucket{ring=\"0\",le=\"1\"}"), body)
+        XCTAssertEqual(try httpGet(port: metricsPort, path: "/other").status, 404)
+
+        // A second server asking for the same metrics port fails clearly.
+        let (second, message) = try runToExit(try binary(), ["--port", "0", "--metrics", "127.0.0.1:\(metricsPort)"])
+        XCTAssertEqual(second.terminationStatus, 1, message)
+        XCTAssertTrue(message.contains("EADDRINUSE"), message)
+
+        kill(process.processIdentifier, SIGTERM)
+        XCTAssertTrue(waitForExit(process))
+        XCTAssertEqual(process.terminationStatus, 0)
+    }
+
+    /// The sum of a counter's values over its labels.
+    static func sum(_ exposition: String, _ name: String) -> Double {
+        exposition.split(separator: "\n").filter { $0.hasPrefix(name + "{") }
+            .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
     }
 }

@@ -29,7 +29,7 @@ final class MetricsTests: ServerTestCase {
             XCTAssertEqual(metrics.counterTotal(label: "uring_echo_accepted_total"), 3)
             XCTAssertEqual(metrics.counterTotal(label: "uring_echo_bytes_in_total"), 12)
             XCTAssertGreaterThan(metrics.counterTotal(label: "uring_echo_completions_total"), 0)
-            XCTAssertEqual(try metrics.expectGauge("uring_echo_active_connections").lastValue, 0)
+            XCTAssertEqual(try metrics.expectGauge("uring_echo_active_connections", [("ring", "0")]).lastValue, 0)
             _ = server
         }
     }

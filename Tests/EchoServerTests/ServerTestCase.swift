@@ -3,6 +3,7 @@ import URing
 import EchoServer
 import Foundation
 import Glibc
+import Metrics
 import TestSupport
 import XCTest
 
@@ -59,11 +60,13 @@ class ServerTestCase: XCTestCase {
 
     /// ``withServer(_:file:line:_:)`` for any handler.
     func withServer<H: ConnectionHandler>(
-        _ configuration: ServerConfiguration, handler: @escaping @Sendable () -> H, file: StaticString = #filePath,
+        _ configuration: ServerConfiguration, handler: @escaping @Sendable () -> H, metrics: MetricsEndpoint? = nil,
+        metricsFactory: (any MetricsFactory)? = nil, file: StaticString = #filePath,
         line: UInt = #line, _ body: (Server<H>, UInt16) throws -> Void
     ) throws {
         let baseline = openDescriptorCount()
-        let server = Server(configuration: configuration, makeHandler: handler)
+        let server = Server(
+            configuration: configuration, metrics: metrics, metricsFactory: metricsFactory, makeHandler: handler)
         try server.start()
         let port = server.boundAddress!.port
         var failure: Error?

@@ -1,0 +1,366 @@
+import Prometheus
+import SocketPool
+import URing
+
+/// An HTTP endpoint serving the Prometheus text exposition at `GET /metrics`, on a ring of the
+/// server itself: its own listener, its connections served by ``MetricsHTTPHandler`` through the
+/// same completion loop as the server's protocol, beside it.
+///
+/// ```swift
+/// let registry = PrometheusCollectorRegistry()
+/// MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+/// let server = Server(configuration: config, metrics: MetricsEndpoint(port: 9100, registry: registry)) {
+///     MyHandler()
+/// }
+/// ```
+///
+/// The server appends its own completions-per-turn histogram (`uring_echo_completions_per_turn`,
+/// labelled per ring) to what `exposition` writes. Counters reach the backend once per tick, so
+/// ``ServerConfiguration/tickInterval`` must be at most one second: values are never older.
+public struct MetricsEndpoint: Sendable {
+    /// The address to bind (numeric IPv4 or IPv6).
+    public var host: String
+    /// The port; 0 picks a free one (``Server/metricsAddress`` tells which).
+    public var port: UInt16
+    /// The ring that serves it, `0..<threads`.
+    public var ring: Int = 0
+    /// Metrics connections open at once (1...1024); more are closed as they arrive, so scrapers
+    /// cannot take the server's connections.
+    public var maxConnections: Int = 16
+    /// The largest request head (request line and headers, and any body), 256...1048576 bytes;
+    /// a larger one is answered 431 and the connection closed.
+    public var maxRequestBytes: Int = 8192
+    /// Writes the exposition (Prometheus text format) into the buffer it is given.
+    public var exposition: @Sendable (inout [UInt8]) -> Void
+
+    /// An endpoint serving what `exposition` writes.
+    /// - Parameters:
+    ///   - host: the address to bind.
+    ///   - port: the port; 0 picks one.
+    ///   - exposition: appends the exposition to its argument.
+    public init(host: String = "127.0.0.1", port: UInt16, exposition: @escaping @Sendable (inout [UInt8]) -> Void) {
+        self.host = host
+        self.port = port
+        self.exposition = exposition
+    }
+
+    /// An endpoint serving a swift-prometheus registry (the one `PrometheusMetricsFactory` fills).
+    /// - Parameters:
+    ///   - host: the address to bind.
+    ///   - port: the port; 0 picks one.
+    ///   - registry: the registry to emit.
+    public init(host: String = "127.0.0.1", port: UInt16, registry: PrometheusCollectorRegistry) {
+        self.init(host: host, port: port) { registry.emit(into: &$0) }
+    }
+
+    func validate(_ configuration: ServerConfiguration) throws(ServerError) {
+        func check(_ ok: Bool, _ why: String) throws(ServerError) {
+            if !ok { throw .invalidConfiguration("metrics endpoint: \(why)") }
+        }
+        try check(
+            SocketAddress(host: host, port: port) != nil, "host '\(host)' is not a numeric IPv4 or IPv6 address")
+        try check(
+            (0..<configuration.threads).contains(ring),
+            "ring must be 0...\(configuration.threads - 1) (threads \(configuration.threads)), got \(ring)")
+        try check((1...1024).contains(maxConnections), "maxConnections must be 1...1024, got \(maxConnections)")
+        try check(
+            (256...1 << 20).contains(maxRequestBytes), "maxRequestBytes must be 256...1048576, got \(maxRequestBytes)")
+        try check(
+            configuration.tickInterval <= .seconds(1),
+            "tickInterval must be at most 1 s so that values are at most a second old, got \(configuration.tickInterval)")
+    }
+}
+
+/// Serves `GET /metrics` over HTTP/1.1 from an exposition closure: keep-alive (HTTP/1.1 by
+/// default, HTTP/1.0 when asked), `Connection: close`, pipelined requests in order. Anything but
+/// `GET /metrics` is answered 404; a malformed request 400, an oversized one 431 (then the
+/// connection closes). Requests are bounded in size, output by the connection's bound: a client
+/// that sends requests and never reads stops being read from.
+///
+/// Use it as a whole server's handler, or let ``Server`` serve it beside your protocol through a
+/// ``MetricsEndpoint``.
+public struct MetricsHTTPHandler: ConnectionHandler {
+    let exposition: @Sendable (inout [UInt8]) -> Void
+    let maxConnections: Int
+    let maxRequestBytes: Int
+    /// A rendering is reused for this long, so a flood of requests costs copies, not renderings.
+    static let cacheNanoseconds: UInt64 = 100_000_000
+    var cached: [UInt8] = []
+    var cachedAt: UInt64 = 0
+    var connections: [Int: ConnectionState] = [:]
+
+    struct ConnectionState {
+        let id: ConnectionID
+        var input: [UInt8] = []
+        /// Body bytes of the current request still to skip.
+        var skip = 0
+        /// Response bytes not yet queued (the connection's output bound was reached).
+        var output: [UInt8] = []
+        var outputQueued = 0
+        var closeWhenSent = false
+        var paused = false
+    }
+
+    /// A handler serving what `exposition` writes.
+    /// - Parameters:
+    ///   - maxConnections: connections served at once; more are closed as they arrive.
+    ///   - maxRequestBytes: the largest request (head and body).
+    ///   - exposition: appends the exposition (Prometheus text format) to its argument.
+    public init(
+        maxConnections: Int = 16, maxRequestBytes: Int = 8192, exposition: @escaping @Sendable (inout [UInt8]) -> Void
+    ) {
+        self.exposition = exposition
+        self.maxConnections = max(1, maxConnections)
+        self.maxRequestBytes = max(256, maxRequestBytes)
+    }
+
+    public mutating func opened(_ connection: Connection) {
+        guard connections.count < maxConnections else { return connection.abort() }
+        connections[connection.index] = ConnectionState(id: connection.id)
+    }
+
+    public mutating func closed(_ connection: ConnectionID) {
+        if connections[connection.index]?.id == connection { connections[connection.index] = nil }
+    }
+
+    public mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        guard var state = connections[connection.index], state.id == connection.id, !state.closeWhenSent else {
+            return .nothing
+        }
+        connections[connection.index] = nil  // no copy of the buffers while they change
+        // A client that keeps sending while its answers wait is paused below; this only catches
+        // what was already in flight.
+        guard state.input.count + bytes.count <= 4 * maxRequestBytes + 65536 else {
+            connection.abort()
+            return .nothing
+        }
+        state.input.append(contentsOf: UnsafeRawBufferPointer(bytes))
+        serve(&state, connection)
+        connections[connection.index] = state
+        return .nothing
+    }
+
+    public mutating func writable(_ connection: Connection) {
+        guard var state = connections[connection.index], state.id == connection.id else { return }
+        connections[connection.index] = nil
+        serve(&state, connection)
+        connections[connection.index] = state
+    }
+
+    /// Answers every complete request in the input, in order, while the answers fit.
+    mutating func serve(_ state: inout ConnectionState, _ connection: Connection) {
+        while flush(&state, connection) {
+            if state.closeWhenSent { return connection.close() }
+            if state.skip > 0 {
+                let n = min(state.skip, state.input.count)
+                state.input.removeFirst(n)
+                state.skip -= n
+                if state.skip > 0 { break }
+            }
+            guard let end = Self.headEnd(state.input) else {
+                if state.input.count > maxRequestBytes { respond(&state, status: "431 Request Header Fields Too Large") }
+                else { break }
+                continue
+            }
+            let head = Array(state.input[..<end.head])
+            state.input.removeFirst(end.next)
+            switch Self.parse(head, maxBody: maxRequestBytes) {
+            case .failure(let failure):
+                respond(&state, status: failure.status)
+            case .success(let request):
+                state.skip = request.contentLength
+                if request.method == "GET" && request.path == "/metrics" {
+                    respond(&state, status: "200 OK", body: rendered(), keepAlive: request.keepAlive, http10: request.http10)
+                } else {
+                    respond(&state, status: "404 Not Found", body: Array("not found\n".utf8), keepAlive: request.keepAlive, http10: request.http10)
+                }
+            }
+        }
+        // Answers wait for the peer to read: stop reading its requests meanwhile.
+        let waiting = state.outputQueued < state.output.count
+        if waiting != state.paused {
+            state.paused = waiting
+            if waiting { connection.ring.pauseReceiving(connection.id) } else { connection.ring.resumeReceiving(connection.id) }
+        }
+    }
+
+    /// Queues what is left of the current answer; whether all of it is queued.
+    func flush(_ state: inout ConnectionState, _ connection: Connection) -> Bool {
+        while state.outputQueued < state.output.count {
+            let chunk = min(state.output.count - state.outputQueued, 16384)
+            let result = state.output.withUnsafeBytes { all in
+                connection.write(UnsafeRawBufferPointer(rebasing: all[state.outputQueued..<state.outputQueued + chunk]))
+            }
+            switch result {
+            case .queued: state.outputQueued += chunk
+            case .full: return false  // writable(_:) follows
+            case .closed:
+                state.output = []
+                state.outputQueued = 0
+                state.closeWhenSent = true
+                return false
+            }
+        }
+        state.output.removeAll(keepingCapacity: true)
+        state.outputQueued = 0
+        return true
+    }
+
+    mutating func rendered() -> [UInt8] {
+        let now = Posix.monotonicNanoseconds()
+        if cachedAt == 0 || now &- cachedAt > Self.cacheNanoseconds {
+            cached.removeAll(keepingCapacity: true)
+            exposition(&cached)
+            cachedAt = now
+        }
+        return cached
+    }
+
+    /// An error status closes the connection after its answer.
+    func respond(
+        _ state: inout ConnectionState, status: String, body: [UInt8]? = nil, keepAlive: Bool = false, http10: Bool = false
+    ) {
+        let isError = body == nil
+        let body = body ?? Array("\(status)\n".utf8)
+        var head = "HTTP/1.1 \(status)\r\n"
+        head += status.hasPrefix("200") ? "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" : "Content-Type: text/plain; charset=utf-8\r\n"
+        head += "Content-Length: \(body.count)\r\n"
+        let close = isError || !keepAlive
+        if close { head += "Connection: close\r\n" } else if http10 { head += "Connection: keep-alive\r\n" }
+        head += "\r\n"
+        state.output.append(contentsOf: head.utf8)
+        state.output.append(contentsOf: body)
+        if close {
+            state.closeWhenSent = true
+            state.input.removeAll()
+        }
+    }
+
+    struct Request {
+        var method: String
+        var path: Substring
+        var http10: Bool
+        var keepAlive: Bool
+        var contentLength: Int
+    }
+
+    /// Where the head ends (the blank line; CRLF or bare LF line ends) and the body starts.
+    static func headEnd(_ input: [UInt8]) -> (head: Int, next: Int)? {
+        var i = 0
+        while let newline = input[i...].firstIndex(of: UInt8(ascii: "\n")) {
+            if newline + 1 < input.count && input[newline + 1] == UInt8(ascii: "\n") { return (newline + 1, newline + 2) }
+            if newline + 2 < input.count && input[newline + 1] == UInt8(ascii: "\r") && input[newline + 2] == UInt8(ascii: "\n") {
+                return (newline + 1, newline + 3)
+            }
+            i = newline + 1
+        }
+        return nil
+    }
+
+    /// Parses a request head (without its blank line). Failure: the status to answer.
+    static func parse(_ head: [UInt8], maxBody: Int) -> Result<Request, ParseFailure> {
+        // Line by line as bytes: as Characters, "\r\n" is one grapheme and would not split on "\n".
+        var lines: [Substring] = []
+        for raw in head.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+            let line = raw.last == UInt8(ascii: "\r") ? raw.dropLast() : raw[...]
+            guard !line.contains(UInt8(ascii: "\r")), let text = String(validating: line, as: UTF8.self) else {
+                return .failure("400 Bad Request")
+            }
+            lines.append(text[...])
+        }
+        if lines.last?.isEmpty == true { lines.removeLast() }
+        guard let requestLine = lines.first else { return .failure("400 Bad Request") }
+        let parts = requestLine.split(separator: " ", omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, parts[0].allSatisfy(isTokenCharacter),
+            parts[1].first == "/" || parts[1] == "*", !parts[1].contains(where: { $0.isWhitespace })
+        else { return .failure("400 Bad Request") }
+        let version = parts[2]
+        guard version.hasPrefix("HTTP/"), version.count == 8 else { return .failure("400 Bad Request") }
+        guard version == "HTTP/1.1" || version == "HTTP/1.0" else { return .failure("505 HTTP Version Not Supported") }
+        let http10 = version == "HTTP/1.0"
+        var keepAlive = !http10
+        var contentLength: Int? = nil
+        var hasHost = false
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { return .failure("400 Bad Request") }
+            let name = line[..<colon].lowercased()
+            let value = line[line.index(after: colon)...].trimmingSpaces
+            guard !name.isEmpty, name.allSatisfy(isTokenCharacter) else { return .failure("400 Bad Request") }
+            switch name {
+            case "host": hasHost = true
+            case "connection":
+                let tokens = value.lowercased().split(separator: ",").map { $0.trimmingSpaces }
+                if tokens.contains("close") { keepAlive = false } else if tokens.contains("keep-alive") { keepAlive = true }
+            case "content-length":
+                guard !value.isEmpty, value.allSatisfy(\.isASCII), value.allSatisfy(\.isNumber), value.count <= 12,
+                    let n = Int(value), contentLength == nil || contentLength == n
+                else { return .failure("400 Bad Request") }
+                guard n <= maxBody else { return .failure("413 Content Too Large") }
+                contentLength = n
+            case "transfer-encoding":
+                return .failure("501 Not Implemented")
+            default: break
+            }
+        }
+        // HTTP/1.1 requires Host (RFC 9112 §3.2).
+        if !http10 && !hasHost { return .failure("400 Bad Request") }
+        let target = parts[1]
+        let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        return .success(
+            Request(method: String(parts[0]), path: path, http10: http10, keepAlive: keepAlive, contentLength: contentLength ?? 0))
+    }
+
+    struct ParseFailure: Error, ExpressibleByStringLiteral {
+        let status: String
+        init(stringLiteral status: String) { self.status = status }
+    }
+
+    static func isTokenCharacter(_ c: Character) -> Bool {
+        guard c.isASCII, let v = c.asciiValue, v > 32, v < 127 else { return false }
+        return !"()<>@,;:\\\"/[]?={}".contains(c)
+    }
+}
+
+extension Substring {
+    fileprivate var trimmingSpaces: Substring {
+        var s = self
+        while s.first == " " || s.first == "\t" { s.removeFirst() }
+        while s.last == " " || s.last == "\t" { s.removeLast() }
+        return s
+    }
+}
+
+/// Routes each connection to one of two handlers by the listener that accepted it: the server's
+/// protocol on its main listener, a second one (the metrics endpoint) on the secondary listener.
+/// Ring messages go to the main handler.
+struct ListenerRouter<Main: ConnectionHandler, Side: ConnectionHandler>: ConnectionHandler {
+    var main: Main
+    var side: Side
+    var isSide: [Bool] = []
+
+    mutating func start(capacity: Int) {
+        main.start(capacity: capacity)
+        side.start(capacity: capacity)
+        isSide = Array(repeating: false, count: capacity)
+    }
+
+    mutating func opened(_ connection: Connection) {
+        let secondary = connection.listener == 1
+        isSide[connection.index] = secondary
+        if secondary { side.opened(connection) } else { main.opened(connection) }
+    }
+
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        isSide[connection.index] ? side.received(bytes, connection: connection) : main.received(bytes, connection: connection)
+    }
+
+    mutating func writable(_ connection: Connection) {
+        if isSide[connection.index] { side.writable(connection) } else { main.writable(connection) }
+    }
+
+    mutating func closed(_ connection: ConnectionID) {
+        if isSide[connection.index] { side.closed(connection) } else { main.closed(connection) }
+    }
+
+    mutating func received(message: RingMessage, ring: RingContext) { main.received(message: message, ring: ring) }
+}

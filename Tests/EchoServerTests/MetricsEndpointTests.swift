@@ -1,0 +1,272 @@
+import EchoServer
+import Foundation
+import Glibc
+import Prometheus
+import SocketPool
+import TestSupport
+import URing
+import XCTest
+
+/// The Prometheus endpoint, served by the server's own loop on its own listener: scraped by a real
+/// HTTP client (Python's urllib), its answers to bad requests, keep-alive, and hostile clients.
+final class MetricsEndpointTests: ServerTestCase {
+    /// Each test gets its own registry: the process-wide swift-metrics bootstrap belongs to
+    /// MetricsTests, so the server is handed its backend directly.
+    func withEndpointServer(
+        threads: Int = 1, _ mode: PoolMode = .pooled, _ receive: ReceiveStrategy = .bufferRing,
+        endpoint: (inout MetricsEndpoint) -> Void = { _ in },
+        _ body: (EchoServer, UInt16, UInt16) throws -> Void
+    ) throws {
+        // Foundation opens descriptors of its own (an eventfd, a timerfd, an epoll and a socket
+        // pair) the first time it runs a process: do that before withServer takes its baseline.
+        warmUpProcesses
+        let registry = PrometheusCollectorRegistry()
+        var metrics = MetricsEndpoint(port: 0, registry: registry)
+        endpoint(&metrics)
+        var c = config(mode, receive)
+        c.threads = threads
+        try withServer(
+            c, handler: { EchoHandler() }, metrics: metrics, metricsFactory: PrometheusMetricsFactory(registry: registry)
+        ) { server, port in
+            let metricsPort = try XCTUnwrap(server.metricsAddress?.port)
+            XCTAssertNotEqual(metricsPort, port)
+            try body(server, port, metricsPort)
+        }
+    }
+
+    /// The value of `name{labels}` in an exposition, if present.
+    func value(_ exposition: String, _ series: String) -> Double? {
+        for line in exposition.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1))
+        }
+        return nil
+    }
+
+    /// Sends raw bytes, reads until the peer closes or `timeout`: what came back.
+    func exchange(_ port: UInt16, _ request: String, timeout: Int = 5) throws -> String {
+        let s = try TestSocket.connect(port: port)
+        defer { s.close() }
+        s.setTimeout(seconds: timeout)
+        try s.writeAll(Array(request.utf8))
+        return String(decoding: try s.readToEnd(), as: UTF8.self)
+    }
+
+    func testAScrapeAfterEchoConnectionsShowsTheirCountsPerRing() throws {
+        for (mode, receive) in [(PoolMode.pooled, ReceiveStrategy.bufferRing), (.unpooled, .perSessionBuffer)] {
+            try withEndpointServer(threads: 2, mode, receive) { server, port, metricsPort in
+                let n = 12
+                for i in 0..<n {
+                    XCTAssertEqual(try Self.roundTrip(port: port, [UInt8(i), 1, 2, 3, 4]), [UInt8(i), 1, 2, 3, 4])
+                }
+                XCTAssertTrue(eventually { server.statistics.closed == UInt64(n) && server.statistics.active == 0 })
+                // Published on each tick (50 ms here): a second's wait is the endpoint's promise.
+                var exposition = ""
+                XCTAssertTrue(
+                    eventually(.seconds(3)) {
+                        exposition = (try? httpGet(port: metricsPort).body) ?? ""
+                        let accepted = (0..<2).compactMap { value(exposition, "uring_echo_accepted_total{ring=\"\($0)\"}") }
+                        let bytesIn = (0..<2).compactMap { value(exposition, "uring_echo_bytes_in_total{ring=\"\($0)\"}") }
+                        return accepted.count == 2 && accepted.reduce(0, +) == Double(n)
+                            && bytesIn.reduce(0, +) == Double(5 * n)
+                    }, "accepted and bytes in, summed over both rings' labels, match:\n\(exposition)")
+                for ring in 0..<2 {
+                    XCTAssertEqual(value(exposition, "uring_echo_active_connections{ring=\"\(ring)\"}"), 0, exposition)
+                    XCTAssertNotNil(value(exposition, "uring_echo_buffer_shortages_total{ring=\"\(ring)\"}"), exposition)
+                    XCTAssertNotNil(value(exposition, "uring_echo_accept_pauses_total{ring=\"\(ring)\"}"), exposition)
+                    let turns = try XCTUnwrap(
+                        value(exposition, "uring_echo_completions_per_turn_count{ring=\"\(ring)\"}"), exposition)
+                    XCTAssertGreaterThan(turns, 0)
+                    XCTAssertEqual(
+                        value(exposition, "uring_echo_completions_per_turn_bucket{ring=\"\(ring)\",le=\"+Inf\"}"), turns)
+                    let sum = try XCTUnwrap(value(exposition, "uring_echo_completions_per_turn_sum{ring=\"\(ring)\"}"))
+                    XCTAssertGreaterThanOrEqual(sum, turns, "each counted turn harvested at least one completion")
+                }
+                XCTAssertTrue(exposition.contains("# TYPE uring_echo_completions_per_turn histogram"), exposition)
+                // The scrapes are connections of ring 0, counted apart from the echo traffic.
+                XCTAssertEqual(server.statistics.accepted, UInt64(n))
+                XCTAssertTrue(eventually { server.statistics.endpointConnections > 0 })
+            }
+        }
+    }
+
+    func testAnythingButGetMetricsIs404AndAMalformedRequestIs400() throws {
+        try withEndpointServer { _, _, metricsPort in
+            XCTAssertEqual(try httpGet(port: metricsPort).status, 200)
+            XCTAssertEqual(try httpGet(port: metricsPort, path: "/").status, 404)
+            XCTAssertEqual(try httpGet(port: metricsPort, path: "/metricsx").status, 404)
+            XCTAssertEqual(try httpGet(port: metricsPort, method: "POST").status, 404)
+            XCTAssertEqual(try httpGet(port: metricsPort, path: "/metrics?name=x").status, 200, "a query string is allowed")
+            for bad in [
+                "garbage\r\n\r\n", "GET /metrics\r\n\r\n", "GET  /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", "GET /metrics HTTP/1.1\r\n\r\n",
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n", "GET metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            ] {
+                let answer = try exchange(metricsPort, bad)
+                XCTAssertTrue(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(bad.debugDescription) → \(answer)")
+                XCTAssertTrue(answer.contains("Connection: close\r\n"), answer)
+            }
+            XCTAssertTrue(
+                try exchange(metricsPort, "GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n").hasPrefix("HTTP/1.1 505 "))
+            XCTAssertTrue(
+                try exchange(metricsPort, "GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .hasPrefix("HTTP/1.1 501 "))
+            // Bounded: a head that never ends is cut at maxRequestBytes.
+            let endless = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Filler: " + String(repeating: "a", count: 20_000)
+            XCTAssertTrue(try exchange(metricsPort, endless).hasPrefix("HTTP/1.1 431 "))
+            XCTAssertTrue(
+                try exchange(metricsPort, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+                    .hasPrefix("HTTP/1.1 413 "))
+        }
+    }
+
+    func testKeepAlivePipeliningAndConnectionClose() throws {
+        try withEndpointServer { _, _, metricsPort in
+            let s = try TestSocket.connect(port: metricsPort)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            // Three requests at once, one with a body to skip: three answers, in order, on one connection.
+            try s.writeAll(
+                Array(
+                    ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nPOST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                        + "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").utf8))
+            var received = ""
+            let deadline = Date().addingTimeInterval(5)
+            while received.components(separatedBy: "HTTP/1.1 ").count - 1 < 3 && Date() < deadline {
+                received += String(decoding: try s.readSome(), as: UTF8.self)
+            }
+            // Each answer's status line follows the previous body, which ends in a bare "\n".
+            let statuses = received.split(whereSeparator: \.isNewline).filter { $0.hasPrefix("HTTP/1.1 ") }.map(String.init)
+            XCTAssertEqual(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 200 OK"])
+            XCTAssertFalse(received.contains("Connection: close"), "HTTP/1.1 keeps the connection open")
+            // Still open: one more, asking to close.
+            try s.writeAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            let last = String(decoding: try s.readToEnd(), as: UTF8.self)
+            XCTAssertTrue(last.hasPrefix("HTTP/1.1 200 OK\r\n"), last)
+            XCTAssertTrue(last.contains("Connection: close\r\n"), last)
+            XCTAssertTrue(last.contains("uring_echo_accepted_total"), last)
+            // The body is exactly Content-Length bytes.
+            let parts = last.components(separatedBy: "\r\n\r\n")
+            let length = parts[0].components(separatedBy: "\r\n").first { $0.hasPrefix("Content-Length: ") }
+            XCTAssertEqual(length.flatMap { Int($0.dropFirst("Content-Length: ".count)) }, parts[1].utf8.count)
+            // HTTP/1.0 closes unless asked to keep alive.
+            let old = try exchange(metricsPort, "GET /metrics HTTP/1.0\r\n\r\n")
+            XCTAssertTrue(old.hasPrefix("HTTP/1.1 200 OK\r\n") && old.contains("Connection: close"), old)
+        }
+    }
+
+    /// Hostile clients on the metrics port: more connections than it serves, a trickler, a flood of
+    /// pipelined scrapes never read, a reset mid-answer. Echo traffic on the same ring goes on.
+    func testHostileMetricsClientsCannotStallEchoTraffic() throws {
+        try withEndpointServer(
+            endpoint: { $0.maxConnections = 8 }
+        ) { server, port, metricsPort in
+            var hostile: [TestSocket] = []
+            defer { hostile.forEach { $0.close() } }
+            // A flood of pipelined scrapes from clients that never read.
+            let flood = Array(String(repeating: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", count: 2000).utf8)
+            for _ in 0..<4 {
+                let s = try TestSocket.connect(port: metricsPort)
+                s.setTimeout(seconds: 1)
+                try? s.writeAll(flood)
+                hostile.append(s)
+            }
+            // Tricklers: a byte each, never finishing a request.
+            for _ in 0..<4 {
+                let s = try TestSocket.connect(port: metricsPort)
+                try s.writeAll(Array("GET /met".utf8))
+                hostile.append(s)
+            }
+            // Over the endpoint's cap: closed at once, without taking the server's connections.
+            let extra = try TestSocket.connect(port: metricsPort)
+            extra.setTimeout(seconds: 5)
+            XCTAssertEqual(try? extra.readToEnd(), [], "the 9th metrics connection is closed")
+            extra.close()
+            // One resets in the middle of its answers.
+            hostile[0].reset()
+            // Echo on the same ring stays prompt.
+            let start = ContinuousClock.now
+            for i in 0..<50 {
+                XCTAssertEqual(try Self.roundTrip(port: port, [UInt8(i), 9, 9]), [UInt8(i), 9, 9])
+            }
+            let elapsed = ContinuousClock.now - start
+            XCTAssertLessThan(elapsed, .seconds(5), "50 echo round trips beside the hostile metrics clients")
+            XCTAssertTrue(
+                eventually { server.statistics.accepted == 50 && server.statistics.endpointConnections == 9 },
+                "the endpoint's connections are counted apart: \(server.statistics)")
+        }
+    }
+
+    func testAnEndpointThatCannotBeServedIsANamedError() throws {
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        for (change, fragment) in [
+            ({ (e: inout MetricsEndpoint) in e.ring = 2 }, "ring must be 0...1"),
+            ({ (e: inout MetricsEndpoint) in e.host = "localhost" }, "host 'localhost'"),
+            ({ (e: inout MetricsEndpoint) in e.maxConnections = 0 }, "maxConnections must be 1...1024"),
+            ({ (e: inout MetricsEndpoint) in e.maxRequestBytes = 10 }, "maxRequestBytes must be 256...1048576"),
+        ] as [((inout MetricsEndpoint) -> Void, String)] {
+            var endpoint = MetricsEndpoint(port: 0) { _ in }
+            change(&endpoint)
+            let server = EchoServer(configuration: c, metrics: endpoint)
+            XCTAssertThrowsError(try server.start()) { error in
+                XCTAssertTrue("\(error)".contains(fragment), "\(error)")
+            }
+        }
+        c.tickInterval = .seconds(2)
+        XCTAssertThrowsError(try EchoServer(configuration: c, metrics: MetricsEndpoint(port: 0) { _ in }).start()) {
+            XCTAssertTrue("\($0)".contains("at most a second old"), "\($0)")
+        }
+        // A port already taken: a setup error naming it, and nothing left running.
+        let taken = try Sockets.listen(
+            on: SocketAddress(host: "127.0.0.1", port: 0)!, backlog: 8, reusePort: false, noDelay: true)
+        defer { _ = try? Sockets.close(taken) }
+        let takenPort = try Sockets.localAddress(taken).port
+        let baseline = openDescriptorCount()
+        c.tickInterval = .milliseconds(50)
+        XCTAssertThrowsError(
+            try EchoServer(configuration: c, metrics: MetricsEndpoint(port: takenPort) { _ in }).start()
+        ) { XCTAssertTrue("\($0)".contains("EADDRINUSE"), "\($0)") }
+        XCTAssertEqual(openDescriptorCount(), baseline)
+    }
+}
+
+/// Foundation opens descriptors of its own (an eventfd, a timerfd, an epoll and a socket pair) the
+/// first time it runs a process: tests that count descriptors do that first.
+let warmUpProcesses: Void = {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/true")
+    try? process.run()
+    process.waitUntilExit()
+}()
+
+/// An HTTP request by Python's urllib, a real HTTP client: the status and the body. Skips the test
+/// where python3 is missing.
+func httpGet(port: UInt16, path: String = "/metrics", method: String = "GET") throws -> (status: Int, body: String) {
+    let script = """
+        import sys, urllib.request, urllib.error
+        req = urllib.request.Request(sys.argv[1], method=sys.argv[2])
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                print(r.status); sys.stdout.write(r.read().decode())
+        except urllib.error.HTTPError as e:
+            print(e.code); sys.stdout.write(e.read().decode())
+        """
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", "-c", script, "http://127.0.0.1:\(port)\(path)", method]
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    do { try process.run() } catch { throw XCTSkip("python3 unavailable: \(error)") }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    XCTAssertTrue(waitForExit(process), "the request ended")
+    try? out.fileHandleForReading.close()
+    try? out.fileHandleForWriting.close()
+    if process.terminationStatus == 127 { throw XCTSkip("python3 unavailable") }
+    let text = String(decoding: data, as: UTF8.self)
+    guard let newline = text.firstIndex(of: "\n"), let status = Int(text[..<newline]) else {
+        XCTFail("no status from urllib: \(text)")
+        return (0, text)
+    }
+    return (status, String(text[text.index(after: newline)...]))
+}
