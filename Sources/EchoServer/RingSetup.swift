@@ -16,8 +16,15 @@ struct RingSetup: ~Copyable {
         var features = configuration.features
         var chain = RingOptions.automaticFlags
         if !features.contains(.deferTaskrun) { chain.removeAll { $0.contains(.deferTaskrun) } }
-        ring = try Ring(RingOptions(entries: configuration.ringEntries, flagPreference: chain))
+        ring = try Ring(
+            RingOptions(
+                entries: configuration.ringEntries, flagPreference: chain,
+                registerRingDescriptor: features.contains(.registeredRing)))
         if !ring.setupFlags.contains(.deferTaskrun) { features.remove(.deferTaskrun) }
+        if features.contains(.registeredRing) && !ring.ringDescriptorRegistered {
+            logger.notice("registering the ring descriptor failed; io_uring_enter uses the plain descriptor")
+            features.remove(.registeredRing)
+        }
         let supported = (try? ring.probe()).map { KernelFeatures.supported(by: $0) } ?? []
         if !features.subtracting(supported).isEmpty {
             logger.notice(

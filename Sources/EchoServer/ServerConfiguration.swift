@@ -33,32 +33,52 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// Rings wake each other for posted messages with `IORING_OP_MSG_RING` (Linux 5.18); off, or
     /// where the probe lacks it, through an eventfd write.
     public static let messageRing = KernelFeatures(rawValue: 1 << 4)
+    /// The ring's own descriptor is registered (`io_uring_register_ring_fd`, Linux 5.18), so each
+    /// `io_uring_enter` skips a file-table lookup; off, or where registration fails, the plain fd.
+    public static let registeredRing = KernelFeatures(rawValue: 1 << 5)
+    /// Pooled mode: one multishot accept into kernel-chosen fixed slots (Linux 5.19), instead of a
+    /// single-shot accept per pre-chosen slot.
+    public static let directMultishotAccept = KernelFeatures(rawValue: 1 << 6)
+    /// Multishot receives take several provided buffers per completion (`IORING_RECVSEND_BUNDLE`,
+    /// Linux 6.10).
+    public static let recvBundles = KernelFeatures(rawValue: 1 << 7)
+    /// Provided buffers are consumed incrementally (`IOU_PBUF_RING_INC`, Linux 6.12): several
+    /// receives share one large buffer, so buffer memory follows the bytes in flight.
+    public static let incrementalBuffers = KernelFeatures(rawValue: 1 << 8)
 
     /// Everything on.
-    public static let all: KernelFeatures = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing]
+    public static let all: KernelFeatures = [
+        .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing, .registeredRing,
+    ]
 
     /// The features a kernel can run, read from its opcode probe rather than its version string
     /// (distribution kernels backport): `IORING_OP_MSG_RING` (5.18) means MSG_RING;
     /// `IORING_OP_SOCKET` (5.19) means the release of multishot accept, sparse file tables, direct
     /// accept and provided-buffer rings; `IORING_OP_SEND_ZC` (6.0) means the release of multishot
-    /// recv, which the buffer-ring path needs. `DEFER_TASKRUN` is not an opcode: ring setup tries it
-    /// and falls back. Registration and `EINVAL` at run time still fall back where the probe was
+    /// recv, which the buffer-ring path needs; `MSG_RING` (5.18) also means ring-fd registration.
+    /// The features of ``triedAtSetup`` are not opcodes: ring setup tries them and falls back. Registration and `EINVAL` at run time still fall back where the probe was
     /// optimistic.
     /// - Parameter probe: the running kernel's probe (`Ring.probe()`).
     /// - Returns: the features that kernel supports.
     public static func supported(by probe: Probe) -> KernelFeatures {
-        var features: KernelFeatures = [.deferTaskrun]
-        if probe.supports(.msgRing) { features.insert(.messageRing) }
-        if probe.supports(.socket) { features.formUnion([.multishotAccept, .fixedFiles]) }
+        var features = triedAtSetup
+        if probe.supports(.msgRing) { features.formUnion([.messageRing, .registeredRing]) }
+        if probe.supports(.socket) { features.formUnion([.multishotAccept, .fixedFiles, .directMultishotAccept]) }
         if probe.supports(.sendZeroCopy) { features.insert(.bufferRing) }
         return features
     }
+
+    /// Features no opcode reveals: ring setup tries them (flags, feature bits, a trial
+    /// registration) and falls back.
+    public static let triedAtSetup: KernelFeatures = [.deferTaskrun, .recvBundles, .incrementalBuffers]
 
     /// `multishotAccept,bufferRing`, or `none`.
     public var description: String {
         let names: [(KernelFeatures, String)] = [
             (.multishotAccept, "multishotAccept"), (.bufferRing, "bufferRing"), (.fixedFiles, "fixedFiles"),
-            (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"),
+            (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
+            (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
+            (.incrementalBuffers, "incrementalBuffers"),
         ]
         let on = names.filter { contains($0.0) }.map(\.1)
         return on.isEmpty ? "none" : on.joined(separator: ",")

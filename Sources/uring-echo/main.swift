@@ -44,7 +44,7 @@ struct UringEcho: ParsableCommand {
     var metrics: String? = nil
     @Option(
         name: .customLong("disable"), parsing: .upToNextOption,
-        help: "Kernel features to leave unused: multishot-accept, buffer-ring, fixed-files, defer-taskrun, message-ring, or all (what Linux 5.15 offers).")
+        help: "Kernel features to leave unused: multishot-accept, buffer-ring, fixed-files, defer-taskrun, message-ring, registered-ring, direct-multishot-accept, recv-bundles, incremental-buffers, or all (what Linux 5.15 offers).")
     var disabled: [String] = []
 
     func validate() throws {
@@ -87,7 +87,9 @@ struct UringEcho: ParsableCommand {
 
     static let featureNames: [String: KernelFeatures] = [
         "multishot-accept": .multishotAccept, "buffer-ring": .bufferRing, "fixed-files": .fixedFiles,
-        "defer-taskrun": .deferTaskrun, "message-ring": .messageRing, "all": .all,
+        "defer-taskrun": .deferTaskrun, "message-ring": .messageRing, "registered-ring": .registeredRing,
+        "direct-multishot-accept": .directMultishotAccept, "recv-bundles": .recvBundles,
+        "incremental-buffers": .incrementalBuffers, "all": .all,
     ]
 
     func serverConfiguration() -> ServerConfiguration {

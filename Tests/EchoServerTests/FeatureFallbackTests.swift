@@ -34,7 +34,7 @@ final class FeatureFallbackTests: ServerTestCase {
     }
 
     func testEchoWithEachFeatureSwitchedOff() throws {
-        let off: [KernelFeatures] = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun]
+        let off: [KernelFeatures] = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .registeredRing]
         for feature in off {
             for mode in PoolMode.allCases {
                 var c = config(mode, .bufferRing)
@@ -57,19 +57,21 @@ final class FeatureFallbackTests: ServerTestCase {
     func testTheOpcodeProbeDecidesWhichFeaturesAreTried() throws {
         // What kernels of each release report: every opcode up to the last one they know.
         func kernel(lastOpcode: UInt8) -> Probe { Probe(opcodes: Set((0...lastOpcode).map { Opcode(rawValue: $0) })) }
-        XCTAssertEqual(KernelFeatures.supported(by: kernel(lastOpcode: 39)), [.deferTaskrun], "5.15")
-        XCTAssertEqual(KernelFeatures.supported(by: kernel(lastOpcode: 40)), [.deferTaskrun, .messageRing], "5.18")
+        let tried = KernelFeatures.triedAtSetup
+        XCTAssertEqual(KernelFeatures.supported(by: kernel(lastOpcode: 39)), tried, "5.15")
         XCTAssertEqual(
-            KernelFeatures.supported(by: kernel(lastOpcode: 46)), [.deferTaskrun, .messageRing, .multishotAccept, .fixedFiles],
-            "5.19")
-        XCTAssertEqual(KernelFeatures.supported(by: kernel(lastOpcode: 47)), .all, "6.0")
+            KernelFeatures.supported(by: kernel(lastOpcode: 40)), tried.union([.messageRing, .registeredRing]), "5.18")
+        XCTAssertEqual(
+            KernelFeatures.supported(by: kernel(lastOpcode: 46)),
+            tried.union([.messageRing, .registeredRing, .multishotAccept, .fixedFiles, .directMultishotAccept]), "5.19")
+        XCTAssertTrue(KernelFeatures.supported(by: kernel(lastOpcode: 47)).isSuperset(of: .all), "6.0")
     }
 
     func testDefaultFeaturesAreGrantedHere() throws {
         try requireKernel(.all)
         try withServer(config(.pooled, .bufferRing)) { server, _ in
             let f = server.statistics.features
-            XCTAssertTrue(f.contains([.bufferRing, .fixedFiles, .deferTaskrun]), "\(f)")
+            XCTAssertTrue(f.contains([.bufferRing, .fixedFiles, .deferTaskrun, .registeredRing]), "\(f)")
         }
         try withServer(config(.unpooled, .bufferRing)) { server, _ in
             XCTAssertTrue(server.statistics.features.contains(.multishotAccept))
