@@ -6,6 +6,10 @@ import URing
 /// Slots: up to `depth` single-shot accepts, each into a slot the pool chose (the
 /// `AcceptEx`-with-a-pre-made-socket pattern), never one without a free slot: a direct accept that
 /// finds the table full has already taken the connection off the backlog, and the kernel drops it.
+/// With ``KernelFeatures/directMultishotAccept``, one multishot accept instead, into slots the
+/// kernel chooses (`IORING_FILE_INDEX_ALLOC`): a submission per burst rather than per connection,
+/// the pool told which slot each completion names (`SlotPool.claim`); the table has a backlog's
+/// worth of spare slots so a burst at the connection cap still finds one.
 /// Descriptors: one multishot (or single-shot) accept, re-armed whenever a completion lacks
 /// `F_MORE`. On `EMFILE`/`ENFILE`/`ENOMEM`, or with no slot free, accepting pauses (one log line
 /// per episode) and resumes when a connection closes or on the next tick.
@@ -16,6 +20,8 @@ struct Acceptor: ~Copyable {
     let kind: OperationKind
     let depth: Int
     var multishot: Bool
+    /// Pooled: one multishot accept into kernel-chosen slots.
+    var directMultishot: Bool
     var inFlight = 0
     var paused = false
     var episodeOpen = false
@@ -34,7 +40,10 @@ struct Acceptor: ~Copyable {
         self.listener = listener
         self.kind = kind
         multishot = core.features.contains(.multishotAccept)
-        depth = core.useSlots ? max(1, min(core.configuration.acceptDepth, core.sessions.capacity, maxDepth)) : 1
+        directMultishot = core.useSlots && core.features.contains(.directMultishotAccept)
+        depth =
+            core.useSlots && !directMultishot
+            ? max(1, min(core.configuration.acceptDepth, core.sessions.capacity, maxDepth)) : 1
         tags = .allocate(capacity: depth)
     }
 
@@ -64,8 +73,22 @@ struct Acceptor: ~Copyable {
         let lease: SlotLease?
     }
 
+    /// The `user` of a direct multishot accept's context (plain descriptors: `.max`; single-shot
+    /// slot accepts: the packed lease).
+    static let directMarker = UInt64.max - 1
+
     mutating func arm(_ core: LoopCore) throws(URingError) {
         guard !core.stopping else { return }
+        if directMultishot {
+            guard inFlight == 0 else { return }
+            guard (core.slots?.available ?? 0) > 0 else { return pause(core, "every fixed-file slot is in use") }
+            guard let tag = core.contexts.acquire(kind) else { return pause(core, "request contexts exhausted") }
+            core.contexts.context(tag).pointee.user = Self.directMarker
+            try core.ring.prepareAccept(.fd(listener), into: .anySlot, multishot: true, tag: tag.rawValue)
+            posted(tag)
+            paused = false
+            return
+        }
         if core.useSlots {
             while inFlight < depth {
                 guard let lease = core.slots?.acquire() ?? nil else {
@@ -121,8 +144,9 @@ struct Acceptor: ~Copyable {
         -> (Accepted?, ended: Bool)
     {
         let user = core.contexts.context(tag).pointee.user
-        let lease: SlotLease? = user == .max ? nil : SlotLease(packed: user)
-        let isMultishot = lease == nil && multishot
+        let direct = user == Self.directMarker
+        var lease: SlotLease? = user == .max || direct ? nil : SlotLease(packed: user)
+        let isMultishot = direct || (lease == nil && multishot)
         let ended = !isMultishot || !c.hasMore
         if ended {
             self.ended(tag)
@@ -136,6 +160,12 @@ struct Acceptor: ~Copyable {
                 pause(core, "accept failed with \(errno.name)")
             case .canceled, .connectionAborted:
                 break  // a stop, or a client that reset before it was accepted: accept again
+            case .invalidArgument where direct && !multishotWorked && !core.stopping:
+                core.logger.warning(
+                    "multishot accept into kernel-chosen slots refused (EINVAL); falling back to single-shot slot accepts")
+                directMultishot = false
+                core.features.remove(.directMultishotAccept)
+                core.stats.features = core.features
             case .invalidArgument where isMultishot && !multishotWorked && !core.stopping:
                 core.logger.warning("multishot accept refused (EINVAL); falling back to single-shot accepts")
                 multishot = false
@@ -155,6 +185,17 @@ struct Acceptor: ~Copyable {
         }
         episodeOpen = false
         if isMultishot { multishotWorked = true }
+        if direct {
+            // The kernel chose the slot; the pool takes note. A slot the pool thinks is leased
+            // cannot happen while the kernel alone allocates; if it did, the socket is closed.
+            let index = UInt32(bitPattern: c.result)
+            lease = core.slots?.claim(index)
+            if lease == nil {
+                core.logger.error("direct accept into slot \(index), which the pool holds as leased; closing it")
+                try Self.closeRejected(Accepted(file: .slot(index), lease: nil), core)
+                return (nil, ended)
+            }
+        }
         if kind == .accept { core.stats.accepted &+= 1 } else { core.stats.endpointConnections &+= 1 }
         return (Accepted(file: lease.map { $0.file } ?? .fd(c.result), lease: lease), ended)
     }

@@ -9,7 +9,7 @@ extension CompletionLoop where Receiver: ~Copyable {
         if let accepted {
             if core.stopping {
                 try Acceptor.closeRejected(accepted, core)
-            } else if let handle = core.sessions.acquire(file: accepted.file, slotGeneration: accepted.lease?.generation ?? 0),
+            } else if core.admits(listener), let handle = core.sessions.acquire(file: accepted.file, slotGeneration: accepted.lease?.generation ?? 0),
                 let s = core.sessions.resolve(handle)
             {
                 s.pointee.lastActivity = core.now
@@ -18,7 +18,7 @@ extension CompletionLoop where Receiver: ~Copyable {
                 handler.opened(Connection(core.connectionID(s), core))
                 try afterCallback(s)
             } else {
-                core.stats.rejected &+= 1
+                if listener == 0 { core.stats.rejected &+= 1 }
                 try Acceptor.closeRejected(accepted, core)
             }
         }

@@ -131,6 +131,12 @@ public struct Connection {
         return text.withUTF8 { ring.write(UnsafeRawBufferPointer($0), to: id) }
     }
 
+    /// Asks for ``ConnectionHandler/writable(_:)`` once queued output drains below the low-water
+    /// mark (half of ``ServerConfiguration/maxPendingBytesPerConnection``): for a handler that
+    /// keeps its own output budget below the connection's bound. With nothing queued, it comes on
+    /// the next housekeeping tick.
+    public func requestWritable() { ring.core.requestWritable(id) }
+
     /// Closes once queued output is sent; nothing more is received.
     public func close() { ring.close(id) }
 

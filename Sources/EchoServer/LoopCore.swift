@@ -38,6 +38,8 @@ final class LoopCore {
     let lowWater: Int
     /// Receiving pauses while a connection's queue holds this many outbound buffers.
     let maxOutboundHeld: Int32
+    /// The ring's share of the connection cap; sessions beyond it are the metrics endpoint's.
+    let mainCapacity: Int
     /// Outbound buffers one connection's writes may take.
     let maxOutboundPerConnection: Int
 
@@ -58,7 +60,8 @@ final class LoopCore {
         self.ringIndex = ringIndex
         self.mailboxes = mailboxes
         self.logger = logger
-        let capacity = configuration.connections(forRing: ringIndex)
+        let capacity = setup.capacity
+        mainCapacity = setup.mainCapacity
         let useRing = providedBase != nil
         features = setup.features
         slots = setup.slots.take()
@@ -66,7 +69,7 @@ final class LoopCore {
         sessions = SessionPool(
             mode: configuration.mode, capacity: capacity, bufferSize: useRing ? 0 : configuration.bufferSize)
         // Accepts, and the closes of sockets over the cap (at most one per spare slot in flight).
-        contexts = ContextSlab(capacity: configuration.acceptDepth + configuration.spareSlots + 64)
+        contexts = ContextSlab(capacity: configuration.acceptDepth + setup.spareSlots + (capacity - mainCapacity) + 64)
         queue = SendQueue(
             provided: useRing ? configuration.bufferRingEntries : 0, providedBase: providedBase,
             providedSize: configuration.bufferSize, outbound: configuration.outboundBuffers,
@@ -93,6 +96,15 @@ final class LoopCore {
     }
 
     var useSlots: Bool { slots != nil }
+
+    /// Whether a connection of `listener` fits: the main listener's within the ring's share of
+    /// the cap, the metrics endpoint's within the sessions reserved for it.
+    @inline(__always)
+    func admits(_ listener: UInt8) -> Bool {
+        listener == 0
+            ? sessions.statistics.inUse - endpointSessions.count < mainCapacity
+            : endpointSessions.count < sessions.capacity - mainCapacity
+    }
 
     /// The live session an ID names, or nil for a stale ID.
     @inline(__always)
@@ -131,6 +143,13 @@ final class LoopCore {
         if s.pointee.queuedBytes >= maxPending { s.pointee.wantsWritable = true }
         markDirty(s)
         return .queued
+    }
+
+    func requestWritable(_ id: ConnectionID) {
+        guard let s = session(id), s.pointee.state == .open || s.pointee.state == .halfClosed,
+            !s.pointee.abortRequested
+        else { return }
+        s.pointee.wantsWritable = true
     }
 
     func requestClose(_ id: ConnectionID, abort: Bool) {

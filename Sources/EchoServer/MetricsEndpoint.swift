@@ -24,8 +24,8 @@ public struct MetricsEndpoint: Sendable {
     public var port: UInt16
     /// The ring that serves it, `0..<threads`.
     public var ring: Int = 0
-    /// Metrics connections open at once (1...1024); more are closed as they arrive, so scrapers
-    /// cannot take the server's connections.
+    /// Metrics connections open at once (1...1024), in sessions of their own beside the server's
+    /// connection cap; a new one replaces the oldest.
     public var maxConnections: Int = 16
     /// The largest request head (request line and headers, and any body), 256...1048576 bytes;
     /// a larger one is answered 431 and the connection closed.
@@ -65,6 +65,13 @@ public struct MetricsEndpoint: Sendable {
         try check((1...1024).contains(maxConnections), "maxConnections must be 1...1024, got \(maxConnections)")
         try check(
             (256...1 << 20).contains(maxRequestBytes), "maxRequestBytes must be 256...1048576, got \(maxRequestBytes)")
+        // Answers go out in chunks of up to 16 KiB, at most 64 KiB queued per connection.
+        try check(
+            configuration.maxOutputBytesPerConnection >= 1 << 16,
+            "maxOutputBytesPerConnection must be at least 65536 to serve it, got \(configuration.maxOutputBytesPerConnection)")
+        try check(
+            configuration.outboundBuffers * configuration.bufferSize >= 1 << 17,
+            "outboundBuffers x bufferSize must be at least 131072 bytes to serve it, got \(configuration.outboundBuffers * configuration.bufferSize)")
         try check(
             configuration.tickInterval <= .seconds(1),
             "tickInterval must be at most 1 s so that values are at most a second old, got \(configuration.tickInterval)")
@@ -72,10 +79,15 @@ public struct MetricsEndpoint: Sendable {
 }
 
 /// Serves `GET /metrics` over HTTP/1.1 from an exposition closure: keep-alive (HTTP/1.1 by
-/// default, HTTP/1.0 when asked), `Connection: close`, pipelined requests in order. Anything but
-/// `GET /metrics` is answered 404; a malformed request 400, an oversized one 431 (then the
-/// connection closes). Requests are bounded in size, output by the connection's bound: a client
-/// that sends requests and never reads stops being read from.
+/// default, HTTP/1.0 when asked), `Connection: close`, pipelined requests in order, `HEAD`.
+/// Anything but `GET`/`HEAD /metrics` is answered 404; a malformed request 400, an oversized one
+/// 431 or 413 (then the connection closes).
+///
+/// Bounded: a request head of at most `maxRequestBytes`; at most `maxConnections` connections (a
+/// new one replaces the oldest, so clients that never finish a request cannot lock scrapers
+/// out); at most 64 KiB of answers queued per connection, the rest sent as the peer reads, with
+/// the connection's receiving paused meanwhile. The exposition runs on the ring's thread, at
+/// most once per 100 ms (a rendering is reused for that long).
 ///
 /// Use it as a whole server's handler, or let ``Server`` serve it beside your protocol through a
 /// ``MetricsEndpoint``.
@@ -85,16 +97,22 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     let maxRequestBytes: Int
     /// A rendering is reused for this long, so a flood of requests costs copies, not renderings.
     static let cacheNanoseconds: UInt64 = 100_000_000
+    /// Answer bytes queued per connection at most; more wait for the peer to read.
+    static let outputBudget = 65536
     var cached: [UInt8] = []
     var cachedAt: UInt64 = 0
     var connections: [Int: ConnectionState] = [:]
+    var opened: UInt64 = 0
 
     struct ConnectionState {
         let id: ConnectionID
+        let sequence: UInt64
         var input: [UInt8] = []
+        /// Where the unparsed input starts (compacted once per call).
+        var start = 0
         /// Body bytes of the current request still to skip.
         var skip = 0
-        /// Response bytes not yet queued (the connection's output bound was reached).
+        /// Answer bytes not yet queued.
         var output: [UInt8] = []
         var outputQueued = 0
         var closeWhenSent = false
@@ -103,8 +121,8 @@ public struct MetricsHTTPHandler: ConnectionHandler {
 
     /// A handler serving what `exposition` writes.
     /// - Parameters:
-    ///   - maxConnections: connections served at once; more are closed as they arrive.
-    ///   - maxRequestBytes: the largest request (head and body).
+    ///   - maxConnections: connections served at once; a new one replaces the oldest.
+    ///   - maxRequestBytes: the largest request head, and the largest body.
     ///   - exposition: appends the exposition (Prometheus text format) to its argument.
     public init(
         maxConnections: Int = 16, maxRequestBytes: Int = 8192, exposition: @escaping @Sendable (inout [UInt8]) -> Void
@@ -115,8 +133,12 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     }
 
     public mutating func opened(_ connection: Connection) {
-        guard connections.count < maxConnections else { return connection.abort() }
-        connections[connection.index] = ConnectionState(id: connection.id)
+        if connections.count >= maxConnections, let oldest = connections.values.min(by: { $0.sequence < $1.sequence }) {
+            connections[oldest.id.index] = nil
+            connection.ring.abort(oldest.id)
+        }
+        opened &+= 1
+        connections[connection.index] = ConnectionState(id: connection.id, sequence: opened)
     }
 
     public mutating func closed(_ connection: ConnectionID) {
@@ -128,9 +150,9 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             return .nothing
         }
         connections[connection.index] = nil  // no copy of the buffers while they change
-        // A client that keeps sending while its answers wait is paused below; this only catches
-        // what was already in flight.
-        guard state.input.count + bytes.count <= 4 * maxRequestBytes + 65536 else {
+        // A client that keeps sending while its answers wait is paused; this only bounds what was
+        // already in flight.
+        guard state.input.count - state.start + bytes.count <= 2 * maxRequestBytes + 65536 else {
             connection.abort()
             return .nothing
         }
@@ -152,29 +174,45 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         while flush(&state, connection) {
             if state.closeWhenSent { return connection.close() }
             if state.skip > 0 {
-                let n = min(state.skip, state.input.count)
-                state.input.removeFirst(n)
+                let n = min(state.skip, state.input.count - state.start)
+                state.start += n
                 state.skip -= n
                 if state.skip > 0 { break }
             }
-            guard let end = Self.headEnd(state.input) else {
-                if state.input.count > maxRequestBytes { respond(&state, status: "431 Request Header Fields Too Large") }
-                else { break }
+            // RFC 9112 §2.2: empty lines before a request line are ignored.
+            while state.start < state.input.count
+                && (state.input[state.start] == UInt8(ascii: "\r") || state.input[state.start] == UInt8(ascii: "\n"))
+            {
+                state.start += 1
+            }
+            guard let end = Self.headEnd(state.input, from: state.start) else {
+                if state.input.count - state.start > maxRequestBytes {
+                    respond(&state, status: "431 Request Header Fields Too Large")
+                    continue
+                }
+                break
+            }
+            let head = Array(state.input[state.start..<end.head])
+            state.start = end.next
+            if head.count > maxRequestBytes {
+                respond(&state, status: "431 Request Header Fields Too Large")
                 continue
             }
-            let head = Array(state.input[..<end.head])
-            state.input.removeFirst(end.next)
             switch Self.parse(head, maxBody: maxRequestBytes) {
             case .failure(let failure):
                 respond(&state, status: failure.status)
             case .success(let request):
                 state.skip = request.contentLength
-                if request.method == "GET" && request.path == "/metrics" {
-                    respond(&state, status: "200 OK", body: rendered(), keepAlive: request.keepAlive, http10: request.http10)
-                } else {
-                    respond(&state, status: "404 Not Found", body: Array("not found\n".utf8), keepAlive: request.keepAlive, http10: request.http10)
-                }
+                let found = (request.method == "GET" || request.method == "HEAD") && request.path == "/metrics"
+                respond(
+                    &state, status: found ? "200 OK" : "404 Not Found",
+                    body: found ? rendered() : Array("not found\n".utf8), keepAlive: request.keepAlive,
+                    http10: request.http10, head: request.method == "HEAD")
             }
+        }
+        if state.start > 0 {
+            state.input.removeFirst(state.start)
+            state.start = 0
         }
         // Answers wait for the peer to read: stop reading its requests meanwhile.
         let waiting = state.outputQueued < state.output.count
@@ -184,10 +222,15 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         }
     }
 
-    /// Queues what is left of the current answer; whether all of it is queued.
+    /// Queues what is left of the current answer, up to the budget; whether all of it is queued.
     func flush(_ state: inout ConnectionState, _ connection: Connection) -> Bool {
         while state.outputQueued < state.output.count {
-            let chunk = min(state.output.count - state.outputQueued, 16384)
+            let room = Self.outputBudget - connection.queuedBytes
+            guard room > 0 else {
+                connection.requestWritable()
+                return false
+            }
+            let chunk = min(state.output.count - state.outputQueued, room, 16384)
             let result = state.output.withUnsafeBytes { all in
                 connection.write(UnsafeRawBufferPointer(rebasing: all[state.outputQueued..<state.outputQueued + chunk]))
             }
@@ -216,23 +259,27 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         return cached
     }
 
-    /// An error status closes the connection after its answer.
+    /// An error status (no body given) closes the connection after its answer.
     func respond(
-        _ state: inout ConnectionState, status: String, body: [UInt8]? = nil, keepAlive: Bool = false, http10: Bool = false
+        _ state: inout ConnectionState, status: String, body: [UInt8]? = nil, keepAlive: Bool = false,
+        http10: Bool = false, head: Bool = false
     ) {
         let isError = body == nil
         let body = body ?? Array("\(status)\n".utf8)
-        var head = "HTTP/1.1 \(status)\r\n"
-        head += status.hasPrefix("200") ? "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" : "Content-Type: text/plain; charset=utf-8\r\n"
-        head += "Content-Length: \(body.count)\r\n"
+        var text = "HTTP/1.1 \(status)\r\n"
+        text +=
+            status.hasPrefix("200")
+            ? "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" : "Content-Type: text/plain; charset=utf-8\r\n"
+        text += "Content-Length: \(body.count)\r\n"
         let close = isError || !keepAlive
-        if close { head += "Connection: close\r\n" } else if http10 { head += "Connection: keep-alive\r\n" }
-        head += "\r\n"
-        state.output.append(contentsOf: head.utf8)
-        state.output.append(contentsOf: body)
+        if close { text += "Connection: close\r\n" } else if http10 { text += "Connection: keep-alive\r\n" }
+        text += "\r\n"
+        state.output.append(contentsOf: text.utf8)
+        if !head { state.output.append(contentsOf: body) }
         if close {
             state.closeWhenSent = true
             state.input.removeAll()
+            state.start = 0
         }
     }
 
@@ -244,10 +291,11 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         var contentLength: Int
     }
 
-    /// Where the head ends (the blank line; CRLF or bare LF line ends) and the body starts.
-    static func headEnd(_ input: [UInt8]) -> (head: Int, next: Int)? {
-        var i = 0
-        while let newline = input[i...].firstIndex(of: UInt8(ascii: "\n")) {
+    /// Where the head that starts at `start` ends (the blank line; CRLF or bare LF line ends) and
+    /// the body starts.
+    static func headEnd(_ input: [UInt8], from start: Int) -> (head: Int, next: Int)? {
+        var i = start
+        while i < input.count, let newline = input[i...].firstIndex(of: UInt8(ascii: "\n")) {
             if newline + 1 < input.count && input[newline + 1] == UInt8(ascii: "\n") { return (newline + 1, newline + 2) }
             if newline + 2 < input.count && input[newline + 1] == UInt8(ascii: "\r") && input[newline + 2] == UInt8(ascii: "\n") {
                 return (newline + 1, newline + 3)
@@ -272,22 +320,29 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         guard let requestLine = lines.first else { return .failure("400 Bad Request") }
         let parts = requestLine.split(separator: " ", omittingEmptySubsequences: false)
         guard parts.count == 3, !parts[0].isEmpty, parts[0].allSatisfy(isTokenCharacter),
-            parts[1].first == "/" || parts[1] == "*", !parts[1].contains(where: { $0.isWhitespace })
+            !parts[1].isEmpty, !parts[1].contains(where: { $0.isWhitespace })
         else { return .failure("400 Bad Request") }
+        var target = parts[1]
+        // Absolute form (RFC 9112 §3.2.2): the path after the authority.
+        for scheme in ["http://", "https://"] where target.lowercased().hasPrefix(scheme) {
+            let rest = target.dropFirst(scheme.count)
+            target = rest.firstIndex(of: "/").map { rest[$0...] } ?? "/"
+        }
+        guard target.first == "/" || target == "*" else { return .failure("400 Bad Request") }
         let version = parts[2]
         guard version.hasPrefix("HTTP/"), version.count == 8 else { return .failure("400 Bad Request") }
         guard version == "HTTP/1.1" || version == "HTTP/1.0" else { return .failure("505 HTTP Version Not Supported") }
         let http10 = version == "HTTP/1.0"
         var keepAlive = !http10
         var contentLength: Int? = nil
-        var hasHost = false
+        var hosts = 0
         for line in lines.dropFirst() {
             guard let colon = line.firstIndex(of: ":") else { return .failure("400 Bad Request") }
             let name = line[..<colon].lowercased()
             let value = line[line.index(after: colon)...].trimmingSpaces
             guard !name.isEmpty, name.allSatisfy(isTokenCharacter) else { return .failure("400 Bad Request") }
             switch name {
-            case "host": hasHost = true
+            case "host": hosts += 1
             case "connection":
                 let tokens = value.lowercased().split(separator: ",").map { $0.trimmingSpaces }
                 if tokens.contains("close") { keepAlive = false } else if tokens.contains("keep-alive") { keepAlive = true }
@@ -302,9 +357,8 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             default: break
             }
         }
-        // HTTP/1.1 requires Host (RFC 9112 §3.2).
-        if !http10 && !hasHost { return .failure("400 Bad Request") }
-        let target = parts[1]
+        // HTTP/1.1 requires exactly one Host (RFC 9112 §3.2).
+        if hosts > 1 || (!http10 && hosts == 0) { return .failure("400 Bad Request") }
         let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
         return .success(
             Request(method: String(parts[0]), path: path, http10: http10, keepAlive: keepAlive, contentLength: contentLength ?? 0))

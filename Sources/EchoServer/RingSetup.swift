@@ -9,8 +9,17 @@ struct RingSetup: ~Copyable {
     var features: KernelFeatures
     var slots: SlotPool?
     var buffers: BufferRing?
+    /// Sessions: the ring's share of the connection cap, plus those reserved for the metrics
+    /// endpoint's connections when this ring serves it.
+    let capacity: Int
+    /// The ring's share of the connection cap (the main listener's connections).
+    let mainCapacity: Int
+    /// Fixed-file slots beyond the sessions, for sockets over the cap to be accepted and closed.
+    let spareSlots: Int
 
-    init(_ configuration: ServerConfiguration, ring index: Int, logger: Logger) throws(URingError) {
+    init(
+        _ configuration: ServerConfiguration, ring index: Int, logger: Logger, extraSessions: Int = 0
+    ) throws(URingError) {
         // The setup flags are a trial down the chain; the rest comes from the kernel's opcode probe,
         // so what it cannot do is dropped before it is tried.
         var features = configuration.features
@@ -31,13 +40,19 @@ struct RingSetup: ~Copyable {
                 "kernel \(Sockets.kernelRelease) lacks \(features.subtracting(supported)) (opcode probe); using the fallbacks")
             features.formIntersection(supported)
         }
-        let capacity = configuration.connections(forRing: index)
+        mainCapacity = configuration.connections(forRing: index)
+        capacity = mainCapacity + extraSessions
+        // Kernel-chosen slots: room for a whole backlog arriving at the connection cap, as a
+        // direct accept that finds the table full drops its connection.
+        spareSlots =
+            configuration.mode == .pooled && features.contains(.directMultishotAccept)
+            ? max(configuration.spareSlots, Int(configuration.backlog)) : configuration.spareSlots
 
         // Fixed slots: pooled mode only. The table has spare slots beyond the connection cap so a
         // client over the cap can still be accepted and closed cleanly.
         if configuration.mode == .pooled && features.contains(.fixedFiles) {
             do {
-                slots = try SlotPool(ring: ring, capacity: UInt32(capacity + configuration.spareSlots))
+                slots = try SlotPool(ring: ring, capacity: UInt32(min(capacity + spareSlots, 1 << 20)))
             } catch {
                 logger.warning("fixed files unavailable (\(error)); pooled mode falls back to plain descriptors")
                 features.remove(.fixedFiles)
@@ -62,9 +77,9 @@ struct RingSetup: ~Copyable {
             features.remove(.bufferRing)
             buffers = nil
         }
-        // Slots are filled by pre-posted single-shot accepts (see Acceptor); multishot accept
-        // serves plain descriptors.
-        if slots != nil { features.remove(.multishotAccept) }
+        // Slots are filled by one multishot accept into kernel-chosen slots, or by pre-posted
+        // single-shot accepts (see Acceptor); plain multishot accept serves plain descriptors.
+        if slots != nil { features.remove(.multishotAccept) } else { features.remove(.directMultishotAccept) }
         self.features = features
     }
 }

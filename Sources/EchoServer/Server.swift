@@ -212,7 +212,10 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         _ i: Int, listener: Int32, secondary: Int32?, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup
     ) {
         do throws(URingError) {
-            var setup = try RingSetup(configuration, ring: i, logger: logger)
+            // The ring serving the metrics endpoint has sessions of its own for it (one more than
+            // its connection cap: the newest replaces the oldest).
+            let extra = secondary != nil ? (metricsEndpoint?.maxConnections ?? 0) + 1 : 0
+            var setup = try RingSetup(configuration, ring: i, logger: logger, extraSessions: extra)
             let buffers = setup.buffers.take()
             let core = LoopCore(
                 configuration: configuration, setup: setup, providedBase: buffers?.buffer(0).baseAddress,

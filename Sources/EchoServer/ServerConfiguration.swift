@@ -49,6 +49,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// Everything on.
     public static let all: KernelFeatures = [
         .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing, .registeredRing,
+        .directMultishotAccept,
     ]
 
     /// The features a kernel can run, read from its opcode probe rather than its version string

@@ -8,6 +8,8 @@ struct GenerationalFreeList: ~Copyable {
     let generations: UnsafeMutablePointer<UInt32>
     let leased: UnsafeMutablePointer<Bool>
     let freeList: UnsafeMutablePointer<UInt32>
+    /// Where each free index sits in ``freeList``, so ``claim(_:)`` takes one out in O(1).
+    let position: UnsafeMutablePointer<UInt32>
     var freeCount: Int
     let capacity: Int
     var statistics = PoolStatistics()
@@ -20,9 +22,11 @@ struct GenerationalFreeList: ~Copyable {
         leased = .allocate(capacity: capacity)
         leased.initialize(repeating: false, count: capacity)
         freeList = .allocate(capacity: capacity)
+        position = .allocate(capacity: capacity)
         // Pushed in reverse so index 0 is handed out first.
         for i in 0..<capacity {
             freeList[i] = UInt32(capacity - 1 - i)
+            position[capacity - 1 - i] = UInt32(i)
         }
         freeCount = capacity
         statistics.capacity = capacity
@@ -32,6 +36,7 @@ struct GenerationalFreeList: ~Copyable {
         generations.deallocate()
         leased.deallocate()
         freeList.deallocate()
+        position.deallocate()
     }
 
     /// Leases the index freed last; `nil` (counted as a miss) when all are leased.
@@ -47,6 +52,21 @@ struct GenerationalFreeList: ~Copyable {
         return (index, generations[Int(index)])
     }
 
+    /// Leases `index`, chosen by someone else (the kernel allocating a fixed-file slot); `nil` when
+    /// it is out of range or already leased.
+    mutating func claim(_ index: UInt32) -> UInt32? {
+        let i = Int(index)
+        guard i < capacity, !leased[i] else { return nil }
+        let at = Int(position[i])
+        let last = freeList[freeCount - 1]
+        freeList[at] = last
+        position[Int(last)] = UInt32(at)
+        freeCount -= 1
+        leased[i] = true
+        statistics.noteAcquire()
+        return generations[i]
+    }
+
     /// Whether `generation` is the current lease of `index`.
     func isCurrent(_ index: UInt32, _ generation: UInt32) -> Bool {
         Int(index) < capacity && leased[Int(index)] && generations[Int(index)] == generation
@@ -60,6 +80,7 @@ struct GenerationalFreeList: ~Copyable {
         leased[i] = false
         generations[i] = RequestTag.nextGeneration(after: generations[i])
         freeList[freeCount] = index
+        position[i] = UInt32(freeCount)
         freeCount += 1
         statistics.inUse -= 1
         return true

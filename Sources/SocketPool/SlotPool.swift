@@ -73,6 +73,13 @@ public struct SlotPool: ~Copyable {
         return SlotLease(index: index, generation: generation)
     }
 
+    /// Leases the slot the kernel chose (a direct accept into `IORING_FILE_INDEX_ALLOC`).
+    /// - Parameter index: the slot the completion named.
+    /// - Returns: the lease, or `nil` when `index` is out of range or already leased.
+    public mutating func claim(_ index: UInt32) -> SlotLease? {
+        indices.claim(index).map { SlotLease(index: index, generation: $0) }
+    }
+
     /// Returns a slot after its `close_direct` completed; its generation moves on.
     /// - Parameter lease: the lease from ``acquire()``.
     /// - Returns: `false` (and changes nothing) for a lease that is not current: a double release.

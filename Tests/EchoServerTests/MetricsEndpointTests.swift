@@ -148,6 +148,15 @@ final class MetricsEndpointTests: ServerTestCase {
             let parts = last.components(separatedBy: "\r\n\r\n")
             let length = parts[0].components(separatedBy: "\r\n").first { $0.hasPrefix("Content-Length: ") }
             XCTAssertEqual(length.flatMap { Int($0.dropFirst("Content-Length: ".count)) }, parts[1].utf8.count)
+            // HEAD: the head of the GET answer, no body; the connection stays in step.
+            let h = try TestSocket.connect(port: metricsPort)
+            defer { h.close() }
+            h.setTimeout(seconds: 5)
+            try h.writeAll(Array("HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            let both = String(decoding: try h.readToEnd(), as: UTF8.self)
+            XCTAssertTrue(both.hasPrefix("HTTP/1.1 200 OK\r\n"), both)
+            let afterHead = both.components(separatedBy: "\r\n\r\n")
+            XCTAssertTrue(afterHead.count >= 2 && afterHead[1].hasPrefix("HTTP/1.1 404 Not Found"), "no body after HEAD: \(both)")
             // HTTP/1.0 closes unless asked to keep alive.
             let old = try exchange(metricsPort, "GET /metrics HTTP/1.0\r\n\r\n")
             XCTAssertTrue(old.hasPrefix("HTTP/1.1 200 OK\r\n") && old.contains("Connection: close"), old)
@@ -176,13 +185,17 @@ final class MetricsEndpointTests: ServerTestCase {
                 try s.writeAll(Array("GET /met".utf8))
                 hostile.append(s)
             }
-            // Over the endpoint's cap: closed at once, without taking the server's connections.
-            let extra = try TestSocket.connect(port: metricsPort)
-            extra.setTimeout(seconds: 5)
-            XCTAssertEqual(try? extra.readToEnd(), [], "the 9th metrics connection is closed")
-            extra.close()
+            // The flooders' answers wait in at most 64 KiB each: the ring's outbound buffers stay
+            // free for everyone else.
+            XCTAssertTrue(eventually { server.statistics.receivePauses >= 4 }, "the flooders are paused")
+            XCTAssertLessThanOrEqual(server.statistics.outboundBuffersInUse, 4 * 17)
+            // Every endpoint slot is taken by a hostile client: a scraper still gets in (the
+            // oldest connection makes room), and more sessions than the endpoint's are never used.
+            let (status, body) = try httpGet(port: metricsPort)
+            XCTAssertEqual(status, 200)
+            XCTAssertTrue(body.contains("uring_echo_accepted_total"))
             // One resets in the middle of its answers.
-            hostile[0].reset()
+            hostile[1].reset()
             // Echo on the same ring stays prompt.
             let start = ContinuousClock.now
             for i in 0..<50 {
@@ -193,6 +206,35 @@ final class MetricsEndpointTests: ServerTestCase {
             XCTAssertTrue(
                 eventually { server.statistics.accepted == 50 && server.statistics.endpointConnections == 9 },
                 "the endpoint's connections are counted apart: \(server.statistics)")
+        }
+    }
+
+    /// The endpoint's connections have sessions of their own: with the echo side at its cap, a
+    /// scrape still gets in, and scrapes never take an echo connection's place.
+    func testScrapesNeitherTakeNorNeedTheServersConnections() throws {
+        var c = config(.pooled, .bufferRing)
+        c.maxConnections = 3
+        let registry = PrometheusCollectorRegistry()
+        warmUpProcesses
+        try withServer(
+            c, handler: { EchoHandler() }, metrics: MetricsEndpoint(port: 0, registry: registry),
+            metricsFactory: PrometheusMetricsFactory(registry: registry)
+        ) { server, port in
+            let metricsPort = try XCTUnwrap(server.metricsAddress?.port)
+            let held = try (0..<3).map { _ in try TestSocket.connect(port: port) }
+            defer { held.forEach { $0.close() } }
+            for s in held {
+                try s.writeAll([5])
+                XCTAssertEqual(try s.readExactly(1), [5])
+            }
+            let scrapers = try (0..<5).map { _ in try TestSocket.connect(port: metricsPort) }
+            defer { scrapers.forEach { $0.close() } }
+            XCTAssertEqual(try httpGet(port: metricsPort).status, 200, "a scrape with the echo side full")
+            let over = try TestSocket.connect(port: port)
+            over.setTimeout(seconds: 5)
+            XCTAssertEqual(try? over.readToEnd(), [], "a 4th echo connection is over the cap")
+            over.close()
+            XCTAssertTrue(eventually { server.statistics.rejected == 1 && server.statistics.active == 3 })
         }
     }
 
@@ -211,6 +253,11 @@ final class MetricsEndpointTests: ServerTestCase {
             XCTAssertThrowsError(try server.start()) { error in
                 XCTAssertTrue("\(error)".contains(fragment), "\(error)")
             }
+        }
+        var small = c
+        small.maxOutputBytesPerConnection = 1000
+        XCTAssertThrowsError(try EchoServer(configuration: small, metrics: MetricsEndpoint(port: 0) { _ in }).start()) {
+            XCTAssertTrue("\($0)".contains("maxOutputBytesPerConnection must be at least 65536"), "\($0)")
         }
         c.tickInterval = .seconds(2)
         XCTAssertThrowsError(try EchoServer(configuration: c, metrics: MetricsEndpoint(port: 0) { _ in }).start()) {
@@ -265,8 +312,7 @@ func httpGet(port: UInt16, path: String = "/metrics", method: String = "GET") th
     if process.terminationStatus == 127 { throw XCTSkip("python3 unavailable") }
     let text = String(decoding: data, as: UTF8.self)
     guard let newline = text.firstIndex(of: "\n"), let status = Int(text[..<newline]) else {
-        XCTFail("no status from urllib: \(text)")
-        return (0, text)
+        throw URingError("urllib: no status line in \(text.debugDescription)", errno: .invalidArgument)
     }
     return (status, String(text[text.index(after: newline)...]))
 }

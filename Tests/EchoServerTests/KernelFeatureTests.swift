@@ -1,0 +1,66 @@
+import EchoServer
+import Foundation
+import Glibc
+import SocketPool
+import TestSupport
+import URing
+import XCTest
+
+/// The newer kernel features (issue 12), each in use where the kernel has it and each with its
+/// fallback: registered ring descriptor, multishot accept into kernel-chosen slots, batched waiting.
+final class KernelFeatureTests: ServerTestCase {
+    func testDirectMultishotAcceptServesABurstAtTheCapAndLosesNoConnection() throws {
+        try requireKernel(.directMultishotAccept)
+        var c = config(.pooled, .bufferRing)
+        c.maxConnections = 50
+        try withServer(c) { server, port in
+            XCTAssertTrue(server.statistics.features.contains(.directMultishotAccept), "\(server.statistics.features)")
+            // 300 at once: the first 50 are served; the table's backlog of spare slots takes the
+            // rest, which are closed cleanly (rejected), none dropped by a full table.
+            let clients = try (0..<300).map { _ in try TestSocket.connect(port: port) }
+            XCTAssertTrue(
+                eventually { server.statistics.accepted == 300 && server.statistics.rejected == 250 },
+                "\(server.statistics)")
+            var served = 0
+            var closedByServer = 0
+            for (i, s) in clients.enumerated() {
+                s.setTimeout(seconds: 5)
+                try? s.writeAll([UInt8(truncatingIfNeeded: i)])
+                if let back = try? s.readSome(max: 1), back == [UInt8(truncatingIfNeeded: i)] { served += 1 } else { closedByServer += 1 }
+            }
+            XCTAssertEqual(served, 50)
+            XCTAssertEqual(closedByServer, 250)
+            clients.forEach { $0.close() }
+            XCTAssertTrue(eventually { server.statistics.closed == 50 && server.statistics.active == 0 })
+            XCTAssertEqual(server.statistics.acceptErrors, 0)
+            // One multishot accept serves them all: re-armed only if the kernel ended it.
+            XCTAssertLessThan(server.statistics.acceptRearms, 5)
+            // Served again after the burst.
+            XCTAssertEqual(try Self.roundTrip(port: port, [7, 7]), [7, 7])
+        }
+    }
+
+    func testEachNewFeatureOffFallsBackAndStillEchoes() throws {
+        for feature in [KernelFeatures.directMultishotAccept, .registeredRing] {
+            var c = config(.pooled, .bufferRing)
+            c.features.remove(feature)
+            try withServer(c) { server, port in
+                XCTAssertFalse(server.statistics.features.contains(feature))
+                let bytes = patternBytes(seed: 5, count: 300_000)
+                XCTAssertTrue(try Self.roundTrip(port: port, bytes) == bytes)
+                let ok = Locked(0)
+                parallel(4) { t in
+                    for i in 0..<25 where (try? Self.roundTrip(port: port, [UInt8(t), UInt8(i)])) == [UInt8(t), UInt8(i)] {
+                        ok.with { $0 += 1 }
+                    }
+                }
+                XCTAssertEqual(ok.get, 100, "\(feature) off")
+            }
+        }
+        // Unpooled sockets are plain descriptors: no slots to choose.
+        try withServer(config(.unpooled, .bufferRing)) { server, port in
+            XCTAssertFalse(server.statistics.features.contains(.directMultishotAccept))
+            XCTAssertEqual(try Self.roundTrip(port: port, [1]), [1])
+        }
+    }
+}
