@@ -22,6 +22,7 @@ bench-build: deps
 	$(SWIFT) build -c release --package-path Benchmarks --product uring-echo-bench
 	$(SWIFT) build -c release --package-path Benchmarks --product nio-echo
 	$(SWIFT) build -c release --package-path Benchmarks --product epoll-echo
+	$(SWIFT) build -c release --package-path Benchmarks --product uring-c-echo
 
 # Every server under every workload, pinned and interleaved; BENCH_QUICK=1 for a short run.
 bench: bench-build

@@ -1,6 +1,6 @@
 // swift-tools-version: 6.1
 // Benchmarks for uring-echo: a load generator on the project's own ring, the peer servers it is
-// compared with (SwiftNIO, C epoll), and package-benchmark micro benchmarks. A nested package so
+// compared with (SwiftNIO, C epoll, C io_uring), and package-benchmark micro benchmarks. A nested package so
 // the library itself does not depend on any of this.
 import PackageDescription
 
@@ -33,6 +33,7 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "epoll-echo"),
+        .executableTarget(name: "uring-c-echo", linkerSettings: [.linkedLibrary("uring")]),
         .executableTarget(
             name: "MicroBenchmarks",
             dependencies: [

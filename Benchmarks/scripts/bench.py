@@ -20,12 +20,16 @@ SERVERS = {
     "uring unpooled": [URING, "--mode", "unpooled", "--recv", "ring", "--max-connections", "12000", "--idle-timeout", "0"],
     "nio (1 thread)": [os.path.join(BIN, "nio-echo"), "--threads", "1"],
     "epoll (C)": [os.path.join(BIN, "epoll-echo")],
+    "uring (C)": [os.path.join(BIN, "uring-c-echo")],
 }
-PEERS = ["nio (1 thread)", "epoll (C)"]
+PEERS = ["nio (1 thread)", "epoll (C)", "uring (C)"]
 WORKLOADS = [
     ("persistent 50x128B", ["--mode", "persistent", "--connections", "50", "--size", "128"], "messages_per_sec"),
     ("persistent 1000x128B", ["--mode", "persistent", "--connections", "1000", "--size", "128"], "messages_per_sec"),
     ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "messages_per_sec"),
+    ("pipelined 100x128B d8", ["--mode", "pipelined", "--connections", "100", "--size", "128", "--depth", "8"],
+     "messages_per_sec"),
+    ("streaming 10000x128B", ["--mode", "streaming", "--connections", "10000", "--size", "128"], "messages_per_sec"),
     ("churn 16x1", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128"], "connections_per_sec"),
     ("churn 16x1 reuse", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128", "--reuse"],
      "connections_per_sec"),
@@ -108,6 +112,9 @@ def main():
                 "p50_us": median_of(runs, "p50_us"), "p99_us": median_of(runs, "p99_us"),
                 "cpu_us_per_msg": median_of(runs, "server_cpu_us_per_msg"),
                 "cpu_us_per_conn": median_of(runs, "server_cpu_us_per_conn"),
+                "rss_per_conn_bytes": median_of(runs, "rss_per_conn_bytes"),
+                "server_rss_kib": median_of(runs, "server_rss_kib"),
+                "rss_baseline_bytes": median_of(runs, "rss_baseline_bytes"),
                 "time_wait_server": median_of(runs, "time_wait_server"),
                 "time_wait_client": median_of(runs, "time_wait_client"),
                 "errors": sum(r["errors"] for r in runs), "mismatches": sum(r["mismatches"] for r in runs),
@@ -148,8 +155,9 @@ def render_table(summary, meta):
              f"{meta['server_core']}, load on core {meta['load_core']}; median of {meta['repeats']} interleaved "
              f"run(s) of {meta['duration_s']} s after {meta['warmup_s']} s warm-up"
              f"{' (BENCH_QUICK)' if meta['quick'] else ''}.", "",
-             "| workload | server | result | vs best peer | p50 µs | p99 µs | server CPU | TIME_WAIT (server/client) | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| workload | server | result | vs best peer | p50 µs | p99 µs | server CPU | server RSS | "
+             "TIME_WAIT (server/client) | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for w in summary:
         for r in w["rows"]:
             metric = w["metric"]
@@ -161,14 +169,19 @@ def render_table(summary, meta):
                 result, cpu = f"{r['value']:,.0f} B/conn", "–"
             p50 = f"{r['p50_us']:.0f}" if metric != "rss_per_conn_bytes" else "–"
             p99 = f"{r['p99_us']:.0f}" if metric != "rss_per_conn_bytes" else "–"
+            # RSS beside throughput where a workload holds many connections open (streaming); idle's
+            # result is already bytes per connection.
+            rss = (f"{r.get('server_rss_kib', 0) / 1024:,.1f} MiB, {r.get('rss_per_conn_bytes', 0):,.0f} B/conn"
+                   if w["workload"].startswith("streaming") else "–")
             tw = f"{r['time_wait_server']:.0f}/{r['time_wait_client']:.0f}"
             lines.append(f"| {w['workload']} | {r['server']} | {result} | {r['ratio_to_best_peer']:.2f}× | {p50} | "
-                         f"{p99} | {cpu} | {tw} | {r['errors']}/{r['mismatches']} |")
+                         f"{p99} | {cpu} | {rss} | {tw} | {r['errors']}/{r['mismatches']} |")
     return "\n".join(lines)
 
 
 def render_svg(summary, meta):
-    colors = {"uring pooled": "#1f6feb", "uring unpooled": "#6ea8fe", "nio (1 thread)": "#f0883e", "epoll (C)": "#8b949e"}
+    colors = {"uring pooled": "#1f6feb", "uring unpooled": "#6ea8fe", "nio (1 thread)": "#f0883e", "epoll (C)": "#8b949e",
+              "uring (C)": "#3fb950"}
     servers = list(SERVERS)
     width, bar, gap, group_gap, left, top, height = 980, 34, 6, 40, 70, 60, 300
     n = len(summary)
@@ -179,7 +192,7 @@ def render_svg(summary, meta):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + 110}" '
            f'font-family="sans-serif" font-size="12">',
            f'<text x="{left}" y="22" font-size="15" font-weight="bold">uring-echo vs peers: result relative to the '
-           f'best peer (1.0 = best of nio/epoll)</text>',
+           f'best peer (1.0 = best of nio/epoll/uring C)</text>',
            f'<text x="{left}" y="40" fill="#555">{meta["date"]}, Linux {meta["kernel"]}, {meta["cpus"]} cores, '
            f'median of {meta["repeats"]} run(s); higher is better except idle (bytes per connection)</text>']
     for i in range(int(scale_max * 4) + 1):

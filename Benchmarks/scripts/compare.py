@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side comparison of uring-echo binaries (for example main before and after a change)
-and the C epoll peer, in one run: server pinned to core 0, load to core 1, runs interleaved,
-medians and ratios of server CPU per message (or per connection in churn) to the epoll peer.
+and the two C peers (epoll, io_uring), in one run: server pinned to core 0, load to core 1, runs
+interleaved, medians and ratios of server CPU per message (or per connection in churn) to the best
+C peer of each workload (the one with the lower median CPU), which is named beside the ratio.
 
     python3 Benchmarks/scripts/compare.py NAME=BINARY [NAME=BINARY ...]
 
@@ -12,10 +13,12 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "Benchmarks", ".build", "release")
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 DURATION = os.environ.get("BENCH_DURATION", "3")
+C_PEERS = {"epoll (C)": os.path.join(BIN, "epoll-echo"), "uring (C)": os.path.join(BIN, "uring-c-echo")}
 FLAGS = ["--mode", "pooled", "--recv", "ring", "--max-connections", "12000", "--idle-timeout", "0"]
 WORKLOADS = [
     ("persistent 1000x128B", ["--mode", "persistent", "--connections", "1000", "--size", "128"], "server_cpu_us_per_msg", "messages_per_sec"),
     ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "server_cpu_us_per_msg", "messages_per_sec"),
+    ("pipelined 100x128B d8", ["--mode", "pipelined", "--connections", "100", "--size", "128", "--depth", "8"], "server_cpu_us_per_msg", "messages_per_sec"),
     ("churn 16x1", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128"], "server_cpu_us_per_conn", "connections_per_sec"),
 ]
 
@@ -50,7 +53,8 @@ def main():
     for arg in sys.argv[1:]:
         name, path = arg.split("=", 1)
         servers[name] = [path] + FLAGS
-    servers["epoll (C)"] = [os.path.join(BIN, "epoll-echo")]
+    for name, path in C_PEERS.items():
+        servers[name] = [path]
     names = list(servers)
     results = {w[0]: {n: [] for n in names} for w in WORKLOADS}
     for rep in range(REPEATS):
@@ -61,14 +65,16 @@ def main():
                 results[w[0]][n].append(r)
                 print(f"rep {rep + 1} {w[0]:<22} {n:<14} {r[w[3]]:>10.0f}/s  cpu {r[w[2]]:.2f} us  errors {r['errors']} mismatches {r['mismatches']}", flush=True)
     print()
-    print("| workload | server | throughput (median) | server CPU µs (median) | CPU ratio to epoll |")
-    print("|---|---|---:|---:|---:|")
+    print("| workload | server | throughput (median) | server CPU µs (median) | CPU ratio to best C | best C |")
+    print("|---|---|---:|---:|---:|---|")
     for w in WORKLOADS:
-        base = statistics.median(r[w[2]] for r in results[w[0]]["epoll (C)"])
+        cpus = {n: statistics.median(r[w[2]] for r in results[w[0]][n]) for n in names}
+        best = min(C_PEERS, key=lambda n: cpus[n])
+        base = cpus[best]
         for n in names:
-            cpu = statistics.median(r[w[2]] for r in results[w[0]][n])
             tp = statistics.median(r[w[3]] for r in results[w[0]][n])
-            print(f"| {w[0]} | {n} | {tp:,.0f}/s | {cpu:.2f} | {cpu / base:.3f} |")
+            ratio = cpus[n] / base if base else 0.0
+            print(f"| {w[0]} | {n} | {tp:,.0f}/s | {cpus[n]:.2f} | {ratio:.3f} | {best} |")
 
 
 if __name__ == "__main__":

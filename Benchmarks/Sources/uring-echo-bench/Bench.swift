@@ -7,19 +7,25 @@ import URing
 /// `uring-echo-bench`: a load generator written on this project's own ring, so it can drive a
 /// server harder than a blocking client. Every echoed byte is checked against the connection's own
 /// pseudo-random stream. Loopback only; bounded in count and time.
+///
+/// Modes: `persistent` (C connections, `depth` messages in flight, one send per message),
+/// `pipelined` (the same with the allowed messages written back to back in one send; depth 8 by
+/// default), `streaming` (many connections, connected in waves, all sending at once; the server's
+/// RSS per connection beside messages/s and CPU per message), `churn` and `idle`.
 @main
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "uring-echo-bench", abstract: "Load generator for TCP echo servers (io_uring based).")
 
-    enum Mode: String, ExpressibleByArgument { case persistent, churn, idle }
+    enum Mode: String, ExpressibleByArgument { case persistent, pipelined, streaming, churn, idle }
 
     @Option(help: "Server address (loopback only).") var host = "127.0.0.1"
     @Option(help: "Server port.") var port: UInt16 = 7777
-    @Option(help: "persistent, churn or idle.") var mode: Mode = .persistent
-    @Option(help: "Persistent/idle: connections.") var connections = 50
+    @Option(help: "persistent, pipelined, streaming, churn or idle.") var mode: Mode = .persistent
+    @Option(help: "Persistent/pipelined/streaming/idle: connections.") var connections = 50
     @Option(help: "Message size in bytes.") var size = 128
-    @Option(help: "Persistent: messages in flight per connection.") var depth = 1
+    @Option(help: "Persistent/pipelined/streaming: messages in flight per connection (default 8 pipelined, else 1).")
+    var depth: Int? = nil
     @Option(help: "Seconds measured.") var duration = 5.0
     @Option(help: "Seconds of warm-up before measuring.") var warmup = 1.0
     @Option(help: "Churn: messages per connection.") var messages = 1
@@ -32,17 +38,21 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard host.hasPrefix("127.") || host == "::1" else { throw ValidationError("loopback addresses only") }
-        guard (1...100_000).contains(connections), (1...(1 << 20)).contains(size), (1...1024).contains(depth),
+        guard (1...100_000).contains(connections), (1...(1 << 20)).contains(size), (1...1024).contains(inFlight),
             duration > 0, duration <= 600, warmup >= 0, warmup <= 60, (1...100_000).contains(messages),
             (1...4096).contains(workers)
         else { throw ValidationError("a value is out of range") }
     }
 
+    /// Messages in flight per connection: `--depth`, or the mode's default.
+    var inFlight: Int { depth ?? (mode == .pipelined ? 8 : 1) }
+
     func run() throws {
         var result: BenchResult
         let address = SocketAddress(host: host, port: port)!
+        raiseDescriptorLimit()
         switch mode {
-        case .persistent:
+        case .persistent, .pipelined, .streaming:
             result = try PersistentLoad(self, address).run()
         case .churn:
             result = try ChurnLoad(self, address).run()
@@ -82,6 +92,7 @@ struct BenchResult {
     var serverCPUMicrosPerConnection: Double {
         connectionsCompleted > 0 ? serverCPUSeconds * 1e6 / Double(connectionsCompleted) : 0
     }
+    var rssBaselineBytes: Int { serverRSSBeforeKiB * 1024 }
     var rssPerConnectionBytes: Double {
         connections > 0 ? Double(serverRSSKiB - serverRSSBeforeKiB) * 1024 / Double(connections) : 0
     }
@@ -95,7 +106,8 @@ struct BenchResult {
             + "\"p50_us\":\(f(p50)),\"p90_us\":\(f(p90)),\"p99_us\":\(f(p99)),\"p999_us\":\(f(p999)),\"max_us\":\(f(max)),"
             + "\"server_cpu_s\":\(f(serverCPUSeconds)),\"server_cpu_us_per_msg\":\(f(serverCPUMicrosPerMessage)),"
             + "\"server_cpu_us_per_conn\":\(f(serverCPUMicrosPerConnection)),\"server_rss_kib\":\(serverRSSKiB),"
-            + "\"server_rss_before_kib\":\(serverRSSBeforeKiB),\"rss_per_conn_bytes\":\(f(rssPerConnectionBytes)),"
+            + "\"server_rss_before_kib\":\(serverRSSBeforeKiB),\"server_rss_bytes\":\(serverRSSKiB * 1024),"
+            + "\"rss_baseline_bytes\":\(rssBaselineBytes),\"rss_per_conn_bytes\":\(f(rssPerConnectionBytes)),"
             + "\"time_wait_server\":\(timeWaitServer),\"time_wait_client\":\(timeWaitClient)}"
     }
 
@@ -109,8 +121,13 @@ struct BenchResult {
         case "idle":
             return "\(label) idle: \(connections) connections, server RSS \(serverRSSBeforeKiB) -> \(serverRSSKiB) KiB "
                 + "= \(f(rssPerConnectionBytes)) B/conn, errors \(errors), mismatches \(mismatches)"
+        case "streaming":
+            return "\(label) streaming \(connections)x\(size)B depth \(depth): \(f(messagesPerSecond)) msg/s, "
+                + "p50 \(f(p50)) p99 \(f(p99)) µs, server CPU \(fixed(serverCPUMicrosPerMessage, 2)) µs/msg, "
+                + "server RSS \(serverRSSBeforeKiB) -> \(serverRSSKiB) KiB = \(f(rssPerConnectionBytes)) B/conn, "
+                + "errors \(errors), mismatches \(mismatches)"
         default:
-            return "\(label) persistent \(connections)x\(size)B depth \(depth): \(f(messagesPerSecond)) msg/s, "
+            return "\(label) \(mode) \(connections)x\(size)B depth \(depth): \(f(messagesPerSecond)) msg/s, "
                 + "p50 \(f(p50)) p90 \(f(p90)) p99 \(f(p99)) p99.9 \(f(p999)) max \(f(max)) µs, "
                 + "server CPU \(fixed(serverCPUMicrosPerMessage, 2)) µs/msg, errors \(errors), mismatches \(mismatches)"
         }
@@ -165,6 +182,14 @@ func matches(_ bytes: UnsafeRawBufferPointer, pattern: UnsafeMutableRawBufferPoi
         done += n
     }
     return true
+}
+
+/// Lifts the soft descriptor limit to the hard one, for runs of 10,000 connections and more.
+func raiseDescriptorLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
 }
 
 /// utime + stime of a process in seconds (/proc/PID/stat), and its RSS in KiB.
