@@ -71,6 +71,22 @@ static inline void curing_buf_ring_add(void *br, void *addr, unsigned int len, u
     io_uring_buf_ring_add((struct io_uring_buf_ring *)br, addr, len, bid, mask, offset);
 }
 
+/// The ring's tail as the application last published it (where the next added buffer goes).
+static inline unsigned short curing_buf_ring_tail(void *br) {
+    return ((struct io_uring_buf_ring *)br)->tail;
+}
+
+/// The buffer id in ring entry `index` (masked).
+static inline unsigned short curing_buf_ring_bid(void *br, unsigned int index, unsigned int mask) {
+    return ((struct io_uring_buf_ring *)br)->bufs[index & mask].bid;
+}
+
+// Newer than liburing 2.3's headers.
+/// sqe->ioprio for recv/send: take several provided buffers per completion (Linux 6.10).
+#define CURING_RECVSEND_BUNDLE (1U << 4)
+/// io_uring_params.features: the kernel supports IORING_RECVSEND_BUNDLE.
+#define CURING_FEAT_RECVSEND_BUNDLE (1U << 14)
+
 static inline void curing_buf_ring_advance(void *br, int count) {
     io_uring_buf_ring_advance((struct io_uring_buf_ring *)br, count);
 }

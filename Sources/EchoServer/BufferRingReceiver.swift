@@ -15,6 +15,12 @@ import URing
 struct BufferRingReceiver: ~Copyable, ReceivePath {
     var buffers: BufferRing
     let maxHeldPerConnection: Int32
+    /// Multishot receives take several buffers per completion (``KernelFeatures/recvBundles``),
+    /// at most ``bundleBytes`` each.
+    var bundles: Bool
+    let bundleBytes: UInt32
+    /// A bundle has completed: a later `EINVAL` is not the kernel refusing bundles.
+    var bundleWorked = false
     private(set) var free: Int
     // The wait list: links by session index, kept apart from the sessions because an index can be
     // reused (and, unpooled, its session freed) while still linked; entries whose session no longer
@@ -24,8 +30,12 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     var waitHead: Int32 = -1
     var waitTail: Int32 = -1
 
-    init(buffers: consuming BufferRing, sessions: Int, maxHeldPerConnection: Int) {
+    init(buffers: consuming BufferRing, sessions: Int, maxHeldPerConnection: Int, bundles: Bool = false) {
         free = buffers.count
+        self.bundles = bundles
+        // A bundle takes at most half a connection's share of buffers: one socket with a lot
+        // queued cannot empty the ring in one completion.
+        bundleBytes = UInt32(max(1, min(maxHeldPerConnection, buffers.count) / 2) * buffers.bufferSize)
         self.buffers = buffers
         self.maxHeldPerConnection = Int32(max(1, min(maxHeldPerConnection, Int(Int32.max))))
         waitNext = .allocate(capacity: sessions)
@@ -45,9 +55,12 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
 
     @inline(__always)
     mutating func arm(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+        // Behind a queue, one buffer per request (and no bundle): the connection's share holds.
+        let multishot = s.pointee.queueHead < 0 && s.pointee.buffersHeld == 0
+        let bundle = bundles && multishot
         try core.ring.prepareRecv(
-            s.pointee.file, bufferGroup: buffers.group, multishot: s.pointee.queueHead < 0 && s.pointee.buffersHeld == 0,
-            tag: s.pointee.tag(.recv).rawValue)
+            s.pointee.file, bufferGroup: buffers.group, multishot: multishot, bundle: bundle,
+            maxBytes: bundle ? bundleBytes : 0, tag: s.pointee.tag(.recv).rawValue)
         s.pointee.pending.insert(.recv)
     }
 
@@ -68,14 +81,48 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         let id = c.bufferID.unsafelyUnwrapped
         free -= 1
         s.pointee.buffersHeld += 1
-        return (UnsafeMutableRawBufferPointer(rebasing: buffers.buffer(id)[0..<Int(c.result)]), Int32(id))
+        // A bundle's first buffer is full; the rest follow (take(_:_:part:)).
+        return (UnsafeMutableRawBufferPointer(rebasing: buffers.buffer(id)[0..<min(Int(c.result), buffers.bufferSize)]), Int32(id))
+    }
+
+    @inline(__always)
+    func parts(_ c: Completion) -> Int {
+        bundles ? (Int(c.result) + buffers.bufferSize - 1) / buffers.bufferSize : 1
+    }
+
+    /// Part `part` of a bundle: the buffers after the first in the ring, each full but the last.
+    @inline(__always)
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>, part: Int)
+        -> (UnsafeMutableRawBufferPointer, Int32)
+    {
+        guard part > 0 else { return take(c, s) }
+        if part == 1 { bundleWorked = true }
+        let id = buffers.buffer(after: c.bufferID.unsafelyUnwrapped, by: part)
+        let count = min(Int(c.result) - part * buffers.bufferSize, buffers.bufferSize)
+        free -= 1
+        s.pointee.buffersHeld += 1
+        return (UnsafeMutableRawBufferPointer(rebasing: buffers.buffer(id)[0..<count]), Int32(id))
     }
 
     @inline(__always)
     mutating func discard(_ c: Completion) {
-        // A completion that took a buffer: count it out and straight back, so `free` stays true.
+        // A completion that took buffers: straight back, so `free` stays true.
         guard let id = c.bufferID else { return }
         buffers.recycle(id)
+        if c.result > 0 {
+            for part in 1..<max(parts(c), 1) { buffers.recycle(buffers.buffer(after: id, by: part)) }
+        }
+    }
+
+    /// A kernel with bundles but without a per-completion limit on multishot receives refuses
+    /// the request with `EINVAL`: receive without bundles from then on.
+    mutating func fallBack(after error: Errno, core: LoopCore) -> Bool {
+        guard error == .invalidArgument && bundles && !bundleWorked else { return false }
+        bundles = false
+        core.features.remove(.recvBundles)
+        core.stats.features = core.features
+        core.logger.warning("recv bundles refused (EINVAL); receiving one buffer per completion")
+        return true
     }
 
     @inline(__always)

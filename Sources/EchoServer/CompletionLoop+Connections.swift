@@ -37,15 +37,29 @@ extension CompletionLoop where Receiver: ~Copyable {
             receiver.discard(c)
             return try onReceiveEnded(c, s)
         }
-        let (bytes, segment) = receiver.take(c, s)
-        core.stats.bytesIn &+= UInt64(bytes.count)
-        s.pointee.bytesIn &+= UInt64(bytes.count)
-        s.pointee.lastActivity = core.now
-        guard s.pointee.state == .open && !s.pointee.closeRequested else {
-            // Bytes after we decided to close are dropped with the connection.
-            receiver.release(segment, of: s)
-            return try core.closeIfDone(s)
+        // One segment, or a bundle's several: each reaches the handler in turn.
+        let parts = receiver.parts(c)
+        if parts > 1 { core.stats.receiveBundles &+= 1 }
+        var delivered = false
+        for part in 0..<parts {
+            let (bytes, segment) = receiver.take(c, s, part: part)
+            core.stats.bytesIn &+= UInt64(bytes.count)
+            s.pointee.bytesIn &+= UInt64(bytes.count)
+            guard s.pointee.state == .open && !s.pointee.closeRequested && !s.pointee.abortRequested else {
+                // Bytes after we decided to close are dropped with the connection.
+                receiver.release(segment, of: s)
+                continue
+            }
+            deliver(bytes, segment, s)
+            delivered = true
         }
+        s.pointee.lastActivity = core.now
+        if delivered { try afterCallback(s) } else { try core.closeIfDone(s) }
+    }
+
+    /// Hands received bytes to the handler and queues its in-place reply.
+    @inline(__always)
+    func deliver(_ bytes: UnsafeMutableRawBufferPointer, _ segment: Int32, _ s: UnsafeMutablePointer<Session>) {
         // The in-place reply goes in after what was queued before the call, ahead of its writes.
         let anchor = s.pointee.queueTail
         core.replyAnchorSession = Int32(bitPattern: s.pointee.index)
@@ -68,7 +82,6 @@ extension CompletionLoop where Receiver: ~Copyable {
             receiver.release(segment, of: s)
         }
         if reply.close { s.pointee.closeRequested = true }
-        try afterCallback(s)
     }
 
     /// End of stream, an error, or a receive that simply ended (cancelled, out of buffers).
@@ -91,6 +104,8 @@ extension CompletionLoop where Receiver: ~Copyable {
             }
             try core.closeIfDone(s)
         case .canceled:
+            try settleAndReceive(s)
+        case let error where receiver.fallBack(after: error, core: core):
             try settleAndReceive(s)
         default:
             // Reset or another error: nothing more will be read or written.

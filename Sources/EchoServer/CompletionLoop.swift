@@ -19,6 +19,9 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     /// Accepts on a secondary listener (a metrics endpoint): its connections carry listener 1.
     var secondary: Acceptor?
     var housekeeping: Housekeeping
+    /// Completions each turn waits for, and the longest wait (batched waiting), or 1 and nil.
+    let waitCount: UInt32
+    let waitTimeout: Duration?
 
     init(
         core: LoopCore, handler: Handler, receiver: consuming Receiver, listener: Int32,
@@ -30,6 +33,8 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         acceptor = Acceptor(listener: listener, core: core)
         secondary = secondaryListener.map { Acceptor(listener: $0, core: core, kind: .acceptSecondary, maxDepth: 1) }
         housekeeping = Housekeeping(core: core, publish: publish)
+        waitCount = UInt32(core.configuration.batchWait?.completions ?? 1)
+        waitTimeout = core.configuration.batchWait?.timeout
         self.handler.start(capacity: core.sessions.capacity)
     }
 
@@ -64,7 +69,11 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     @inline(__always)
     func enter() throws(URingError) {
         do {
-            try core.ring.submitAndWait(1)
+            if let timeout = waitTimeout {
+                try core.ring.submitAndWait(waitCount, timeout: timeout)
+            } else {
+                try core.ring.submitAndWait(1)
+            }
         } catch {
             switch error.errno {
             case .wouldBlock, .busy:

@@ -29,4 +29,23 @@ protocol ReceivePath: ~Copyable {
     mutating func afterBatch(core: LoopCore) throws(URingError)
     /// At the end: unregister from the ring.
     mutating func teardown(core: LoopCore)
+    /// How many segments a data completion carries (a bundle: several buffers).
+    func parts(_ c: Completion) -> Int
+    /// Segment `part` of a data completion (``take(_:_:)`` is part 0).
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>, part: Int)
+        -> (UnsafeMutableRawBufferPointer, Int32)
+    /// A receive of `s` ended with `error`: whether the strategy gave up a feature the kernel
+    /// refused (the loop then receives again instead of closing).
+    mutating func fallBack(after error: Errno, core: LoopCore) -> Bool
+}
+
+extension ReceivePath where Self: ~Copyable {
+    @inline(__always) func parts(_ c: Completion) -> Int { 1 }
+
+    @inline(__always)
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>, part: Int)
+        -> (UnsafeMutableRawBufferPointer, Int32)
+    { take(c, s) }
+
+    mutating func fallBack(after error: Errno, core: LoopCore) -> Bool { false }
 }

@@ -77,6 +77,8 @@ struct RingSetup: ~Copyable {
             features.remove(.bufferRing)
             buffers = nil
         }
+        // Bundles: a kernel feature bit (6.10), and only over a buffer ring.
+        if buffers == nil || !ring.features.contains(.recvSendBundle) { features.remove(.recvBundles) }
         // Slots are filled by one multishot accept into kernel-chosen slots, or by pre-posted
         // single-shot accepts (see Acceptor); plain multishot accept serves plain descriptors.
         if slots != nil { features.remove(.multishotAccept) } else { features.remove(.directMultishotAccept) }

@@ -224,7 +224,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             if let buffers {
                 let receiver = BufferRingReceiver(
                     buffers: buffers, sessions: core.sessions.capacity,
-                    maxHeldPerConnection: min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries))
+                    maxHeldPerConnection: min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries),
+                    bundles: core.features.contains(.recvBundles))
                 serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
             } else {
                 let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)

@@ -42,6 +42,8 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var acceptRearms: UInt64 = 0
     /// Multishot receives re-armed after a completion without `F_MORE`.
     public var receiveRearms: UInt64 = 0
+    /// Receive completions that carried more than one provided buffer (a bundle).
+    public var receiveBundles: UInt64 = 0
     /// Receives that ended with `ENOBUFS` (buffer ring empty).
     public var bufferShortages: UInt64 = 0
     /// Times a connection's receiving paused because it held the most unsent bytes allowed.
@@ -89,7 +91,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
         idleClosed += o.idleClosed; stalledClosed += o.stalledClosed; errors += o.errors; bytesIn += o.bytesIn; bytesOut += o.bytesOut
         completions += o.completions; staleCompletions += o.staleCompletions; submits += o.submits
         acceptPauses += o.acceptPauses; acceptErrors += o.acceptErrors; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
-        bufferShortages += o.bufferShortages; receivePauses += o.receivePauses
+        bufferShortages += o.bufferShortages; receiveBundles += o.receiveBundles; receivePauses += o.receivePauses
         completionQueueOverflows += o.completionQueueOverflows; buffersHeld += o.buffersHeld
         writesRefused += o.writesRefused; outboundBuffersInUse += o.outboundBuffersInUse; posted += o.posted
         enterRetries += o.enterRetries; droppedCompletions += o.droppedCompletions

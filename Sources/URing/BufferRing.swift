@@ -27,6 +27,9 @@ public struct BufferRing: ~Copyable {
     public let bufferSize: Int
     @usableFromInline let mask: Int32
     @usableFromInline var pending: Int32 = 0
+    /// Where each buffer was last put in the ring (an unmasked 16-bit ring index), so a bundle's
+    /// following buffers can be read from the entries after its first.
+    @usableFromInline let positions: UnsafeMutablePointer<UInt16>
     var registered = true
 
     /// Maps, fills and registers a buffer ring.
@@ -71,6 +74,8 @@ public struct BufferRing: ~Copyable {
         self.count = count
         self.bufferSize = bufferSize
         self.mask = Int32(count - 1)
+        positions = .allocate(capacity: count)
+        positions.initialize(repeating: 0, count: count)
         for id in 0..<min(provided ?? count, count) { recycle(UInt16(id)) }
         commit()
     }
@@ -78,6 +83,7 @@ public struct BufferRing: ~Copyable {
     deinit {
         munmap(entries, entriesBytes)
         free(storage)
+        positions.deallocate()
     }
 
     /// The memory of buffer `id`.
@@ -93,8 +99,20 @@ public struct BufferRing: ~Copyable {
     /// - Parameter id: the buffer to return.
     @inlinable
     public mutating func recycle(_ id: UInt16) {
+        positions[Int(id)] = curing_buf_ring_tail(entries) &+ UInt16(truncatingIfNeeded: pending)
         curing_buf_ring_add(entries, storage + Int(id) * bufferSize, UInt32(bufferSize), id, mask, pending)
         pending += 1
+    }
+
+    /// The buffer `k` places after buffer `first` in the ring: a bundle receive
+    /// (`IORING_RECVSEND_BUNDLE`) fills consecutive ring entries and names only the first. Valid
+    /// until that entry is reused, which cannot happen before the bundle's buffers are recycled.
+    /// - Parameters:
+    ///   - first: the buffer a completion named.
+    ///   - k: how many entries further.
+    @inlinable
+    public func buffer(after first: UInt16, by k: Int) -> UInt16 {
+        curing_buf_ring_bid(entries, UInt32(positions[Int(first)] &+ UInt16(truncatingIfNeeded: k)), UInt32(mask))
     }
 
     /// Buffers given back with ``recycle(_:)`` and not yet published by ``commit()``.

@@ -200,17 +200,23 @@ extension Ring {
     ///   - socket: the socket to read.
     ///   - group: the buffer group id of the ``BufferRing``.
     ///   - multishot: keep receiving with one request.
+    ///   - bundle: take several buffers per completion (`IORING_RECVSEND_BUNDLE`, Linux 6.10);
+    ///     the completion names the first, the rest follow it in the ring
+    ///     (``BufferRing/buffer(after:by:)``).
+    ///   - maxBytes: at most this many bytes per completion (0: no limit); with multishot, needs a
+    ///     kernel that allows a per-completion limit.
     ///   - tag: the request's `user_data`.
     ///   - options: `IOSQE_*` flags.
     /// - Throws: ``URingError`` if no SQE could be had.
     @inlinable
     public func prepareRecv(
-        _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, tag: UInt64,
-        options: SubmissionOptions = []
+        _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, bundle: Bool = false, maxBytes: UInt32 = 0,
+        tag: UInt64, options: SubmissionOptions = []
     ) throws(URingError) {
         let sqe = try nextSQE()
-        io_uring_prep_recv(sqe, socket.raw, nil, 0, 0)
+        io_uring_prep_recv(sqe, socket.raw, nil, Int(maxBytes), 0)
         if multishot { curing_sqe_add_ioprio(sqe, recvMultishotFlag) }
+        if bundle { curing_sqe_add_ioprio(sqe, UInt16(CURING_RECVSEND_BUNDLE)) }
         curing_sqe_set_buffer_group(sqe, group)
         finish(sqe, tag, options, fixed: socket.isFixed)
     }

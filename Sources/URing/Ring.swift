@@ -355,4 +355,7 @@ public struct Features: OptionSet, Sendable, Hashable {
     public static let cqeSkip = Features(rawValue: 1 << 11)
     /// `IORING_FEAT_LINKED_FILE`
     public static let linkedFile = Features(rawValue: 1 << 12)
+    /// `IORING_FEAT_RECVSEND_BUNDLE` (Linux 6.10): receives and sends may take several provided
+    /// buffers per completion.
+    public static let recvSendBundle = Features(rawValue: 1 << 14)
 }

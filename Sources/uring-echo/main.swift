@@ -37,6 +37,10 @@ struct UringEcho: ParsableCommand {
     var acceptDepth = 8
     @Option(help: "Seconds between statistics lines on stdout (1...86400); 0 is off.")
     var statsInterval = 0
+    @Option(help: "Batched waiting: each loop turn waits for N completions or --batch-timeout (1...4096; 0 is off).")
+    var batchWait = 0
+    @Option(help: "Batched waiting's longest wait, in microseconds (1...100000).")
+    var batchTimeout = 50
     @Option(
         help: ArgumentHelp(
             "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one); off by default.",
@@ -52,6 +56,12 @@ struct UringEcho: ParsableCommand {
         // never reach a conversion to nanoseconds, which traps.
         if !(0...604_800).contains(idleTimeout) {
             throw ValidationError("--idle-timeout must be 0...604800 seconds (7 days; 0 disables), got \(idleTimeout)")
+        }
+        if !(0...4096).contains(batchWait) {
+            throw ValidationError("--batch-wait must be 0...4096 completions (0 is off), got \(batchWait)")
+        }
+        if !(1...100_000).contains(batchTimeout) {
+            throw ValidationError("--batch-timeout must be 1...100000 microseconds, got \(batchTimeout)")
         }
         if !(0...86_400).contains(statsInterval) {
             throw ValidationError("--stats-interval must be 0...86400 seconds (1 day; 0 is off), got \(statsInterval)")
@@ -103,6 +113,7 @@ struct UringEcho: ParsableCommand {
         c.maxConnections = maxConnections
         c.idleTimeout = idleTimeout == 0 ? nil : .seconds(idleTimeout)
         c.acceptDepth = acceptDepth
+        if batchWait > 0 { c.batchWait = BatchWait(completions: batchWait, timeout: .microseconds(batchTimeout)) }
         for name in disabled { c.features.remove(Self.featureNames[name]!) }
         return c
     }
@@ -145,6 +156,7 @@ struct UringEcho: ParsableCommand {
         printFlushed(
             "listening on \(server.boundAddress!) threads=\(threads) mode=\(mode.rawValue) recv=\(recv.rawValue) "
                 + "buffer-size=\(bufferSize) max-connections=\(maxConnections) idle-timeout=\(idleTimeout)s "
+                + "batch-wait=\(batchWait == 0 ? "off" : "\(batchWait)/\(batchTimeout)us") "
                 + "setup=\(stats.setupFlags) features=\(stats.features)")
         if let address = server.metricsAddress { printFlushed("metrics on http://\(address)/metrics") }
 

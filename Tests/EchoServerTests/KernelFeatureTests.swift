@@ -41,7 +41,7 @@ final class KernelFeatureTests: ServerTestCase {
     }
 
     func testEachNewFeatureOffFallsBackAndStillEchoes() throws {
-        for feature in [KernelFeatures.directMultishotAccept, .registeredRing] {
+        for feature in [KernelFeatures.directMultishotAccept, .registeredRing, .recvBundles] {
             var c = config(.pooled, .bufferRing)
             c.features.remove(feature)
             try withServer(c) { server, port in
@@ -61,6 +61,63 @@ final class KernelFeatureTests: ServerTestCase {
         try withServer(config(.unpooled, .bufferRing)) { server, port in
             XCTAssertFalse(server.statistics.features.contains(.directMultishotAccept))
             XCTAssertEqual(try Self.roundTrip(port: port, [1]), [1])
+        }
+    }
+
+    /// Batched waiting (off by default): light load still gets every answer, each within about the
+    /// timeout; a bad setting is a named error.
+    func testBatchedWaitingServesLightLoadWithinItsTimeout() throws {
+        for mode in PoolMode.allCases {
+            var c = config(mode, .bufferRing)
+            c.batchWait = BatchWait(completions: 64, timeout: .milliseconds(2))
+            try withServer(c) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                let start = ContinuousClock.now
+                for i in 0..<50 {
+                    try s.writeAll([UInt8(i)])
+                    XCTAssertEqual(try s.readExactly(1), [UInt8(i)])
+                }
+                // One message at a time never fills a batch of 64: each turn ends at the timeout.
+                XCTAssertLessThan(ContinuousClock.now - start, .seconds(5))
+                let big = patternBytes(seed: 9, count: 1 << 20)
+                XCTAssertTrue(try Self.roundTrip(port: port, big) == big)
+                XCTAssertTrue(eventually { server.statistics.completionsPerTurn.count > 0 })
+            }
+        }
+        for bad in [BatchWait(completions: 0, timeout: .microseconds(50)), BatchWait(completions: 8, timeout: .seconds(1))] {
+            var c = config(.pooled, .bufferRing)
+            c.batchWait = bad
+            XCTAssertThrowsError(try c.validate()) { XCTAssertTrue("\($0)".contains("batchWait."), "\($0)") }
+        }
+    }
+
+    /// Bundles: a stream larger than a buffer arrives in completions of several buffers, every
+    /// byte in order; off, one buffer per completion.
+    func testRecvBundlesCarrySeveralBuffersPerCompletionAndLoseNothing() throws {
+        try requireKernel(.bufferRing)
+        for bundles in [true, false] {
+            for mode in PoolMode.allCases {
+                var c = config(mode, .bufferRing)
+                if !bundles { c.features.remove(.recvBundles) }
+                try withServer(c) { server, port in
+                    let granted = server.statistics.features.contains(.recvBundles)
+                    if bundles && !granted { throw XCTSkip("this kernel lacks IORING_FEAT_RECVSEND_BUNDLE (6.10)") }
+                    XCTAssertEqual(granted, bundles)
+                    let ok = Locked(0)
+                    parallel(4) { t in
+                        let bytes = patternBytes(seed: UInt64(40 + t), count: 3 << 20)
+                        if (try? Self.roundTrip(port: port, bytes)) == bytes { ok.with { $0 += 1 } }
+                    }
+                    XCTAssertEqual(ok.get, 4)
+                    XCTAssertTrue(eventually { server.statistics.closed == 4 })
+                    if bundles {
+                        XCTAssertGreaterThan(server.statistics.receiveBundles, 0, "\(mode): some completion carried several buffers")
+                    } else {
+                        XCTAssertEqual(server.statistics.receiveBundles, 0)
+                    }
+                }
+            }
         }
     }
 }
