@@ -5,8 +5,13 @@ interleaved, medians and ratios of server CPU per message (or per connection in 
 C peer of each workload (the one with the lower median CPU), which is named beside the ratio.
 
     python3 Benchmarks/scripts/compare.py NAME=BINARY [NAME=BINARY ...]
+    python3 Benchmarks/scripts/compare.py "bundles-off=.build/release/uring-echo --disable recv-bundles" ...
 
-BENCH_REPEATS (default 3) and BENCH_DURATION (default 3 s) set the length. Loopback only."""
+A NAME=... argument may carry extra server flags after the binary (one shell word, split on
+spaces). BENCH_REPEATS (default 3) and BENCH_DURATION (default 3 s) set the length;
+BENCH_WORKLOADS (comma-separated substrings of the names below) picks workloads; BENCH_NO_PEERS=1
+leaves the C peers out (for on/off comparisons of one binary). The streaming workload also
+reports server RSS per connection. Loopback only."""
 import os, statistics, subprocess, sys, time, socket, json
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -20,7 +25,13 @@ WORKLOADS = [
     ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "server_cpu_us_per_msg", "messages_per_sec"),
     ("pipelined 100x128B d8", ["--mode", "pipelined", "--connections", "100", "--size", "128", "--depth", "8"], "server_cpu_us_per_msg", "messages_per_sec"),
     ("churn 16x1", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128"], "server_cpu_us_per_conn", "connections_per_sec"),
+    ("streaming 10000x128B", ["--mode", "streaming", "--connections", "10000", "--size", "128"], "server_cpu_us_per_msg", "messages_per_sec"),
 ]
+if os.environ.get("BENCH_WORKLOADS"):
+    wanted = os.environ["BENCH_WORKLOADS"].split(",")
+    WORKLOADS = [w for w in WORKLOADS if any(k in w[0] for k in wanted)]
+elif not os.environ.get("BENCH_STREAMING"):
+    WORKLOADS = [w for w in WORKLOADS if not w[0].startswith("streaming")]
 
 
 def free_port():
@@ -41,7 +52,7 @@ def run(cmd, workload):
         time.sleep(0.3)
         load = ["taskset", "-c", "1", os.path.join(BIN, "uring-echo-bench"), "--port", str(port), "--server-pid",
                 str(proc.pid), "--duration", DURATION, "--warmup", "1", "--json"] + workload[1]
-        out = subprocess.run(load, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(load, capture_output=True, text=True, timeout=180)
         return json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         proc.terminate()
@@ -51,9 +62,11 @@ def run(cmd, workload):
 def main():
     servers = {}
     for arg in sys.argv[1:]:
-        name, path = arg.split("=", 1)
-        servers[name] = [path] + FLAGS
-    for name, path in C_PEERS.items():
+        name, command = arg.split("=", 1)
+        path, *extra = command.split()
+        servers[name] = [path] + FLAGS + extra
+    peers = {} if os.environ.get("BENCH_NO_PEERS") == "1" else C_PEERS
+    for name, path in peers.items():
         servers[name] = [path]
     names = list(servers)
     results = {w[0]: {n: [] for n in names} for w in WORKLOADS}
@@ -63,18 +76,23 @@ def main():
             for n in order:
                 r = run(servers[n], w)
                 results[w[0]][n].append(r)
-                print(f"rep {rep + 1} {w[0]:<22} {n:<14} {r[w[3]]:>10.0f}/s  cpu {r[w[2]]:.2f} us  errors {r['errors']} mismatches {r['mismatches']}", flush=True)
+                rss = f"  rss/conn {r['rss_per_conn_bytes']:.0f} B" if "rss_per_conn_bytes" in r else ""
+                print(f"rep {rep + 1} {w[0]:<22} {n:<14} {r[w[3]]:>10.0f}/s  cpu {r[w[2]]:.2f} us{rss}  errors {r['errors']} mismatches {r['mismatches']}", flush=True)
     print()
-    print("| workload | server | throughput (median) | server CPU µs (median) | CPU ratio to best C | best C |")
-    print("|---|---|---:|---:|---:|---|")
+    reference = "best C" if peers else f"first ({names[0]})"
+    print(f"| workload | server | throughput (median) | p99 µs (median) | server CPU µs (median) | CPU ratio to {reference} | to | RSS/conn (median) |")
+    print("|---|---|---:|---:|---:|---:|---|---:|")
     for w in WORKLOADS:
         cpus = {n: statistics.median(r[w[2]] for r in results[w[0]][n]) for n in names}
-        best = min(C_PEERS, key=lambda n: cpus[n])
+        best = min(peers, key=lambda n: cpus[n]) if peers else names[0]
         base = cpus[best]
         for n in names:
             tp = statistics.median(r[w[3]] for r in results[w[0]][n])
             ratio = cpus[n] / base if base else 0.0
-            print(f"| {w[0]} | {n} | {tp:,.0f}/s | {cpus[n]:.2f} | {ratio:.3f} | {best} |")
+            rss = [r["rss_per_conn_bytes"] for r in results[w[0]][n] if "rss_per_conn_bytes" in r]
+            rss_text = f"{statistics.median(rss):,.0f} B" if rss else ""
+            p99 = statistics.median(r.get("p99_us", 0) for r in results[w[0]][n])
+            print(f"| {w[0]} | {n} | {tp:,.0f}/s | {p99:,.0f} | {cpus[n]:.2f} | {ratio:.3f} | {best} | {rss_text} |")
 
 
 if __name__ == "__main__":
