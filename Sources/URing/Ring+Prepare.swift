@@ -200,16 +200,18 @@ extension Ring {
     ///   - socket: the socket to read.
     ///   - group: the buffer group id of the ``BufferRing``.
     ///   - multishot: keep receiving with one request.
+    ///   - maxLength: the most bytes to take (single-shot only; 0, the default: as many as the
+    ///     buffer holds). With an incremental ring it bounds what the receive consumes.
     ///   - tag: the request's `user_data`.
     ///   - options: `IOSQE_*` flags.
     /// - Throws: ``URingError`` if no SQE could be had.
     @inlinable
     public func prepareRecv(
-        _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, tag: UInt64,
+        _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, maxLength: UInt32 = 0, tag: UInt64,
         options: SubmissionOptions = []
     ) throws(URingError) {
         let sqe = try nextSQE()
-        io_uring_prep_recv(sqe, socket.raw, nil, 0, 0)
+        io_uring_prep_recv(sqe, socket.raw, nil, multishot ? 0 : Int(maxLength), 0)
         if multishot { curing_sqe_add_ioprio(sqe, recvMultishotFlag) }
         curing_sqe_set_buffer_group(sqe, group)
         finish(sqe, tag, options, fixed: socket.isFixed)
