@@ -37,7 +37,10 @@ extension CompletionLoop where Receiver: ~Copyable {
             receiver.discard(c)
             return try onReceiveEnded(c, s)
         }
-        let (bytes, segment) = receiver.take(c, s)
+        guard let (bytes, segment) = receiver.take(c, s) else {
+            core.stats.errors &+= 1
+            return try core.beginClose(s)
+        }
         core.stats.bytesIn &+= UInt64(bytes.count)
         s.pointee.bytesIn &+= UInt64(bytes.count)
         s.pointee.lastActivity = core.now

@@ -5,7 +5,7 @@ import URing
 /// receive may be posted. The loop is generic over it (``CompletionLoop``), so its calls
 /// specialise: no existential, no dynamic dispatch per completion.
 protocol ReceivePath: ~Copyable {
-    /// Buffers one connection may hold before its receiving pauses.
+    /// Buffers one connection may hold before its receiving pauses (counted in ``Session/buffersHeld``).
     var maxHeldPerConnection: Int32 { get }
     /// Buffers taken by receives and not yet given back (0 when idle).
     var buffersHeld: Int { get }
@@ -17,8 +17,10 @@ protocol ReceivePath: ~Copyable {
     /// re-armed when what it waits for (its own buffer, or any provided buffer) comes back.
     mutating func armOrWait(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError)
     /// The bytes of a data completion (`result > 0`) and the send-queue segment that holds them;
-    /// the segment counts as held by `s` until ``release(_:of:)``.
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)
+    /// the segment counts as held by `s` until ``release(_:of:)``. Nil when the bytes cannot be
+    /// held (an incremental ring's slice table ran out): they are dropped, and the loop closes
+    /// the connection, whose stream now has a hole.
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)?
     /// Gives back a buffer that a completion carried but nobody will read (EOF, error, stale).
     mutating func discard(_ c: Completion)
     /// Gives back a segment of this strategy once sent or dropped; `s` is its holder.
