@@ -16,6 +16,7 @@
 #include <sys/eventfd.h>
 #include <errno.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/prctl.h>
 
 // Small helpers for what Swift cannot reach cleanly (anonymous unions,
@@ -62,6 +63,21 @@ static inline unsigned int curing_cq_overflow(struct io_uring *ring) {
 /// overflow list because the CQ was full (with IORING_FEAT_NODROP none is lost).
 static inline unsigned int curing_sq_flags(struct io_uring *ring) {
     return IO_URING_READ_ONCE(*ring->sq.kflags);
+}
+
+// Kernel ABI values newer than this liburing's headers. Prefixed, so a newer header that
+// defines (or enumerates) the originals cannot clash.
+
+/// `IOU_PBUF_RING_INC` (Linux 6.12): buffers of the ring are consumed incrementally.
+#define CURING_IOU_PBUF_RING_INC 2u
+/// `IORING_CQE_F_BUF_MORE` (Linux 6.12): the kernel keeps the completion's buffer at the ring head
+/// and will put more data into it.
+#define CURING_IORING_CQE_F_BUF_MORE (1u << 4)
+
+/// Sets `io_uring_buf_reg.flags`: the 16 bits after `bgid`, named `pad` in headers older than the
+/// flags (this liburing's), `flags` in newer ones; written by offset so both compile.
+static inline void curing_buf_reg_set_flags(struct io_uring_buf_reg *reg, unsigned short flags) {
+    memcpy((char *)reg + offsetof(struct io_uring_buf_reg, bgid) + sizeof(reg->bgid), &flags, sizeof(flags));
 }
 
 static inline void curing_buf_ring_init(void *br) { io_uring_buf_ring_init((struct io_uring_buf_ring *)br); }

@@ -22,13 +22,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     /// A bundle has completed: a later `EINVAL` is not the kernel refusing bundles.
     var bundleWorked = false
     private(set) var free: Int
-    // The wait list: links by session index, kept apart from the sessions because an index can be
-    // reused (and, unpooled, its session freed) while still linked; entries whose session no longer
-    // waits are skipped.
-    let waitNext: UnsafeMutablePointer<Int32>
-    let linked: UnsafeMutablePointer<Bool>
-    var waitHead: Int32 = -1
-    var waitTail: Int32 = -1
+    var waiting: BufferWaitList
 
     init(buffers: consuming BufferRing, sessions: Int, maxHeldPerConnection: Int, bundles: Bool = false) {
         free = buffers.count
@@ -38,15 +32,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         bundleBytes = UInt32(max(1, min(maxHeldPerConnection, buffers.count) / 2) * buffers.bufferSize)
         self.buffers = buffers
         self.maxHeldPerConnection = Int32(max(1, min(maxHeldPerConnection, Int(Int32.max))))
-        waitNext = .allocate(capacity: sessions)
-        waitNext.initialize(repeating: -1, count: sessions)
-        linked = .allocate(capacity: sessions)
-        linked.initialize(repeating: false, count: sessions)
-    }
-
-    deinit {
-        waitNext.deallocate()
-        linked.deallocate()
+        waiting = BufferWaitList(sessions: sessions)
     }
 
     var buffersHeld: Int { buffers.count - free }
@@ -60,7 +46,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         let bundle = bundles && multishot
         try core.ring.prepareRecv(
             s.pointee.file, bufferGroup: buffers.group, multishot: multishot, bundle: bundle,
-            maxBytes: bundle ? bundleBytes : 0, tag: s.pointee.tag(.recv).rawValue)
+            maxLength: bundle ? bundleBytes : 0, tag: s.pointee.tag(.recv).rawValue)
         s.pointee.pending.insert(.recv)
     }
 
@@ -77,7 +63,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     }
 
     @inline(__always)
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32) {
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)? {
         let id = c.bufferID.unsafelyUnwrapped
         free -= 1
         s.pointee.buffersHeld += 1
@@ -93,7 +79,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     /// Part `part` of a bundle: the buffers after the first in the ring, each full but the last.
     @inline(__always)
     mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>, part: Int)
-        -> (UnsafeMutableRawBufferPointer, Int32)
+        -> (UnsafeMutableRawBufferPointer, Int32)?
     {
         guard part > 0 else { return take(c, s) }
         if part == 1 { bundleWorked = true }
@@ -132,28 +118,13 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         s.pointee.buffersHeld -= 1
     }
 
-    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) {
-        s.pointee.waitingForBuffers = true
-        let index = Int32(bitPattern: s.pointee.index)
-        guard !linked[Int(index)] else { return }
-        linked[Int(index)] = true
-        waitNext[Int(index)] = -1
-        if waitTail >= 0 { waitNext[Int(waitTail)] = index } else { waitHead = index }
-        waitTail = index
-    }
+    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) { waiting.add(s) }
 
     mutating func afterBatch(core: LoopCore) throws(URingError) {
         buffers.commit()
         // Wake at most as many waiters as there are buffers: the rest would only hit ENOBUFS again.
         var budget = free
-        while budget > 0 && waitHead >= 0 {
-            let index = Int(waitHead)
-            waitHead = waitNext[index]
-            if waitHead < 0 { waitTail = -1 }
-            linked[index] = false
-            waitNext[index] = -1
-            guard let s = core.sessions.session(at: index), s.pointee.waitingForBuffers else { continue }
-            s.pointee.waitingForBuffers = false
+        while budget > 0, let s = waiting.pop(core.sessions) {
             if core.wantsReceive(s) {
                 core.stats.receiveRearms &+= 1
                 budget -= 1

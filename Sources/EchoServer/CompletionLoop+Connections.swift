@@ -42,7 +42,12 @@ extension CompletionLoop where Receiver: ~Copyable {
         if parts > 1 { core.stats.receiveBundles &+= 1 }
         var delivered = false
         for part in 0..<parts {
-            let (bytes, segment) = receiver.take(c, s, part: part)
+            guard let (bytes, segment) = receiver.take(c, s, part: part) else {
+                // The bytes could not be held (an incremental ring's slice table ran out): the
+                // stream has a hole, so the connection ends.
+                core.stats.errors &+= 1
+                return try core.beginClose(s)
+            }
             core.stats.bytesIn &+= UInt64(bytes.count)
             s.pointee.bytesIn &+= UInt64(bytes.count)
             guard s.pointee.state == .open && !s.pointee.closeRequested && !s.pointee.abortRequested else {

@@ -53,7 +53,7 @@ final class LoopCore {
     var replyAnchor: Int32 = -1
 
     init(
-        configuration: ServerConfiguration, setup: consuming RingSetup, providedBase: UnsafeMutableRawPointer?,
+        configuration: ServerConfiguration, setup: consuming RingSetup, provided: ProvidedSegments,
         ringIndex: Int, mailboxes: Mailboxes, logger: Logger
     ) {
         self.configuration = configuration
@@ -62,7 +62,8 @@ final class LoopCore {
         self.logger = logger
         let capacity = setup.capacity
         mainCapacity = setup.mainCapacity
-        let useRing = providedBase != nil
+        let useRing: Bool
+        if case .none = provided { useRing = false } else { useRing = true }
         features = setup.features
         slots = setup.slots.take()
         ring = setup.ring
@@ -71,9 +72,8 @@ final class LoopCore {
         // Accepts, and the closes of sockets over the cap (at most one per spare slot in flight).
         contexts = ContextSlab(capacity: configuration.acceptDepth + setup.spareSlots + (capacity - mainCapacity) + 64)
         queue = SendQueue(
-            provided: useRing ? configuration.bufferRingEntries : 0, providedBase: providedBase,
-            providedSize: configuration.bufferSize, outbound: configuration.outboundBuffers,
-            outboundSize: configuration.bufferSize, sessions: useRing ? 0 : capacity, capacity: capacity)
+            provided: provided, outbound: configuration.outboundBuffers, outboundSize: configuration.bufferSize,
+            sessions: useRing ? 0 : capacity, capacity: capacity)
         dirtyNext = .allocate(capacity: capacity)
         dirtyNext.initialize(repeating: -1, count: capacity)
         isDirty = .allocate(capacity: capacity)

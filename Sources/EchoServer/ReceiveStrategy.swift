@@ -5,7 +5,7 @@ import URing
 /// receive may be posted. The loop is generic over it (``CompletionLoop``), so its calls
 /// specialise: no existential, no dynamic dispatch per completion.
 protocol ReceivePath: ~Copyable {
-    /// Buffers one connection may hold before its receiving pauses.
+    /// Buffers one connection may hold before its receiving pauses (counted in ``Session/buffersHeld``).
     var maxHeldPerConnection: Int32 { get }
     /// Buffers taken by receives and not yet given back (0 when idle).
     var buffersHeld: Int { get }
@@ -17,8 +17,10 @@ protocol ReceivePath: ~Copyable {
     /// re-armed when what it waits for (its own buffer, or any provided buffer) comes back.
     mutating func armOrWait(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError)
     /// The bytes of a data completion (`result > 0`) and the send-queue segment that holds them;
-    /// the segment counts as held by `s` until ``release(_:of:)``.
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)
+    /// the segment counts as held by `s` until ``release(_:of:)``. Nil when the bytes cannot be
+    /// held (an incremental ring's slice table ran out): they are dropped, and the loop closes
+    /// the connection, whose stream now has a hole.
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)?
     /// Gives back a buffer that a completion carried but nobody will read (EOF, error, stale).
     mutating func discard(_ c: Completion)
     /// Gives back a segment of this strategy once sent or dropped; `s` is its holder.
@@ -33,7 +35,7 @@ protocol ReceivePath: ~Copyable {
     func parts(_ c: Completion) -> Int
     /// Segment `part` of a data completion (``take(_:_:)`` is part 0).
     mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>, part: Int)
-        -> (UnsafeMutableRawBufferPointer, Int32)
+        -> (UnsafeMutableRawBufferPointer, Int32)?
     /// A receive of `s` ended with `error`: whether the strategy gave up a feature the kernel
     /// refused (the loop then receives again instead of closing).
     mutating func fallBack(after error: Errno, core: LoopCore) -> Bool
@@ -44,7 +46,7 @@ extension ReceivePath where Self: ~Copyable {
 
     @inline(__always)
     mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>, part: Int)
-        -> (UnsafeMutableRawBufferPointer, Int32)
+        -> (UnsafeMutableRawBufferPointer, Int32)?
     { take(c, s) }
 
     mutating func fallBack(after error: Errno, core: LoopCore) -> Bool { false }

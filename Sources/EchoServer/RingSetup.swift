@@ -3,11 +3,13 @@ import SocketPool
 import URing
 
 /// Ring and feature setup for one loop, with every fallback: the flag chain, the fixed-file table,
-/// the provided-buffer ring. What the kernel refuses is dropped from ``features`` and logged once.
+/// the provided-buffer ring (incremental, else ordinary). What the kernel refuses is dropped from
+/// ``features`` and logged once.
 struct RingSetup: ~Copyable {
     let ring: Ring
     var features: KernelFeatures
     var slots: SlotPool?
+    /// The provided-buffer ring; incremental when ``features`` has ``KernelFeatures/incrementalBuffers``.
     var buffers: BufferRing?
     /// Sessions: the ring's share of the connection cap, plus those reserved for the metrics
     /// endpoint's connections when this ring serves it.
@@ -17,8 +19,16 @@ struct RingSetup: ~Copyable {
     /// Fixed-file slots beyond the sessions, for sockets over the cap to be accepted and closed.
     let spareSlots: Int
 
+    /// - Parameters:
+    ///   - configuration: the server's configuration.
+    ///   - index: the ring's index.
+    ///   - logger: where fallbacks are logged.
+    ///   - extraSessions: sessions beyond the ring's share of the cap (the metrics endpoint's).
+    ///   - extraRingFlags: registration flags added to the incremental ring's (tests pass one the
+    ///     kernel does not know, so the registration is refused as an older kernel refuses it).
     init(
-        _ configuration: ServerConfiguration, ring index: Int, logger: Logger, extraSessions: Int = 0
+        _ configuration: ServerConfiguration, ring index: Int, logger: Logger, extraSessions: Int = 0,
+        extraRingFlags: BufferRing.Flags = []
     ) throws(URingError) {
         // The setup flags are a trial down the chain; the rest comes from the kernel's opcode probe,
         // so what it cannot do is dropped before it is tried.
@@ -63,7 +73,24 @@ struct RingSetup: ~Copyable {
             slots = nil
         }
 
-        if configuration.receive == .bufferRing && features.contains(.bufferRing) {
+        buffers = nil
+        if configuration.receive != .bufferRing || !features.contains(.bufferRing) {
+            features.remove([.bufferRing, .incrementalBuffers])
+        }
+        if features.contains(.incrementalBuffers) {
+            // Incremental consumption (Linux 6.12): a kernel without it refuses with EINVAL, and
+            // gets the ordinary ring below.
+            let shape = configuration.incrementalRing
+            do {
+                buffers = try BufferRing(
+                    registeringWith: ring, group: 1, count: shape.count, bufferSize: shape.bufferSize,
+                    flags: BufferRing.Flags.incremental.union(extraRingFlags))
+            } catch {
+                logger.notice("incremental buffer ring refused (\(error)); using the ordinary buffer ring")
+                features.remove(.incrementalBuffers)
+            }
+        }
+        if features.contains(.bufferRing) && !features.contains(.incrementalBuffers) {
             do {
                 buffers = try BufferRing(
                     registeringWith: ring, group: 1, count: configuration.bufferRingEntries,
@@ -71,14 +98,13 @@ struct RingSetup: ~Copyable {
             } catch {
                 logger.warning("buffer ring unavailable (\(error)); falling back to per-session buffers")
                 features.remove(.bufferRing)
-                buffers = nil
             }
-        } else {
-            features.remove(.bufferRing)
-            buffers = nil
         }
         // Bundles: a kernel feature bit (6.10), and only over a buffer ring.
-        if buffers == nil || !ring.features.contains(.recvSendBundle) { features.remove(.recvBundles) }
+        // (The incremental receiver takes one slice per completion: no bundles.)
+        if buffers == nil || features.contains(.incrementalBuffers) || !ring.features.contains(.recvSendBundle) {
+            features.remove(.recvBundles)
+        }
         // Slots are filled by one multishot accept into kernel-chosen slots, or by pre-posted
         // single-shot accepts (see Acceptor); plain multishot accept serves plain descriptors.
         if slots != nil { features.remove(.multishotAccept) } else { features.remove(.directMultishotAccept) }

@@ -8,7 +8,7 @@ import SocketPool
 ///
 /// | ids | segment |
 /// |---|---|
-/// | `0 ..< provided` | a provided buffer the kernel filled (echoed in place, zero copy) |
+/// | `0 ..< provided` | received bytes in provided-buffer memory (echoed in place, zero copy): a whole provided buffer, or a slice of an incremental one; ``providedAddress`` says where each starts |
 /// | `outboundFirst ..< outboundFirst + outbound` | a pooled outbound buffer that ``write(_:to:coalesce:)`` copied into |
 /// | `sessionFirst + index` | session `index`'s own buffer (per-session receive, echoed in place) |
 ///
@@ -17,8 +17,9 @@ import SocketPool
 struct SendQueue: ~Copyable {
     let length: UnsafeMutablePointer<Int32>
     let next: UnsafeMutablePointer<Int32>
-    let providedBase: UnsafeMutableRawPointer?
-    let providedSize: Int
+    /// Where each provided segment starts: written once for a buffer ring (buffer `id` at
+    /// `base + id * size`), by the receiver at each receive for slices of an incremental ring.
+    let providedAddress: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     let outboundFirst: Int32
     let outboundCount: Int
     let outboundSize: Int
@@ -32,24 +33,25 @@ struct SendQueue: ~Copyable {
     static let maxGather = 16
 
     /// - Parameters:
-    ///   - provided: provided buffers (0 without a buffer ring), at `providedBase`, each `providedSize`.
+    ///   - provided: the provided segments (none without a buffer ring).
     ///   - outbound: outbound buffers of `outboundSize` bytes.
     ///   - sessions: sessions with their own buffer (0 with a buffer ring).
-    init(
-        provided: Int, providedBase: UnsafeMutableRawPointer?, providedSize: Int, outbound: Int, outboundSize: Int,
-        sessions: Int, capacity: Int
-    ) {
+    init(provided providedSegments: ProvidedSegments, outbound: Int, outboundSize: Int, sessions: Int, capacity: Int) {
         headers = .allocate(capacity: capacity)
         headers.initialize(repeating: msghdr(), count: capacity)
         iovecs = .allocate(capacity: capacity * Self.maxGather)
         iovecs.initialize(repeating: iovec(), count: capacity * Self.maxGather)
+        let provided = providedSegments.count
         let total = provided + outbound + sessions
         length = .allocate(capacity: max(total, 1))
         length.initialize(repeating: 0, count: max(total, 1))
         next = .allocate(capacity: max(total, 1))
         next.initialize(repeating: -1, count: max(total, 1))
-        self.providedBase = providedBase
-        self.providedSize = providedSize
+        providedAddress = .allocate(capacity: max(provided, 1))
+        providedAddress.initialize(repeating: nil, count: max(provided, 1))
+        if case .buffers(let base, let count, let size) = providedSegments {
+            for id in 0..<count { providedAddress[id] = base + id * size }
+        }
         outboundFirst = Int32(provided)
         outboundCount = outbound
         self.outboundSize = outboundSize
@@ -66,6 +68,7 @@ struct SendQueue: ~Copyable {
         iovecs.deallocate()
         length.deallocate()
         next.deallocate()
+        providedAddress.deallocate()
         outboundBase.deallocate()
         outboundFree.deallocate()
     }
@@ -77,7 +80,7 @@ struct SendQueue: ~Copyable {
     /// The memory of segment `id` (a session segment's is that session's buffer).
     @inline(__always)
     func base(_ id: Int32, _ s: UnsafeMutablePointer<Session>) -> UnsafeMutableRawPointer {
-        if id < outboundFirst { return providedBase.unsafelyUnwrapped + Int(id) * providedSize }
+        if id < outboundFirst { return providedAddress[Int(id)].unsafelyUnwrapped }
         if id < sessionFirst { return outboundBase + Int(id - outboundFirst) * outboundSize }
         return s.pointee.buffer.baseAddress.unsafelyUnwrapped
     }
@@ -207,5 +210,24 @@ struct SendQueue: ~Copyable {
         s.pointee.outboundHeld -= 1
         outboundFree[outboundAvailable] = id
         outboundAvailable += 1
+    }
+}
+
+/// The provided segments of a ring's send queue.
+enum ProvidedSegments {
+    /// No buffer ring: receives use the sessions' own buffers.
+    case none
+    /// A buffer ring of `count` buffers of `size` bytes from `base`; segment `id` is buffer `id`.
+    case buffers(base: UnsafeMutableRawPointer, count: Int, size: Int)
+    /// `count` slices of an incremental buffer ring, placed by its receiver
+    /// (``IncrementalBufferReceiver``).
+    case slices(count: Int)
+
+    var count: Int {
+        switch self {
+        case .none: 0
+        case .buffers(_, let count, _): count
+        case .slices(let count): count
+        }
     }
 }

@@ -40,6 +40,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         var metricsAddress: SocketAddress?
         var setupErrors: [URingError] = []
         var failure: ServerError?
+        /// Added to the incremental buffer ring's registration flags (fault injection for tests).
+        var extraRingFlags: BufferRing.Flags = []
     }
 
     /// Creates a server; nothing is bound until ``start()``.
@@ -195,6 +197,13 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         }
     }
 
+    /// Makes every ring's registration of an incremental buffer ring carry a flag no kernel knows,
+    /// so the kernel refuses it with `EINVAL` as a kernel older than 6.12 refuses
+    /// `IOU_PBUF_RING_INC` (fault injection for tests). Call before ``start()``.
+    package func refuseIncrementalBufferRing() {
+        state.withLock { $0.extraRingFlags = BufferRing.Flags(rawValue: 1 << 15) }
+    }
+
     /// Asks every ring to stop: no new accepts, every connection cancelled and closed, the ring
     /// exited. Safe from any thread, any number of times; returns at once (see ``wait()``).
     public func stop() {
@@ -215,18 +224,37 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             // The ring serving the metrics endpoint has sessions of its own for it (one more than
             // its connection cap: the newest replaces the oldest).
             let extra = secondary != nil ? (metricsEndpoint?.maxConnections ?? 0) + 1 : 0
-            var setup = try RingSetup(configuration, ring: i, logger: logger, extraSessions: extra)
+            let extraRingFlags = state.withLock { $0.extraRingFlags }
+            var setup = try RingSetup(
+                configuration, ring: i, logger: logger, extraSessions: extra, extraRingFlags: extraRingFlags)
             let buffers = setup.buffers.take()
+            let incremental = setup.features.contains(.incrementalBuffers)
+            let maxHeld = min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries)
+            var provided = ProvidedSegments.none
+            if let base = buffers?.buffer(0).baseAddress {
+                provided =
+                    incremental
+                    ? .slices(
+                        count: IncrementalBufferReceiver.sliceCapacity(
+                            sessions: configuration.connections(forRing: i) + extra, maxHeldPerConnection: maxHeld))
+                    : .buffers(base: base, count: configuration.bufferRingEntries, size: configuration.bufferSize)
+            }
             let core = LoopCore(
-                configuration: configuration, setup: setup, providedBase: buffers?.buffer(0).baseAddress,
-                ringIndex: i, mailboxes: mailboxes, logger: logger)
+                configuration: configuration, setup: setup, provided: provided, ringIndex: i, mailboxes: mailboxes,
+                logger: logger)
             mailboxes.ringDescriptors[i].value.store(core.ring.descriptor, ordering: .releasing)
             if let buffers {
-                let receiver = BufferRingReceiver(
-                    buffers: buffers, sessions: core.sessions.capacity,
-                    maxHeldPerConnection: min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries),
-                    bundles: core.features.contains(.recvBundles))
-                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                if incremental {
+                    let receiver = IncrementalBufferReceiver(
+                        buffers: buffers, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
+                        unitSize: configuration.bufferSize, queue: core.queue)
+                    serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                } else {
+                    let receiver = BufferRingReceiver(
+                        buffers: buffers, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
+                        bundles: core.features.contains(.recvBundles))
+                    serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                }
             } else {
                 let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
                 serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)

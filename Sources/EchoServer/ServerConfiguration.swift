@@ -43,13 +43,15 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// Linux 6.10).
     public static let recvBundles = KernelFeatures(rawValue: 1 << 7)
     /// Provided buffers are consumed incrementally (`IOU_PBUF_RING_INC`, Linux 6.12): several
-    /// receives share one large buffer, so buffer memory follows the bytes in flight.
+    /// receives share one large buffer, so buffer memory follows the bytes in flight. The ring has
+    /// fewer, larger buffers (``ServerConfiguration/incrementalRing``); a kernel that refuses the
+    /// registration gets the ordinary ring. Needs ``bufferRing``.
     public static let incrementalBuffers = KernelFeatures(rawValue: 1 << 8)
 
     /// Everything on.
     public static let all: KernelFeatures = [
         .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing, .registeredRing,
-        .directMultishotAccept, .recvBundles,
+        .directMultishotAccept, .recvBundles, .incrementalBuffers,
     ]
 
     /// The features a kernel can run, read from its opcode probe rather than its version string
@@ -103,6 +105,9 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var bufferSize: Int = 4096
     /// Provided buffers per ring (a power of two) for ``ReceiveStrategy/bufferRing``.
     public var bufferRingEntries: Int = 4096
+    /// Bytes per buffer of an incremental buffer ring (``KernelFeatures/incrementalBuffers``),
+    /// where receives share buffers; see ``incrementalRing`` for the ring it makes.
+    public var incrementalBufferSize: Int = 64 * 1024
     /// Connections served at once, over all threads. Clients beyond it are accepted and closed at
     /// once (a clean FIN), and counted in ``ServerStatistics/rejected``.
     public var maxConnections: Int = 4096
@@ -151,6 +156,19 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// The defaults.
     public init() {}
 
+    /// The shape of an incremental buffer ring: buffers of `max(incrementalBufferSize, bufferSize)`
+    /// bytes, as many as fit in the ordinary ring's memory (`bufferRingEntries × bufferSize`),
+    /// rounded down to a power of two; where fewer than two fit, two buffers of half that memory.
+    /// Either way the incremental ring takes no more memory than the ordinary one, and a receive
+    /// can always take at least `bufferSize` bytes. (Defaults: 256 buffers of 64 KiB, 16 MiB.)
+    public var incrementalRing: (count: Int, bufferSize: Int) {
+        let total = bufferRingEntries * bufferSize
+        let size = max(incrementalBufferSize, bufferSize)
+        var count = 1
+        while count * 2 * size <= total && count * 2 <= 32768 { count *= 2 }
+        return count >= 2 ? (count, size) : (2, total / 2)
+    }
+
     /// Connections per ring thread.
     public var connectionsPerThread: Int { max(1, (maxConnections + threads - 1) / max(threads, 1)) }
 
@@ -180,6 +198,9 @@ public struct ServerConfiguration: Sendable, Hashable {
         try check(
             powerOfTwo(bufferRingEntries, in: 2...32768), "bufferRingEntries",
             "a power of two in 2...32768 (the kernel's limit for a provided-buffer ring)", bufferRingEntries)
+        try check(
+            (64...1 << 24).contains(incrementalBufferSize), "incrementalBufferSize", "64...16777216 bytes",
+            incrementalBufferSize)
         try check((1...1_000_000).contains(maxConnections), "maxConnections", "1...1000000", maxConnections)
         // Split over the rings, the total is exactly maxConnections: each ring needs at least one.
         try check(
@@ -235,15 +256,22 @@ public struct ServerConfiguration: Sendable, Hashable {
         // What start() allocates up front must fit the machine: a request beyond memory is this
         // error, not an abort in the allocator. Per ring: the receive buffers (the buffer ring, or in
         // pooled mode a buffer per session; the larger of the two, as a ring the kernel refuses a
-        // buffer ring falls back to per-session buffers), the outbound buffers, and about 0.5 KiB
-        // plus a session record of bookkeeping per connection; then one mailbox per ordered pair of
-        // rings. With the bounds above the sum stays below 2^52: no overflow.
+        // buffer ring falls back to per-session buffers; an incremental ring is never larger), the
+        // outbound buffers, and about 0.5 KiB plus a session record of bookkeeping per connection,
+        // with an incremental ring its slice table too; then one mailbox per ordered pair of rings.
+        // With the bounds above the sum stays below 2^52: no overflow.
         guard let memory = Posix.physicalMemoryBytes else { return }
         let sessionBuffers = mode == .pooled ? connectionsPerThread * bufferSize : 0
         let ringBuffers = receive == .bufferRing && features.contains(.bufferRing) ? bufferRingEntries * bufferSize : 0
         let receiveBytes = max(sessionBuffers, ringBuffers)
         let outboundBytes = outboundBuffers * bufferSize
-        let bookkeeping = connectionsPerThread * (MemoryLayout<Session>.stride + 512)
+        let incremental = receive == .bufferRing && features.isSuperset(of: [.bufferRing, .incrementalBuffers])
+        let slices =
+            incremental
+            ? IncrementalBufferReceiver.sliceCapacity(
+                sessions: connectionsPerThread, maxHeldPerConnection: min(maxBuffersPerConnection, bufferRingEntries))
+                * IncrementalBufferReceiver.bytesPerSlice : 0
+        let bookkeeping = connectionsPerThread * (MemoryLayout<Session>.stride + 512) + slices
         let mailboxes = threads * threads * mailboxBytes
         let total = threads * (receiveBytes + outboundBytes + bookkeeping) + mailboxes
         if total > memory {

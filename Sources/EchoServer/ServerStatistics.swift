@@ -51,8 +51,9 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     /// Times the completion queue overflowed: harvests that found completions held back in the
     /// kernel's overflow list (none is lost with `IORING_FEAT_NODROP`), plus any the kernel dropped.
     public var completionQueueOverflows: UInt64 = 0
-    /// Provided buffers currently held by the server (taken by a receive, not yet given back).
-    /// 0 when idle; negative would mean a buffer was given back twice.
+    /// Provided buffers currently held by the server (taken by a receive, not yet given back); with
+    /// incremental buffers, the slices held (several can share one buffer). 0 when idle; negative
+    /// would mean a buffer was given back twice.
     public var buffersHeld: Int = 0
     /// Writes refused because the connection's output bound or the outbound buffers were reached.
     public var writesRefused: UInt64 = 0

@@ -25,7 +25,7 @@ struct SessionBufferReceiver: ReceivePath {
     }
 
     @inline(__always)
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32) {
+    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)? {
         s.pointee.buffersHeld = 1
         buffersHeld += 1
         return (UnsafeMutableRawBufferPointer(rebasing: s.pointee.buffer[0..<Int(c.result)]),

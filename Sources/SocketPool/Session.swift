@@ -87,7 +87,8 @@ public struct Session {
     public var pausedByHandler: Bool
     /// Waiting for provided buffers to come back (the receive ended with `ENOBUFS`).
     public var waitingForBuffers: Bool
-    /// Provided buffers this connection holds (received and not yet sent or returned).
+    /// Provided buffers this connection holds (received and not yet sent or returned); with an
+    /// incremental ring, the buffers its slices' bytes would fill (at least one per slice).
     public var buffersHeld: Int32
 
     /// Outbound buffers this connection's queue holds.

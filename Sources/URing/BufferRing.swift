@@ -12,6 +12,12 @@ import Glibc
 /// liburing 2.3 lacks `io_uring_setup_buf_ring`, so this maps the ring memory itself
 /// (`mmap`, page aligned) and registers it with `io_uring_register_buf_ring`.
 ///
+/// Registered with ``Flags/incremental`` (`IOU_PBUF_RING_INC`, Linux 6.12), a receive takes only
+/// the bytes it got from the buffer at the ring head: several receives share one buffer, each
+/// continuing where the previous one ended, and a completion with
+/// ``Completion/hasBufferMore`` says the kernel keeps that buffer for more. The owner tracks
+/// where each buffer was consumed up to; the ring only stores and republishes whole buffers.
+///
 /// Call ``unregister(from:)`` before the ``Ring`` goes away. If it is dropped without, its memory
 /// is released and the ring keeps its registration until it exits (the kernel pins the pages, so
 /// nothing writes into freed memory).
@@ -31,6 +37,19 @@ public struct BufferRing: ~Copyable {
     /// following buffers can be read from the entries after its first.
     @usableFromInline let positions: UnsafeMutablePointer<UInt16>
     var registered = true
+    /// The registration flags the kernel accepted.
+    public let flags: Flags
+
+    /// `io_uring_buf_reg.flags`.
+    public struct Flags: OptionSet, Sendable, Hashable {
+        /// Raw bits.
+        public let rawValue: UInt16
+        /// Wraps raw bits (tests pass bits the kernel does not know, to provoke `EINVAL`).
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// `IOU_PBUF_RING_INC` (Linux 6.12): incremental consumption. Older kernels refuse the
+        /// registration with `EINVAL`.
+        public static let incremental = Flags(rawValue: UInt16(CURING_IOU_PBUF_RING_INC))
+    }
 
     /// Maps, fills and registers a buffer ring.
     /// - Parameters:
@@ -40,12 +59,14 @@ public struct BufferRing: ~Copyable {
     ///   - bufferSize: bytes per buffer.
     ///   - provided: how many buffers to hand to the kernel at once (default all); the rest wait
     ///     for ``recycle(_:)``. Fewer is useful to provoke `ENOBUFS`.
+    ///   - flags: registration flags; a kernel without one refuses with `EINVAL`.
     /// - Throws: ``URingError`` with `EINVAL` for a bad count, for `mmap`, or for
-    ///   `io_uring_register_buf_ring`.
+    ///   `io_uring_register_buf_ring` (also `EINVAL` for flags the kernel lacks).
     public init(
-        registeringWith ring: borrowing Ring, group: UInt16, count: Int, bufferSize: Int, provided: Int? = nil
+        registeringWith ring: borrowing Ring, group: UInt16, count: Int, bufferSize: Int, provided: Int? = nil,
+        flags: Flags = []
     ) throws(URingError) {
-        guard count > 0, count <= 32768, count & (count - 1) == 0, bufferSize > 0 else {
+        guard count > 0, count <= 32768, count & (count - 1) == 0, bufferSize > 0, bufferSize <= Int(UInt32.max) else {
             throw URingError("io_uring_register_buf_ring", errno: .invalidArgument)
         }
         let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -61,6 +82,7 @@ public struct BufferRing: ~Copyable {
         registration.ring_addr = UInt64(UInt(bitPattern: memory))
         registration.ring_entries = UInt32(count)
         registration.bgid = group
+        curing_buf_reg_set_flags(&registration, flags.rawValue)
         let result = io_uring_register_buf_ring(ring.ring, &registration, 0)
         if result < 0 {
             munmap(memory, bytes)
@@ -73,6 +95,7 @@ public struct BufferRing: ~Copyable {
         self.group = group
         self.count = count
         self.bufferSize = bufferSize
+        self.flags = flags
         self.mask = Int32(count - 1)
         positions = .allocate(capacity: count)
         positions.initialize(repeating: 0, count: count)
@@ -93,9 +116,11 @@ public struct BufferRing: ~Copyable {
         UnsafeMutableRawBufferPointer(start: storage + Int(id) * bufferSize, count: bufferSize)
     }
 
-    /// Queues buffer `id` for return to the kernel (`io_uring_buf_ring_add`). It becomes usable at
-    /// the next ``commit()``. Give back each buffer once, only after everything that reads it (a
-    /// send echoing it) has completed: a buffer returned twice would be handed to two receives.
+    /// Queues buffer `id` for return to the kernel (`io_uring_buf_ring_add`), whole: from its start,
+    /// its full length (an incremental ring's kernel moves an entry's address and length as it
+    /// consumes it; a recycled buffer starts over). It becomes usable at the next ``commit()``.
+    /// Give back each buffer once, only after everything that reads it (a send echoing it) has
+    /// completed: a buffer returned twice would be handed to two receives.
     /// - Parameter id: the buffer to return.
     @inlinable
     public mutating func recycle(_ id: UInt16) {

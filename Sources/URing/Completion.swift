@@ -38,6 +38,11 @@ public struct Completion: Sendable, Hashable {
         hasBuffer ? UInt16(truncatingIfNeeded: flags >> UInt32(IORING_CQE_BUFFER_SHIFT)) : nil
     }
 
+    /// `IORING_CQE_F_BUF_MORE` (Linux 6.12, an incremental ``BufferRing``): the kernel keeps the
+    /// completion's buffer at the ring head and will put more data into it, after these bytes.
+    /// Without it, the kernel is done with the buffer.
+    @inlinable public var hasBufferMore: Bool { flags & UInt32(CURING_IORING_CQE_F_BUF_MORE) != 0 }
+
     /// `IORING_CQE_F_NOTIF`: a zero-copy send's notification that its buffer may be reused.
     @inlinable public var isNotification: Bool { flags & UInt32(IORING_CQE_F_NOTIF) != 0 }
 

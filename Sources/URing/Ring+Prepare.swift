@@ -203,18 +203,19 @@ extension Ring {
     ///   - bundle: take several buffers per completion (`IORING_RECVSEND_BUNDLE`, Linux 6.10);
     ///     the completion names the first, the rest follow it in the ring
     ///     (``BufferRing/buffer(after:by:)``).
-    ///   - maxBytes: at most this many bytes per completion (0: no limit); with multishot, needs a
-    ///     kernel that allows a per-completion limit.
+    ///   - maxLength: the most bytes to take (0: as many as the buffer, or with `bundle` the
+    ///     buffers, hold). With an incremental ring it bounds what the receive consumes; with
+    ///     multishot it bounds each completion and needs a kernel that allows that.
     ///   - tag: the request's `user_data`.
     ///   - options: `IOSQE_*` flags.
     /// - Throws: ``URingError`` if no SQE could be had.
     @inlinable
     public func prepareRecv(
-        _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, bundle: Bool = false, maxBytes: UInt32 = 0,
+        _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, bundle: Bool = false, maxLength: UInt32 = 0,
         tag: UInt64, options: SubmissionOptions = []
     ) throws(URingError) {
         let sqe = try nextSQE()
-        io_uring_prep_recv(sqe, socket.raw, nil, Int(maxBytes), 0)
+        io_uring_prep_recv(sqe, socket.raw, nil, Int(maxLength), 0)
         if multishot { curing_sqe_add_ioprio(sqe, recvMultishotFlag) }
         if bundle { curing_sqe_add_ioprio(sqe, UInt16(CURING_RECVSEND_BUNDLE)) }
         curing_sqe_set_buffer_group(sqe, group)

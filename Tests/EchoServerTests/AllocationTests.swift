@@ -58,12 +58,19 @@ final class AllocationTests: ServerTestCase {
 
     /// Allocations of the ring thread per message (one connection, 64-byte ping-pong) and per
     /// connection (accept, echo 64 bytes, close), after warm-up, on the real loop.
-    func measure(_ mode: PoolMode, _ receive: ReceiveStrategy, viaWrite: Bool) throws -> (perMessage: Double, perConnection: Double) {
+    func measure(
+        _ mode: PoolMode, _ receive: ReceiveStrategy, viaWrite: Bool, incremental: Bool = false
+    ) throws -> (perMessage: Double, perConnection: Double) {
         let messages = AllocationMarks(warmup: 200, measured: 2000)
         let closes = AllocationMarks(warmup: 100, measured: 1000)
         var c = config(mode, receive)
         c.maxConnections = 8
+        if !incremental { c.features.remove(.incrementalBuffers) }
         try withServer(c, handler: { MarkingHandler(messages: messages, closes: closes, viaWrite: viaWrite) }) { server, port in
+            if incremental {
+                try XCTSkipUnless(
+                    server.statistics.features.contains(.incrementalBuffers), "this kernel refuses IOU_PBUF_RING_INC")
+            }
             let payload = patternBytes(seed: 7, count: 64)
             let s = try TestSocket.connect(port: port)
             for _ in 0..<(messages.warmup + messages.measured) {
@@ -79,11 +86,17 @@ final class AllocationTests: ServerTestCase {
         return (messages.perEvent, closes.perEvent)
     }
 
+    /// The receive paths: per-session buffers, the ordinary buffer ring, the incremental one.
+    static let receivePaths: [(ReceiveStrategy, incremental: Bool)] = [
+        (.perSessionBuffer, false), (.bufferRing, false), (.bufferRing, true),
+    ]
+
     func testEchoAndWriteAllocateNothingPerMessageOrConnectionWhenPooled() throws {
-        for receive in ReceiveStrategy.allCases {
+        for (receive, incremental) in Self.receivePaths {
             for viaWrite in [false, true] {
-                let (perMessage, perConnection) = try measure(.pooled, receive, viaWrite: viaWrite)
-                let label = "pooled/\(receive)/\(viaWrite ? "write" : "in place")"
+                let (perMessage, perConnection) = try measure(
+                    .pooled, receive, viaWrite: viaWrite, incremental: incremental)
+                let label = "pooled/\(receive)\(incremental ? "/incremental" : "")/\(viaWrite ? "write" : "in place")"
                 print("allocations \(label): \(perMessage) per message, \(perConnection) per connection")
                 XCTAssertEqual(perMessage, 0, "\(label): zero heap allocations per message")
                 XCTAssertEqual(perConnection, 0, "\(label): zero heap allocations per connection")
@@ -92,12 +105,13 @@ final class AllocationTests: ServerTestCase {
     }
 
     func testUnpooledAllocatesItsSessionPerConnectionAndNothingPerMessage() throws {
-        for receive in ReceiveStrategy.allCases {
-            let (perMessage, perConnection) = try measure(.unpooled, receive, viaWrite: false)
-            print("allocations unpooled/\(receive): \(perMessage) per message, \(perConnection) per connection")
-            XCTAssertEqual(perMessage, 0, "unpooled/\(receive): nothing per message")
+        for (receive, incremental) in Self.receivePaths {
+            let (perMessage, perConnection) = try measure(.unpooled, receive, viaWrite: false, incremental: incremental)
+            let label = "unpooled/\(receive)\(incremental ? "/incremental" : "")"
+            print("allocations \(label): \(perMessage) per message, \(perConnection) per connection")
+            XCTAssertEqual(perMessage, 0, "\(label): nothing per message")
             // A session per connection, and with per-session receive its buffer too.
-            XCTAssertGreaterThanOrEqual(perConnection, receive == .bufferRing ? 0.99 : 1.99, "unpooled/\(receive)")
+            XCTAssertGreaterThanOrEqual(perConnection, receive == .bufferRing ? 0.99 : 1.99, label)
         }
     }
 }

@@ -34,7 +34,9 @@ final class FeatureFallbackTests: ServerTestCase {
     }
 
     func testEchoWithEachFeatureSwitchedOff() throws {
-        let off: [KernelFeatures] = [.multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .registeredRing]
+        let off: [KernelFeatures] = [
+            .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .registeredRing, .incrementalBuffers,
+        ]
         for feature in off {
             for mode in PoolMode.allCases {
                 var c = config(mode, .bufferRing)
@@ -72,6 +74,14 @@ final class FeatureFallbackTests: ServerTestCase {
         try withServer(config(.pooled, .bufferRing)) { server, _ in
             let f = server.statistics.features
             XCTAssertTrue(f.contains([.bufferRing, .fixedFiles, .deferTaskrun, .registeredRing]), "\(f)")
+            // Incremental buffers where the kernel registers such a ring (6.12; no opcode tells).
+            let ring = try Ring()
+            if var probe = try? BufferRing(
+                registeringWith: ring, group: 1, count: 2, bufferSize: 64, flags: .incremental)
+            {
+                try? probe.unregister(from: ring)
+                XCTAssertTrue(f.contains(.incrementalBuffers), "\(f)")
+            }
         }
         try withServer(config(.unpooled, .bufferRing)) { server, _ in
             XCTAssertTrue(server.statistics.features.contains(.multishotAccept))

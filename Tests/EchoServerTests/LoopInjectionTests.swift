@@ -23,14 +23,20 @@ final class LoopInjectionTests: XCTestCase {
 
     /// A loop that is set up but not running: the test plays its completions.
     func makeLoop<R: ReceivePath & ~Copyable>(
-        _ configuration: ServerConfiguration, _ receiver: (LoopCore, consuming BufferRing?) -> R
+        _ configuration: ServerConfiguration, slices: Int? = nil, _ receiver: (LoopCore, consuming BufferRing?) -> R
     ) throws -> CompletionLoop<EchoHandler, R> {
         let mailboxes = Mailboxes(count: 1, capacity: 4096, wakeDescriptors: [wake])
         var setup = try RingSetup(configuration, ring: 0, logger: Logger(label: "test"))
         let buffers = setup.buffers.take()
+        var provided = ProvidedSegments.none
+        if let slices {
+            provided = .slices(count: slices)
+        } else if let base = buffers?.buffer(0).baseAddress {
+            provided = .buffers(base: base, count: configuration.bufferRingEntries, size: configuration.bufferSize)
+        }
         let core = LoopCore(
-            configuration: configuration, setup: setup, providedBase: buffers?.buffer(0).baseAddress, ringIndex: 0,
-            mailboxes: mailboxes, logger: Logger(label: "test"))
+            configuration: configuration, setup: setup, provided: provided, ringIndex: 0, mailboxes: mailboxes,
+            logger: Logger(label: "test"))
         return CompletionLoop(
             core: core, handler: EchoHandler(), receiver: receiver(core, buffers), listener: -1, publish: { _, _ in })
     }
@@ -76,6 +82,7 @@ final class LoopInjectionTests: XCTestCase {
         c.receive = .bufferRing
         c.bufferRingEntries = 8
         c.maxConnections = 4
+        c.features.remove(.incrementalBuffers)
         // The ring's own buffer ring is swapped for one whose buffer 7 the "kernel" holds (it was
         // never provided), as if a receive had taken it.
         let loop = try makeLoop(c) { core, buffers in
@@ -94,5 +101,69 @@ final class LoopInjectionTests: XCTestCase {
         XCTAssertEqual(loop.core.stats.staleCompletions, 1)
         XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 1, "the buffer went back to the ring")
         XCTAssertEqual(loop.receiver.buffersHeld, 0, "the books balance: nothing counted held, nothing twice")
+    }
+
+    /// The bookkeeping of an incremental ring, with completions played by the test: each slice
+    /// starts where the previous completion for its buffer ended; a buffer goes back to the ring
+    /// only when the kernel is done with it (no `BUF_MORE`, and full) and its slices are all
+    /// released; a stale completion still uses up its part of the buffer.
+    func testIncrementalSlicesStartWhereTheLastEndedAndTheirBufferReturnsOnce() throws {
+        var c = ServerConfiguration()
+        c.receive = .bufferRing
+        c.bufferRingEntries = 2
+        c.bufferSize = 64
+        c.maxConnections = 4
+        XCTAssertTrue(c.incrementalRing == (2, 64))
+        let slices = IncrementalBufferReceiver.sliceCapacity(sessions: 4, maxHeldPerConnection: 2)
+        let loop = try makeLoop(c, slices: slices) { core, buffers in
+            IncrementalBufferReceiver(
+                buffers: buffers!, sessions: core.sessions.capacity, maxHeldPerConnection: 2, unitSize: 64,
+                queue: core.queue)
+        }
+        try XCTSkipUnless(loop.core.features.contains(.incrementalBuffers), "this kernel refuses IOU_PBUF_RING_INC")
+        let core = loop.core
+        // Buffer 0 holds a known pattern, as if the kernel had written it.
+        let memory = loop.receiver.buffers.buffer(0)
+        for i in 0..<64 { memory[i] = UInt8(i) }
+        let (ours, theirs) = try TestSocket.pair()
+        defer {
+            ours.close()
+            theirs.close()
+        }
+        theirs.setTimeout(seconds: 2)
+        let s = try XCTUnwrap(core.sessions.resolve(try XCTUnwrap(core.sessions.acquire(file: .fd(ours.fd)))))
+        s.pointee.pending = [.recv]
+        let more: UInt32 = 16  // IORING_CQE_F_BUF_MORE
+        let buffer0: UInt32 = 1 | 0 << 16  // IORING_CQE_F_BUFFER, buffer id 0
+
+        // 10 bytes, and the kernel keeps the buffer: echoed from its start.
+        try loop.dispatch(Completion(tag: s.pointee.tag(.recv).rawValue, result: 10, flags: buffer0 | more))
+        XCTAssertEqual(loop.receiver.buffersHeld, 1)
+        try pump(loop) { s.pointee.queueHead < 0 }
+        XCTAssertEqual(try theirs.readExactly(10), Array(0..<10))
+        XCTAssertEqual(loop.receiver.buffersHeld, 0)
+        XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 0, "the kernel still fills buffer 0")
+
+        // 54 more, to the buffer's end: the kernel is done with it. Echoed from offset 10; the
+        // buffer goes back once the echo is sent.
+        XCTAssertTrue(s.pointee.pending.contains(.recv), "receiving again")
+        try loop.dispatch(Completion(tag: s.pointee.tag(.recv).rawValue, result: 54, flags: buffer0))
+        XCTAssertEqual(loop.receiver.free, 1, "buffer 0 is out of the kernel's hands")
+        XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 0, "not while its slice is held")
+        try pump(loop) { s.pointee.queueHead < 0 }
+        XCTAssertEqual(try theirs.readExactly(54), Array(10..<64))
+        XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 1, "given back, once")
+        XCTAssertEqual(loop.receiver.free, 2)
+        XCTAssertEqual(loop.receiver.consumed[0], 0, "it starts over")
+
+        // A stale completion that used up buffer 1: nobody reads it, and the buffer goes back.
+        let stale = RequestTag(index: 1, generation: 5, kind: .recv)
+        try loop.dispatch(Completion(tag: stale.rawValue, result: 30, flags: 1 | 1 << 16 | more))
+        XCTAssertEqual(loop.receiver.consumed[1], 30)
+        try loop.dispatch(Completion(tag: stale.rawValue, result: 34, flags: 1 | 1 << 16))
+        XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 2)
+        XCTAssertEqual(core.stats.staleCompletions, 2)
+        XCTAssertEqual(loop.receiver.buffersHeld, 0, "the books balance")
+        XCTAssertEqual(s.pointee.buffersHeld, 0)
     }
 }

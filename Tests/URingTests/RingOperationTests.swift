@@ -181,6 +181,62 @@ final class RingOperationTests: RingTestCase {
         try buffers.unregister(from: ring)
     }
 
+    /// An incremental ring (`IOU_PBUF_RING_INC`): receives share the buffer at the ring head, each
+    /// continuing where the previous one ended; `IORING_CQE_F_BUF_MORE` says the kernel keeps
+    /// the buffer, and its absence that the kernel filled it and moved on.
+    func testIncrementalBufferRingSharesABufferBetweenReceives() throws {
+        let ring = try Ring()
+        var buffers = try BufferRing(registeringWith: ring, group: 8, count: 2, bufferSize: 64, flags: .incremental)
+        XCTAssertEqual(buffers.flags, .incremental)
+        let (a, b) = try TestSocket.pair()
+        defer { a.close(); b.close() }
+        func receive(_ text: [UInt8], maxLength: UInt32 = 0, tag: UInt64) throws -> Completion {
+            try a.writeAll(text)
+            try ring.prepareRecv(.fd(b.fd), bufferGroup: 8, multishot: false, maxLength: maxLength, tag: tag)
+            return try completion(ring, tag: tag)
+        }
+        let first = try receive(Array("one".utf8), tag: 71)
+        let id = try XCTUnwrap(first.bufferID)
+        XCTAssertEqual(first.result, 3)
+        XCTAssertTrue(first.hasBufferMore, "the kernel keeps the buffer for more")
+        let second = try receive(Array("two!".utf8), tag: 72)
+        XCTAssertEqual(second.bufferID, id, "the same buffer")
+        XCTAssertTrue(second.hasBufferMore)
+        XCTAssertEqual(Array(buffers.buffer(id).prefix(7)), Array("onetwo!".utf8), "the second after the first")
+        // A length cap bounds what a receive consumes; the rest stays in the socket.
+        let capped = try receive(Array(repeating: 0x61, count: 40), maxLength: 10, tag: 73)
+        XCTAssertEqual(capped.result, 10)
+        XCTAssertEqual(capped.bufferID, id)
+        // Filling the buffer's last bytes: no BUF_MORE, the kernel is done with it.
+        let rest = try receive(Array(repeating: 0x62, count: 17), maxLength: 47, tag: 74)
+        XCTAssertEqual(rest.result, 47, "30 + 17 bytes, to the buffer's end")
+        XCTAssertEqual(rest.bufferID, id)
+        XCTAssertFalse(rest.hasBufferMore, "the buffer is full: the kernel moved on")
+        let next = try receive(Array("x".utf8), tag: 75)
+        XCTAssertNotEqual(next.bufferID, id, "the next buffer")
+        XCTAssertTrue(next.hasBufferMore)
+        // Given back whole, the first buffer starts over at its beginning.
+        buffers.recycle(id)
+        buffers.commit()
+        try buffers.unregister(from: ring)
+    }
+
+    /// A registration flag the kernel does not know is refused with EINVAL, as a kernel older
+    /// than 6.12 refuses `IOU_PBUF_RING_INC`.
+    func testUnknownBufferRingFlagIsRefusedWithEINVAL() throws {
+        let ring = try Ring()
+        do {
+            _ = try BufferRing(
+                registeringWith: ring, group: 9, count: 2, bufferSize: 64, flags: .init(rawValue: 1 << 15))
+            XCTFail("an unknown flag was accepted")
+        } catch {
+            XCTAssertEqual(error.errno, .invalidArgument, "\(error)")
+        }
+        // The group is still free: an ordinary ring registers under it.
+        var plain = try BufferRing(registeringWith: ring, group: 9, count: 2, bufferSize: 64)
+        try plain.unregister(from: ring)
+    }
+
     func testSendLargerThanSocketBufferCompletesPartiallyThenContinues() throws {
         let ring = try Ring()
         let (lfd, port) = try listener()

@@ -108,5 +108,7 @@ final class RingSetupTests: RingTestCase {
         XCTAssertTrue(n.isNotification)
         XCTAssertNil(n.bufferID)
         XCTAssertFalse(n.hasMore)
+        XCTAssertFalse(c.hasBufferMore)
+        XCTAssertTrue(Completion(tag: 0, result: 10, flags: 1 | 16 /* F_BUF_MORE */).hasBufferMore)
     }
 }
