@@ -48,7 +48,12 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// registration gets the ordinary ring. Needs ``bufferRing``.
     public static let incrementalBuffers = KernelFeatures(rawValue: 1 << 8)
 
-    /// Everything on.
+    /// What a server uses by default where the kernel has it: everything but
+    /// ``incrementalBuffers``, which is opt-in (it receives single-shot, and saves memory only with
+    /// a ring sized below the ordinary one; see docs/benchmarks.md).
+    public static let defaults: KernelFeatures = all.subtracting(.incrementalBuffers)
+
+    /// Every feature.
     public static let all: KernelFeatures = [
         .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing, .registeredRing,
         .directMultishotAccept, .recvBundles, .incrementalBuffers,
@@ -142,7 +147,7 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// Submission queue entries per ring.
     public var ringEntries: UInt32 = 512
     /// Optional kernel features to use when the kernel has them.
-    public var features: KernelFeatures = .all
+    public var features: KernelFeatures = .defaults
     /// How often the loop wakes for housekeeping (idle sweep, paused-accept retry, statistics).
     public var tickInterval: Duration = .milliseconds(250)
     /// Batched waiting, off by default: each loop turn waits until `completions` completions are

@@ -50,6 +50,12 @@ struct UringEcho: ParsableCommand {
         name: .customLong("disable"), parsing: .upToNextOption,
         help: "Kernel features to leave unused: multishot-accept, buffer-ring, fixed-files, defer-taskrun, message-ring, registered-ring, direct-multishot-accept, recv-bundles, incremental-buffers, or all (what Linux 5.15 offers).")
     var disabled: [String] = []
+    @Option(
+        name: .customLong("enable"), parsing: .upToNextOption,
+        help: "Opt-in kernel features to use where the kernel has them: incremental-buffers (see docs/benchmarks.md).")
+    var enabled: [String] = []
+    @Option(help: "Buffers in the provided-buffer ring (a power of two, 2...32768); with incremental buffers, the ring's memory is this times --buffer-size.")
+    var bufferRingEntries = 4096
 
     func validate() throws {
         // Checked before serverConfiguration() and run() make durations of them: a huge value must
@@ -70,6 +76,10 @@ struct UringEcho: ParsableCommand {
             throw ValidationError(
                 "--metrics must be HOST:PORT with a numeric IPv4 or IPv6 host ([::1]:9100 for IPv6) and a port 0...65535, got '\(metrics)'")
         }
+        for name in enabled where Self.featureNames[name] == nil {
+            throw ValidationError(
+                "unknown feature '\(name)' for --enable; known: \(Self.featureNames.keys.sorted().joined(separator: ", "))")
+        }
         for name in disabled where Self.featureNames[name] == nil {
             throw ValidationError(
                 "unknown feature '\(name)' for --disable; known: \(Self.featureNames.keys.sorted().joined(separator: ", "))")
@@ -79,7 +89,7 @@ struct UringEcho: ParsableCommand {
             let flags = [
                 "host": "--host", "threads": "--threads", "bufferSize": "--buffer-size",
                 "maxConnections": "--max-connections", "acceptDepth": "--accept-depth",
-                "maxPendingBytesPerConnection": "--buffer-size",
+                "maxPendingBytesPerConnection": "--buffer-size", "bufferRingEntries": "--buffer-ring-entries",
             ]
             let flag = flags.first { error.description.hasPrefix("invalid configuration: \($0.key) ") }
             throw ValidationError((flag.map { "\($0.value): " } ?? "") + error.description)
@@ -114,6 +124,8 @@ struct UringEcho: ParsableCommand {
         c.idleTimeout = idleTimeout == 0 ? nil : .seconds(idleTimeout)
         c.acceptDepth = acceptDepth
         if batchWait > 0 { c.batchWait = BatchWait(completions: batchWait, timeout: .microseconds(batchTimeout)) }
+        c.bufferRingEntries = bufferRingEntries
+        for name in enabled { c.features.formUnion(Self.featureNames[name]!) }
         for name in disabled { c.features.remove(Self.featureNames[name]!) }
         return c
     }

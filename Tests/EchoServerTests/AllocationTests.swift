@@ -65,7 +65,7 @@ final class AllocationTests: ServerTestCase {
         let closes = AllocationMarks(warmup: 100, measured: 1000)
         var c = config(mode, receive)
         c.maxConnections = 8
-        if !incremental { c.features.remove(.incrementalBuffers) }
+        if incremental { c.features.insert(.incrementalBuffers) }
         try withServer(c, handler: { MarkingHandler(messages: messages, closes: closes, viaWrite: viaWrite) }) { server, port in
             if incremental {
                 try XCTSkipUnless(

@@ -74,14 +74,8 @@ final class FeatureFallbackTests: ServerTestCase {
         try withServer(config(.pooled, .bufferRing)) { server, _ in
             let f = server.statistics.features
             XCTAssertTrue(f.contains([.bufferRing, .fixedFiles, .deferTaskrun, .registeredRing]), "\(f)")
-            // Incremental buffers where the kernel registers such a ring (6.12; no opcode tells).
-            let ring = try Ring()
-            if var probe = try? BufferRing(
-                registeringWith: ring, group: 1, count: 2, bufferSize: 64, flags: .incremental)
-            {
-                try? probe.unregister(from: ring)
-                XCTAssertTrue(f.contains(.incrementalBuffers), "\(f)")
-            }
+            // Incremental buffers are opt-in (IncrementalBufferTests).
+            XCTAssertFalse(f.contains(.incrementalBuffers), "\(f)")
         }
         try withServer(config(.unpooled, .bufferRing)) { server, _ in
             XCTAssertTrue(server.statistics.features.contains(.multishotAccept))

@@ -81,10 +81,10 @@ final class IncrementalBufferTests: ServerTestCase {
         try requireIncrementalBuffers()
         for mode in PoolMode.allCases {
             // The defaults: 256 buffers of 64 KiB.
-            try exerciseEcho(config(mode, .bufferRing), "\(mode)/default ring")
+            try exerciseEcho(configINC(mode, .bufferRing), "\(mode)/default ring")
             // Two buffers of 32 KiB: every buffer serves many receives, comes back often, and the
             // ring runs dry (ENOBUFS) while connections hold slices of it.
-            var small = config(mode, .bufferRing)
+            var small = configINC(mode, .bufferRing)
             small.bufferRingEntries = 16
             XCTAssertEqual(small.incrementalRing.count, 2)
             XCTAssertEqual(small.incrementalRing.bufferSize, 32 << 10)
@@ -105,7 +105,7 @@ final class IncrementalBufferTests: ServerTestCase {
         let message = 512
         let preamble = patternBytes(seed: 99, count: 128 << 10)
         for incremental in [true, false] {
-            var c = config(.pooled, .bufferRing)
+            var c = configINC(.pooled, .bufferRing)
             c.maxConnections = 256
             c.bufferSize = 1024
             c.maxPendingBytesPerConnection = 1 << 20
@@ -166,7 +166,7 @@ final class IncrementalBufferTests: ServerTestCase {
     /// is not listed.
     func testSwitchedOffTheOrdinaryRingServes() throws {
         for mode in PoolMode.allCases {
-            var c = config(mode, .bufferRing)
+            var c = configINC(mode, .bufferRing)
             c.features.remove(.incrementalBuffers)
             try withServer(c) { server, port in
                 let f = server.statistics.features
@@ -184,7 +184,7 @@ final class IncrementalBufferTests: ServerTestCase {
     /// gets the ordinary ring: the feature is dropped and the server serves.
     func testRefusedRegistrationFallsBackToTheOrdinaryRing() throws {
         for mode in PoolMode.allCases {
-            let server = EchoServer(configuration: config(mode, .bufferRing))
+            let server = EchoServer(configuration: configINC(mode, .bufferRing))
             server.refuseIncrementalBufferRing()
             try server.start()
             defer {
@@ -199,23 +199,25 @@ final class IncrementalBufferTests: ServerTestCase {
             XCTAssertTrue(try Self.roundTrip(port: port, bytes) == bytes, "\(mode)")
         }
         // Without the buffer ring there is nothing to consume incrementally.
-        var c = config(.pooled, .bufferRing)
+        var c = configINC(.pooled, .bufferRing)
         c.features.remove(.bufferRing)
         try withServer(c) { server, _ in
             XCTAssertFalse(server.statistics.features.contains(.incrementalBuffers))
         }
-        try withServer(config(.pooled, .perSessionBuffer)) { server, _ in
+        try withServer(configINC(.pooled, .perSessionBuffer)) { server, _ in
             XCTAssertFalse(server.statistics.features.contains(.incrementalBuffers))
         }
     }
 
-    /// The listening line lists `incrementalBuffers` when the ring registered, and not with
-    /// `--disable incremental-buffers`.
+    /// The listening line lists `incrementalBuffers` with `--enable incremental-buffers` when the
+    /// ring registered, and not by default (it is opt-in) or with it disabled again.
     func testTheListeningLineListsTheFeatureOnlyWhenInUse() throws {
         try requireIncrementalBuffers()
         let binary = try XCTUnwrap(uringEchoBinary(), "uring-echo must be built next to the tests")
-        for disabled in [false, true] {
-            let arguments = ["--port", "0"] + (disabled ? ["--disable", "incremental-buffers"] : [])
+        for (arguments, listed) in [
+            (["--port", "0", "--enable", "incremental-buffers"], true), (["--port", "0"], false),
+            (["--port", "0", "--enable", "incremental-buffers", "--disable", "incremental-buffers"], false),
+        ] {
             let (process, _, firstLine) = try launchServer(binary, arguments)
             defer {
                 if process.isRunning { kill(process.processIdentifier, SIGTERM) }
@@ -223,7 +225,7 @@ final class IncrementalBufferTests: ServerTestCase {
             }
             let line = firstLine.split(separator: "\n").first.map(String.init) ?? ""
             XCTAssertTrue(line.contains("features="), line)
-            XCTAssertEqual(line.contains("incrementalBuffers"), !disabled, line)
+            XCTAssertEqual(line.contains("incrementalBuffers"), listed, line)
             XCTAssertTrue(line.contains("bufferRing"), line)
         }
     }
@@ -257,5 +259,12 @@ final class IncrementalBufferTests: ServerTestCase {
                 }
             }
         }
+    }
+
+    /// Incremental buffers are opt-in: the test configuration with them asked for.
+    func configINC(_ mode: PoolMode, _ receive: ReceiveStrategy) -> ServerConfiguration {
+        var c = config(mode, receive)
+        c.features.insert(.incrementalBuffers)
+        return c
     }
 }

@@ -105,7 +105,7 @@ final class LifecycleTests: ServerTestCase {
                 c.bufferRingEntries = 2
                 c.bufferSize = 64
                 c.maxPendingBytesPerConnection = 64
-                if !incremental { c.features.remove(.incrementalBuffers) }
+                if incremental { c.features.insert(.incrementalBuffers) }
                 let label = "\(mode)/\(incremental ? "incremental" : "ordinary")"
                 try withServer(c) { server, port in
                     XCTAssertEqual(server.statistics.features.contains(.incrementalBuffers), incremental, label)

@@ -113,6 +113,7 @@ final class LoopInjectionTests: XCTestCase {
         c.bufferRingEntries = 2
         c.bufferSize = 64
         c.maxConnections = 4
+        c.features.insert(.incrementalBuffers)  // opt-in
         XCTAssertTrue(c.incrementalRing == (2, 64))
         let slices = IncrementalBufferReceiver.sliceCapacity(sessions: 4, maxHeldPerConnection: 2)
         let loop = try makeLoop(c, slices: slices) { core, buffers in
