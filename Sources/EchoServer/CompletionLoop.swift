@@ -13,12 +13,12 @@ import URing
 /// closure per request. Everything here is confined to the loop's thread.
 final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~Copyable> {
     let core: LoopCore
-    var handler: Handler
-    var receiver: Receiver
-    var acceptor: Acceptor
+    @exclusivity(unchecked) var handler: Handler
+    @exclusivity(unchecked) var receiver: Receiver
+    @exclusivity(unchecked) var acceptor: Acceptor
     /// Accepts on a secondary listener (a metrics endpoint): its connections carry listener 1.
-    var secondary: Acceptor?
-    var housekeeping: Housekeeping
+    @exclusivity(unchecked) var secondary: Acceptor?
+    @exclusivity(unchecked) var housekeeping: Housekeeping
     /// Completions each turn waits for, and the longest wait (batched waiting), or 1 and nil.
     let waitCount: UInt32
     let waitTimeout: Duration?

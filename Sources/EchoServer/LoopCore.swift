@@ -15,20 +15,20 @@ final class LoopCore {
     let ringIndex: Int
     let mailboxes: Mailboxes
     let logger: Logger
-    var contexts: ContextSlab
-    var sessions: SessionPool
-    var slots: SlotPool?
-    var queue: SendQueue
-    var stats = ServerStatistics()
+    @exclusivity(unchecked) var contexts: ContextSlab
+    @exclusivity(unchecked) var sessions: SessionPool
+    @exclusivity(unchecked) var slots: SlotPool?
+    @exclusivity(unchecked) var queue: SendQueue
+    @exclusivity(unchecked) var stats = ServerStatistics()
     /// The sessions of the secondary listener's (the metrics endpoint's) connections open now, and
     /// the bytes its closed ones moved: kept out of `active`, `bytesIn` and `bytesOut` when
     /// statistics are published, so the hot path never asks which listener a connection came from.
-    var endpointSessions: [UInt32] = []
-    var endpointClosedBytesIn: UInt64 = 0
-    var endpointClosedBytesOut: UInt64 = 0
-    var features: KernelFeatures
-    var now: UInt64 = 0
-    var stopping = false
+    @exclusivity(unchecked) var endpointSessions: [UInt32] = []
+    @exclusivity(unchecked) var endpointClosedBytesIn: UInt64 = 0
+    @exclusivity(unchecked) var endpointClosedBytesOut: UInt64 = 0
+    @exclusivity(unchecked) var features: KernelFeatures
+    @exclusivity(unchecked) var now: UInt64 = 0
+    @exclusivity(unchecked) var stopping = false
 
     /// Receiving pauses at this many queued bytes and resumes at half.
     let maxPending: Int
@@ -46,11 +46,11 @@ final class LoopCore {
     /// Connections written to (or closed) during a callback, flushed when the callback returns.
     let dirtyNext: UnsafeMutablePointer<Int32>
     let isDirty: UnsafeMutablePointer<Bool>
-    var dirtyHead: Int32 = -1
+    @exclusivity(unchecked) var dirtyHead: Int32 = -1
     /// While the handler's `received` runs: the connection and the queue tail before the call, so
     /// the in-place reply goes in ahead of what the call writes.
-    var replyAnchorSession: Int32 = -1
-    var replyAnchor: Int32 = -1
+    @exclusivity(unchecked) var replyAnchorSession: Int32 = -1
+    @exclusivity(unchecked) var replyAnchor: Int32 = -1
 
     init(
         configuration: ServerConfiguration, setup: consuming RingSetup, provided: ProvidedSegments,
