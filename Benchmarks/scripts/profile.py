@@ -11,9 +11,9 @@ import json, os, re, shutil, signal, socket, subprocess, sys, time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "Benchmarks", ".build", "release")
-URING = os.path.join(ROOT, ".build", "release", "uring-echo")
+URING = os.environ.get("PROFILE_BINARY", os.path.join(ROOT, ".build", "release", "uring-echo"))
 OUT = "/tmp/uring-profile"
-MODES = {"pooled": ["--mode", "pooled"], "unpooled": ["--mode", "unpooled"]}
+MODES = {m: ["--mode", m] for m in os.environ.get("PROFILE_MODES", "pooled,unpooled").split(",")}
 COMMON = ["--recv", "ring", "--max-connections", "12000", "--idle-timeout", "0"]
 WORKLOADS = [
     ("persistent 1000x128B", ["--mode", "persistent", "--connections", "1000", "--size", "128"], "messages"),
@@ -104,7 +104,7 @@ def main():
         for mode in MODES:
             if what in ("perf", "both"):
                 r, rep, kernel = perf_one(mode, w)
-                print(f"## perf {w[0]} {mode}: {r.get('messages_per_sec', r.get('connections_per_sec')):.0f}/s", flush=True)
+                print(f"## perf {w[0]} {mode}: {r['connections_per_sec'] if w[2] == 'connections' else r['messages_per_sec']:.0f}/s", flush=True)
                 print("\n".join(l for l in kernel.splitlines() if l.strip() and not l.startswith("#"))[:800])
                 print("\n".join(l for l in rep.splitlines() if l.strip() and not l.startswith("#"))[:3000])
             if what in ("callgrind", "both"):
