@@ -103,8 +103,10 @@ def bench(port, pid, args, seconds):
 
 def soak(mode):
     port = free_port()
-    server = subprocess.Popen([URING, "--port", str(port), "--mode", mode, "--max-connections", "4096"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    errlog = open(f"/tmp/uring-soak-{mode}.err", "w")
+    server = subprocess.Popen([URING, "--port", str(port), "--mode", mode, "--max-connections", "4096"]
+                              + os.environ.get("SOAK_FLAGS", "").split(),
+                              stdout=errlog, stderr=errlog)
     time.sleep(0.5)
     stop = threading.Event()
     adversaries = [Adversary(port, stop, seed) for seed in range(4)]
@@ -126,7 +128,8 @@ def soak(mode):
             t.join()
         time.sleep(1)
         if server.poll() is not None:
-            print(f"server exited with {server.returncode}")
+            print(f"server exited with {server.returncode}; its stderr (/tmp/uring-soak-{mode}.err) ends:")
+            print("".join(open(f"/tmp/uring-soak-{mode}.err").readlines()[-15:]))
             break
         adv_conn = sum(a.connections for a in adversaries)
         adv_err = sum(a.errors for a in adversaries)
@@ -151,6 +154,8 @@ def soak(mode):
     server.terminate()
     server.wait(timeout=15)
     later = rows[1:] if len(rows) > 1 else rows
+    if not later:
+        later = [(0, 0)]
     rss_spread = max(r[0] for r in later) - min(r[0] for r in later)
     fd_spread = max(r[1] for r in later) - min(r[1] for r in later)
     rss_flat = rss_spread <= max(2048, min(r[0] for r in later) // 20)

@@ -21,6 +21,9 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     let bundleBytes: UInt32
     /// A bundle has completed: a later `EINVAL` is not the kernel refusing bundles.
     var bundleWorked = false
+    /// The ring position of the current bundle's first buffer, read when it is taken: giving that
+    /// buffer back (which can happen before the next part is taken) moves its recorded position.
+    var bundleStart: UInt16 = 0
     private(set) var free: Int
     var waiting: BufferWaitList
 
@@ -65,6 +68,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     @inline(__always)
     mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)? {
         let id = c.bufferID.unsafelyUnwrapped
+        if bundles { bundleStart = buffers.position(of: id) }
         free -= 1
         s.pointee.buffersHeld += 1
         // A bundle's first buffer is full; the rest follow (take(_:_:part:)).
@@ -83,7 +87,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     {
         guard part > 0 else { return take(c, s) }
         if part == 1 { bundleWorked = true }
-        let id = buffers.buffer(after: c.bufferID.unsafelyUnwrapped, by: part)
+        let id = buffers.buffer(atPosition: bundleStart &+ UInt16(truncatingIfNeeded: part))
         let count = min(Int(c.result) - part * buffers.bufferSize, buffers.bufferSize)
         free -= 1
         s.pointee.buffersHeld += 1
@@ -94,9 +98,12 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     mutating func discard(_ c: Completion) {
         // A completion that took buffers: straight back, so `free` stays true.
         guard let id = c.bufferID else { return }
+        let start = buffers.position(of: id)  // before recycle(id) moves it
         buffers.recycle(id)
         if c.result > 0 {
-            for part in 1..<max(parts(c), 1) { buffers.recycle(buffers.buffer(after: id, by: part)) }
+            for part in 1..<max(parts(c), 1) {
+                buffers.recycle(buffers.buffer(atPosition: start &+ UInt16(truncatingIfNeeded: part)))
+            }
         }
     }
 

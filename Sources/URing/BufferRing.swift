@@ -129,15 +129,20 @@ public struct BufferRing: ~Copyable {
         pending += 1
     }
 
-    /// The buffer `k` places after buffer `first` in the ring: a bundle receive
-    /// (`IORING_RECVSEND_BUNDLE`) fills consecutive ring entries and names only the first. Valid
-    /// until that entry is reused, which cannot happen before the bundle's buffers are recycled.
-    /// - Parameters:
-    ///   - first: the buffer a completion named.
-    ///   - k: how many entries further.
+    /// Where buffer `id` was last put in the ring (an unmasked 16-bit ring index). A bundle
+    /// receive (`IORING_RECVSEND_BUNDLE`) fills consecutive ring entries and names only the first:
+    /// read this before giving the first buffer back (``recycle(_:)`` moves it), then the others
+    /// with ``buffer(atPosition:)``.
+    /// - Parameter id: a buffer a completion named.
     @inlinable
-    public func buffer(after first: UInt16, by k: Int) -> UInt16 {
-        curing_buf_ring_bid(entries, UInt32(positions[Int(first)] &+ UInt16(truncatingIfNeeded: k)), UInt32(mask))
+    public func position(of id: UInt16) -> UInt16 { positions[Int(id)] }
+
+    /// The buffer in ring entry `position` (masked). The entries a bundle consumed are not reused
+    /// before its buffers are recycled, so its followers can be read there.
+    /// - Parameter position: a ring index from ``position(of:)`` plus an offset.
+    @inlinable
+    public func buffer(atPosition position: UInt16) -> UInt16 {
+        curing_buf_ring_bid(entries, UInt32(position), UInt32(mask))
     }
 
     /// Buffers given back with ``recycle(_:)`` and not yet published by ``commit()``.

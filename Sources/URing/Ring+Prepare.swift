@@ -202,7 +202,7 @@ extension Ring {
     ///   - multishot: keep receiving with one request.
     ///   - bundle: take several buffers per completion (`IORING_RECVSEND_BUNDLE`, Linux 6.10);
     ///     the completion names the first, the rest follow it in the ring
-    ///     (``BufferRing/buffer(after:by:)``).
+    ///     (``BufferRing/position(of:)``, ``BufferRing/buffer(atPosition:)``).
     ///   - maxLength: the most bytes to take (0: as many as the buffer, or with `bundle` the
     ///     buffers, hold). With an incremental ring it bounds what the receive consumes; with
     ///     multishot it bounds each completion and needs a kernel that allows that.
