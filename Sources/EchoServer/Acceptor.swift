@@ -79,17 +79,7 @@ struct Acceptor: ~Copyable {
 
     mutating func arm(_ core: LoopCore) throws(URingError) {
         guard !core.stopping else { return }
-        if directMultishot {
-            guard inFlight == 0 else { return }
-            guard (core.slots?.available ?? 0) > 0 else { return pause(core, "every fixed-file slot is in use") }
-            guard let tag = core.contexts.acquire(kind) else { return pause(core, "request contexts exhausted") }
-            core.contexts.context(tag).pointee.user = Self.directMarker
-            try core.ring.prepareAccept(.fd(listener), into: .anySlot, multishot: true, tag: tag.rawValue)
-            posted(tag)
-            paused = false
-            return
-        }
-        if core.useSlots {
+        if core.useSlots && !directMultishot {
             while inFlight < depth {
                 guard let lease = core.slots?.acquire() ?? nil else {
                     if inFlight == 0 { pause(core, "every fixed-file slot is in use") }
@@ -107,13 +97,17 @@ struct Acceptor: ~Copyable {
             }
             return
         }
+        // One request for many connections: a multishot accept into slots the kernel chooses, or
+        // (plain descriptors) a multishot or single-shot accept.
         guard inFlight == 0 else { return }
-        guard let tag = core.contexts.acquire(kind) else {
-            pause(core, "request contexts exhausted")
-            return
+        if directMultishot && (core.slots?.available ?? 0) == 0 { return pause(core, "every fixed-file slot is in use") }
+        guard let tag = core.contexts.acquire(kind) else { return pause(core, "request contexts exhausted") }
+        core.contexts.context(tag).pointee.user = directMultishot ? Self.directMarker : .max
+        if directMultishot {
+            try core.ring.prepareAccept(.fd(listener), into: .anySlot, multishot: true, tag: tag.rawValue)
+        } else {
+            try core.ring.prepareAccept(.fd(listener), multishot: multishot, tag: tag.rawValue)
         }
-        core.contexts.context(tag).pointee.user = .max
-        try core.ring.prepareAccept(.fd(listener), multishot: multishot, tag: tag.rawValue)
         posted(tag)
         paused = false
     }

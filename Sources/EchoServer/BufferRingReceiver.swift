@@ -131,12 +131,9 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         buffers.commit()
         // Wake at most as many waiters as there are buffers: the rest would only hit ENOBUFS again.
         var budget = free
-        while budget > 0, let s = waiting.pop(core.sessions) {
-            if core.wantsReceive(s) {
-                core.stats.receiveRearms &+= 1
-                budget -= 1
-                try armOrWait(s, core: core)
-            }
+        while budget > 0, let s = waiting.popToRearm(core) {
+            budget -= 1
+            try armOrWait(s, core: core)
         }
     }
 

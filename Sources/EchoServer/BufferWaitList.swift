@@ -52,4 +52,15 @@ struct BufferWaitList: ~Copyable {
         }
         return nil
     }
+
+    /// ``pop(_:)`` for a re-arm: the first waiting session that still wants to receive (the
+    /// others are unlinked and dropped), counted in `receiveRearms`; nil when none is left.
+    mutating func popToRearm(_ core: LoopCore) -> UnsafeMutablePointer<Session>? {
+        while let s = pop(core.sessions) {
+            guard core.wantsReceive(s) else { continue }
+            core.stats.receiveRearms &+= 1
+            return s
+        }
+        return nil
+    }
 }

@@ -238,12 +238,9 @@ struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
         // ordinary-sized receives; the rest would likely hit ENOBUFS again.
         guard free > 0 && freeSliceCount > reserve else { return }
         var budget = free * receivesPerBuffer
-        while budget > 0, let s = waiting.pop(core.sessions) {
-            if core.wantsReceive(s) {
-                core.stats.receiveRearms &+= 1
-                budget -= 1
-                try armOrWait(s, core: core)
-            }
+        while budget > 0, let s = waiting.popToRearm(core) {
+            budget -= 1
+            try armOrWait(s, core: core)
         }
     }
 

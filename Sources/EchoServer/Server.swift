@@ -239,7 +239,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
                     incremental
                     ? .slices(
                         count: IncrementalBufferReceiver.sliceCapacity(
-                            sessions: configuration.connections(forRing: i) + extra, maxHeldPerConnection: maxHeld))
+                            sessions: setup.capacity, maxHeldPerConnection: maxHeld))
                     : .buffers(base: base, count: configuration.bufferRingEntries, size: configuration.bufferSize)
             }
             let core = LoopCore(
