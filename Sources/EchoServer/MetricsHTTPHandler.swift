@@ -1,0 +1,308 @@
+import SocketPool
+import URing
+
+/// Serves `GET /metrics` over HTTP/1.1 from an exposition closure: keep-alive (HTTP/1.1 by
+/// default, HTTP/1.0 when asked), `Connection: close`, pipelined requests in order, `HEAD`.
+/// Anything but `GET`/`HEAD /metrics` is answered 404; a malformed request 400, an oversized one
+/// 431 or 413 (then the connection closes).
+///
+/// Bounded: a request head of at most `maxRequestBytes`; at most `maxConnections` connections (a
+/// new one replaces the oldest, so clients that never finish a request cannot lock scrapers
+/// out); at most 64 KiB of answers queued per connection, the rest sent as the peer reads, with
+/// the connection's receiving paused meanwhile. The exposition runs on the ring's thread, at
+/// most once per 100 ms (a rendering is reused for that long).
+///
+/// Use it as a whole server's handler, or let ``Server`` serve it beside your protocol through a
+/// ``MetricsEndpoint``.
+public struct MetricsHTTPHandler: ConnectionHandler {
+    let exposition: @Sendable (inout [UInt8]) -> Void
+    let maxConnections: Int
+    let maxRequestBytes: Int
+    /// A rendering is reused for this long, so a flood of requests costs copies, not renderings.
+    static let cacheNanoseconds: UInt64 = 100_000_000
+    /// Answer bytes queued per connection at most; more wait for the peer to read.
+    static let outputBudget = 65536
+    var cached: [UInt8] = []
+    var cachedAt: UInt64 = 0
+    var connections: [Int: ConnectionState] = [:]
+    var opened: UInt64 = 0
+
+    struct ConnectionState {
+        let id: ConnectionID
+        let sequence: UInt64
+        var input: [UInt8] = []
+        /// Where the unparsed input starts (compacted once per call).
+        var start = 0
+        /// Body bytes of the current request still to skip.
+        var skip = 0
+        /// Answer bytes not yet queued.
+        var output: [UInt8] = []
+        var outputQueued = 0
+        var closeWhenSent = false
+        var paused = false
+    }
+
+    /// A handler serving what `exposition` writes.
+    /// - Parameters:
+    ///   - maxConnections: connections served at once; a new one replaces the oldest.
+    ///   - maxRequestBytes: the largest request head, and the largest body.
+    ///   - exposition: appends the exposition (Prometheus text format) to its argument.
+    public init(
+        maxConnections: Int = 16, maxRequestBytes: Int = 8192, exposition: @escaping @Sendable (inout [UInt8]) -> Void
+    ) {
+        self.exposition = exposition
+        self.maxConnections = max(1, maxConnections)
+        self.maxRequestBytes = max(256, maxRequestBytes)
+    }
+
+    public mutating func opened(_ connection: Connection) {
+        if connections.count >= maxConnections, let oldest = connections.values.min(by: { $0.sequence < $1.sequence }) {
+            connections[oldest.id.index] = nil
+            connection.ring.abort(oldest.id)
+        }
+        opened &+= 1
+        connections[connection.index] = ConnectionState(id: connection.id, sequence: opened)
+    }
+
+    public mutating func closed(_ connection: ConnectionID) {
+        if connections[connection.index]?.id == connection { connections[connection.index] = nil }
+    }
+
+    public mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        guard var state = connections[connection.index], state.id == connection.id, !state.closeWhenSent else {
+            return .nothing
+        }
+        connections[connection.index] = nil  // no copy of the buffers while they change
+        // A client that keeps sending while its answers wait is paused; this only bounds what was
+        // already in flight.
+        guard state.input.count - state.start + bytes.count <= 2 * maxRequestBytes + 65536 else {
+            connection.abort()
+            return .nothing
+        }
+        state.input.append(contentsOf: UnsafeRawBufferPointer(bytes))
+        serve(&state, connection)
+        connections[connection.index] = state
+        return .nothing
+    }
+
+    public mutating func writable(_ connection: Connection) {
+        guard var state = connections[connection.index], state.id == connection.id else { return }
+        connections[connection.index] = nil
+        serve(&state, connection)
+        connections[connection.index] = state
+    }
+
+    /// Answers every complete request in the input, in order, while the answers fit.
+    mutating func serve(_ state: inout ConnectionState, _ connection: Connection) {
+        while flush(&state, connection) {
+            if state.closeWhenSent { return connection.close() }
+            if state.skip > 0 {
+                let n = min(state.skip, state.input.count - state.start)
+                state.start += n
+                state.skip -= n
+                if state.skip > 0 { break }
+            }
+            // RFC 9112 §2.2: empty lines before a request line are ignored.
+            while state.start < state.input.count
+                && (state.input[state.start] == UInt8(ascii: "\r") || state.input[state.start] == UInt8(ascii: "\n"))
+            {
+                state.start += 1
+            }
+            guard let end = Self.headEnd(state.input, from: state.start) else {
+                if state.input.count - state.start > maxRequestBytes {
+                    respond(&state, status: "431 Request Header Fields Too Large")
+                    continue
+                }
+                break
+            }
+            let head = Array(state.input[state.start..<end.head])
+            state.start = end.next
+            if head.count > maxRequestBytes {
+                respond(&state, status: "431 Request Header Fields Too Large")
+                continue
+            }
+            switch Self.parse(head, maxBody: maxRequestBytes) {
+            case .failure(let failure):
+                respond(&state, status: failure.status)
+            case .success(let request):
+                state.skip = request.contentLength
+                let found = (request.method == "GET" || request.method == "HEAD") && request.path == "/metrics"
+                respond(
+                    &state, status: found ? "200 OK" : "404 Not Found",
+                    body: found ? rendered() : Array("not found\n".utf8), keepAlive: request.keepAlive,
+                    http10: request.http10, head: request.method == "HEAD")
+            }
+        }
+        if state.start > 0 {
+            state.input.removeFirst(state.start)
+            state.start = 0
+        }
+        // Answers wait for the peer to read: stop reading its requests meanwhile.
+        let waiting = state.outputQueued < state.output.count
+        if waiting != state.paused {
+            state.paused = waiting
+            if waiting { connection.ring.pauseReceiving(connection.id) } else { connection.ring.resumeReceiving(connection.id) }
+        }
+    }
+
+    /// Queues what is left of the current answer, up to the budget; whether all of it is queued.
+    func flush(_ state: inout ConnectionState, _ connection: Connection) -> Bool {
+        while state.outputQueued < state.output.count {
+            let room = Self.outputBudget - connection.queuedBytes
+            guard room > 0 else {
+                connection.requestWritable()
+                return false
+            }
+            let chunk = min(state.output.count - state.outputQueued, room, 16384)
+            let result = state.output.withUnsafeBytes { all in
+                connection.write(UnsafeRawBufferPointer(rebasing: all[state.outputQueued..<state.outputQueued + chunk]))
+            }
+            switch result {
+            case .queued: state.outputQueued += chunk
+            case .full: return false  // writable(_:) follows
+            case .closed:
+                state.output = []
+                state.outputQueued = 0
+                state.closeWhenSent = true
+                return false
+            }
+        }
+        state.output.removeAll(keepingCapacity: true)
+        state.outputQueued = 0
+        return true
+    }
+
+    mutating func rendered() -> [UInt8] {
+        let now = Posix.monotonicNanoseconds()
+        if cachedAt == 0 || now &- cachedAt > Self.cacheNanoseconds {
+            cached.removeAll(keepingCapacity: true)
+            exposition(&cached)
+            cachedAt = now
+        }
+        return cached
+    }
+
+    /// An error status (no body given) closes the connection after its answer.
+    func respond(
+        _ state: inout ConnectionState, status: String, body: [UInt8]? = nil, keepAlive: Bool = false,
+        http10: Bool = false, head: Bool = false
+    ) {
+        let isError = body == nil
+        let body = body ?? Array("\(status)\n".utf8)
+        var text = "HTTP/1.1 \(status)\r\n"
+        text +=
+            status.hasPrefix("200")
+            ? "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" : "Content-Type: text/plain; charset=utf-8\r\n"
+        text += "Content-Length: \(body.count)\r\n"
+        let close = isError || !keepAlive
+        if close { text += "Connection: close\r\n" } else if http10 { text += "Connection: keep-alive\r\n" }
+        text += "\r\n"
+        state.output.append(contentsOf: text.utf8)
+        if !head { state.output.append(contentsOf: body) }
+        if close {
+            state.closeWhenSent = true
+            state.input.removeAll()
+            state.start = 0
+        }
+    }
+
+    struct Request {
+        var method: String
+        var path: Substring
+        var http10: Bool
+        var keepAlive: Bool
+        var contentLength: Int
+    }
+
+    /// Where the head that starts at `start` ends (the blank line; CRLF or bare LF line ends) and
+    /// the body starts.
+    static func headEnd(_ input: [UInt8], from start: Int) -> (head: Int, next: Int)? {
+        var i = start
+        while i < input.count, let newline = input[i...].firstIndex(of: UInt8(ascii: "\n")) {
+            if newline + 1 < input.count && input[newline + 1] == UInt8(ascii: "\n") { return (newline + 1, newline + 2) }
+            if newline + 2 < input.count && input[newline + 1] == UInt8(ascii: "\r") && input[newline + 2] == UInt8(ascii: "\n") {
+                return (newline + 1, newline + 3)
+            }
+            i = newline + 1
+        }
+        return nil
+    }
+
+    /// Parses a request head (without its blank line). Failure: the status to answer.
+    static func parse(_ head: [UInt8], maxBody: Int) -> Result<Request, ParseFailure> {
+        // Line by line as bytes: as Characters, "\r\n" is one grapheme and would not split on "\n".
+        var lines: [Substring] = []
+        for raw in head.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+            let line = raw.last == UInt8(ascii: "\r") ? raw.dropLast() : raw[...]
+            guard !line.contains(UInt8(ascii: "\r")), let text = String(validating: line, as: UTF8.self) else {
+                return .failure("400 Bad Request")
+            }
+            lines.append(text[...])
+        }
+        if lines.last?.isEmpty == true { lines.removeLast() }
+        guard let requestLine = lines.first else { return .failure("400 Bad Request") }
+        let parts = requestLine.split(separator: " ", omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, parts[0].allSatisfy(isTokenCharacter),
+            !parts[1].isEmpty, !parts[1].contains(where: { $0.isWhitespace })
+        else { return .failure("400 Bad Request") }
+        var target = parts[1]
+        // Absolute form (RFC 9112 §3.2.2): the path after the authority.
+        for scheme in ["http://", "https://"] where target.lowercased().hasPrefix(scheme) {
+            let rest = target.dropFirst(scheme.count)
+            target = rest.firstIndex(of: "/").map { rest[$0...] } ?? "/"
+        }
+        guard target.first == "/" || target == "*" else { return .failure("400 Bad Request") }
+        let version = parts[2]
+        guard version.hasPrefix("HTTP/"), version.count == 8 else { return .failure("400 Bad Request") }
+        guard version == "HTTP/1.1" || version == "HTTP/1.0" else { return .failure("505 HTTP Version Not Supported") }
+        let http10 = version == "HTTP/1.0"
+        var keepAlive = !http10
+        var contentLength: Int? = nil
+        var hosts = 0
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { return .failure("400 Bad Request") }
+            let name = line[..<colon].lowercased()
+            let value = line[line.index(after: colon)...].trimmingSpaces
+            guard !name.isEmpty, name.allSatisfy(isTokenCharacter) else { return .failure("400 Bad Request") }
+            switch name {
+            case "host": hosts += 1
+            case "connection":
+                let tokens = value.lowercased().split(separator: ",").map { $0.trimmingSpaces }
+                if tokens.contains("close") { keepAlive = false } else if tokens.contains("keep-alive") { keepAlive = true }
+            case "content-length":
+                guard !value.isEmpty, value.allSatisfy(\.isASCII), value.allSatisfy(\.isNumber), value.count <= 12,
+                    let n = Int(value), contentLength == nil || contentLength == n
+                else { return .failure("400 Bad Request") }
+                guard n <= maxBody else { return .failure("413 Content Too Large") }
+                contentLength = n
+            case "transfer-encoding":
+                return .failure("501 Not Implemented")
+            default: break
+            }
+        }
+        // HTTP/1.1 requires exactly one Host (RFC 9112 §3.2).
+        if hosts > 1 || (!http10 && hosts == 0) { return .failure("400 Bad Request") }
+        let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        return .success(
+            Request(method: String(parts[0]), path: path, http10: http10, keepAlive: keepAlive, contentLength: contentLength ?? 0))
+    }
+
+    struct ParseFailure: Error, ExpressibleByStringLiteral {
+        let status: String
+        init(stringLiteral status: String) { self.status = status }
+    }
+
+    static func isTokenCharacter(_ c: Character) -> Bool {
+        guard c.isASCII, let v = c.asciiValue, v > 32, v < 127 else { return false }
+        return !"()<>@,;:\\\"/[]?={}".contains(c)
+    }
+}
+
+extension Substring {
+    fileprivate var trimmingSpaces: Substring {
+        var s = self
+        while s.first == " " || s.first == "\t" { s.removeFirst() }
+        while s.last == " " || s.last == "\t" { s.removeLast() }
+        return s
+    }
+}
