@@ -26,10 +26,16 @@ extension CompletionLoop where Receiver: ~Copyable {
     }
 
     func onWake(_ c: Completion) throws(URingError) {
+        // A wake-up that cannot be read means the ring can no longer be stopped or woken for mail:
+        // end the ring (and with it the server), saying why, rather than re-arm into the same error.
+        if c.result < 0, let errno = c.error, errno != .interrupted && errno != .wouldBlock {
+            if errno == .canceled { return }
+            throw URingError("read wake-up eventfd", errno: errno)
+        }
         if core.mailboxes.stopRequested.load(ordering: .acquiring) {
             try housekeeping.beginStop(core, acceptor: acceptor, secondary: secondary)
         }
-        let fault = core.mailboxes.injectedFaults[core.ringIndex].value.exchange(0, ordering: .acquiringAndReleasing)
+        let fault = core.mailboxes.ports[core.ringIndex].injectedFault.exchange(0, ordering: .acquiringAndReleasing)
         if fault != 0 { core.ring.injectEnterFailure(Errno(rawValue: fault)) }
         for from in 0..<core.mailboxes.count { try deliverMail(from: from) }
         if !core.stopping { try housekeeping.armWake(core) }

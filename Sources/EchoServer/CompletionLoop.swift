@@ -129,7 +129,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     func teardown() {
         // Whatever is still open after the stop timeout: plain fds are closed here, slots when the
         // table is unregistered (and the ring exits).
-        core.mailboxes.ringDescriptors[core.ringIndex].value.store(-1, ordering: .releasing)
+        core.mailboxes.ports[core.ringIndex].exited.store(true, ordering: .releasing)
         // A plain fd whose close was already submitted may be another socket's number by now.
         for i in 0..<core.sessions.capacity {
             if let s = core.sessions.session(at: i), !s.pointee.file.isFixed, !s.pointee.pending.contains(.close) {

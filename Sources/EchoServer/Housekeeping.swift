@@ -16,7 +16,7 @@ struct Housekeeping {
 
     init(core: LoopCore, publish: @escaping (ServerStatistics, Bool) -> Void) {
         let configuration = core.configuration
-        wakeFD = core.mailboxes.wakeDescriptors[core.ringIndex]
+        wakeFD = core.mailboxes.ports[core.ringIndex].wakeFD
         self.publish = publish
         wakeBuffer = core.mailboxes.wakeBuffer(core.ringIndex)
         idleNanoseconds = configuration.idleTimeout.map { UInt64($0.nanoseconds) } ?? 0

@@ -74,37 +74,63 @@ final class Mailbox: @unchecked Sendable {  // storage is written only below `ta
 /// The mailboxes between a server's rings: one per ordered pair, so each has one producer and one
 /// consumer and needs no lock. A ring is woken for its mail by a completion that another ring posts
 /// into its queue with `IORING_OP_MSG_RING` (Linux 5.18), or, without it, by an eventfd write.
+///
+/// Holds each ring's wake-up eventfd; the server closes them once every ring has ended
+/// (``closeWakeDescriptors()``), under the lock its stops take, so a stop never writes into a
+/// descriptor number reused by another file.
 final class Mailboxes: Sendable {
     let count: Int
     let boxes: [Mailbox]
-    /// Each ring's fd, published once the ring exists (-1 before and after).
-    let ringDescriptors: [RingDescriptor]
-    /// Each ring's eventfd: the fallback wake-up, and the stop signal.
-    let wakeDescriptors: [Int32]
+    /// What other threads see of each ring.
+    let ports: [RingPort]
     /// Set by ``Server/stop()``: a ring woken through its eventfd checks it.
     let stopRequested = Atomic<Bool>(false)
-    /// Faults to inject into each ring's next `io_uring_enter` (tests), read on its wake-up.
-    let injectedFaults: [RingDescriptor]
 
     // Ring threads read their eventfd into these 8 bytes each; owned here because a read may stay
     // pending until its ring exits. Each ring touches only its own.
     nonisolated(unsafe) let wakeBuffers: UnsafeMutableRawPointer
 
+    /// - Parameters:
+    ///   - count: rings.
+    ///   - capacity: bytes of each mailbox.
+    ///   - wakeDescriptors: one eventfd per ring, owned from now on.
     init(count: Int, capacity: Int, wakeDescriptors: [Int32]) {
         self.count = count
         wakeBuffers = .allocate(byteCount: 8 * count, alignment: 8)
         boxes = (0..<count * count).map { _ in Mailbox(capacity: capacity) }
-        ringDescriptors = (0..<count).map { _ in RingDescriptor() }
-        injectedFaults = (0..<count).map { _ in RingDescriptor(0) }
-        self.wakeDescriptors = wakeDescriptors
+        ports = wakeDescriptors.map { RingPort(wakeFD: $0) }
     }
 
     deinit { wakeBuffers.deallocate() }
+
+    /// Closes every ring's eventfd: once, after every ring has ended.
+    func closeWakeDescriptors() {
+        for port in ports { _ = try? Sockets.close(port.wakeFD) }
+    }
 
     func box(from: Int, to: Int) -> Mailbox { boxes[from * count + to] }
 
     func wakeBuffer(_ ring: Int) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: wakeBuffers + 8 * ring, count: 8)
+    }
+
+    /// Wakes every ring (a stop): safe from any thread, at any time.
+    func wakeAll() {
+        for port in ports { try? Sockets.signalEventFD(port.wakeFD) }
+    }
+
+    /// Puts a message from ring `from` into the mailbox to ring `target`.
+    /// - Returns: what the post did, and whether `target` must be woken for it (its first unread
+    ///   message since it last drained).
+    func post(_ bytes: UnsafeRawBufferPointer, value: UInt64, from: Int, to target: Int) -> (PostResult, wake: Bool) {
+        guard target >= 0 && target < count, !stopRequested.load(ordering: .relaxed),
+            !ports[target].exited.load(ordering: .acquiring)
+        else {
+            return (.noSuchRing, false)
+        }
+        let box = box(from: from, to: target)
+        guard bytes.count <= box.capacity / 4, box.push(bytes, value: value) else { return (.full, false) }
+        return (.posted, !box.notified.exchange(true, ordering: .acquiringAndReleasing))
     }
 
     /// The tag of a mail notification posted into ring `to` by ring `from`.
@@ -116,35 +142,38 @@ final class Mailboxes: Sendable {
     static func sentTag(to: Int) -> RequestTag { RequestTag(index: UInt32(to), generation: 2, kind: .message) }
 }
 
-/// A ring's fd as other rings see it.
-final class RingDescriptor: Sendable {
-    let value: Atomic<Int32>
-    init(_ value: Int32 = -1) { self.value = Atomic(value) }
+/// One ring as other threads see it: its ring descriptor (for `MSG_RING`), its wake-up eventfd,
+/// whether it has exited, and a fault to inject into its next `io_uring_enter` (tests).
+final class RingPort: Sendable {
+    /// The ring's fd, published once the ring exists (-1 before). It stays open until every ring of
+    /// the server has exited, so a `MSG_RING` never reaches a reused descriptor number.
+    let descriptor = Atomic<Int32>(-1)
+    /// The fallback wake-up, and the stop signal.
+    let wakeFD: Int32
+    /// Set when the ring's loop has ended (stopped or failed): posts to it are refused.
+    let exited = Atomic<Bool>(false)
+    /// An errno to inject into the ring's next `io_uring_enter`, read on its wake-up (tests).
+    let injectedFault = Atomic<Int32>(0)
+
+    init(wakeFD: Int32) { self.wakeFD = wakeFD }
 }
 
 extension LoopCore {
     /// ``RingContext/post(_:value:toRing:)``.
     func post(_ bytes: UnsafeRawBufferPointer, value: UInt64, to target: Int) -> PostResult {
-        guard target >= 0 && target < mailboxes.count, !mailboxes.stopRequested.load(ordering: .relaxed) else {
-            return .noSuchRing
+        let (result, wake) = mailboxes.post(bytes, value: value, from: ringIndex, to: target)
+        switch result {
+        case .posted: stats.posted &+= 1
+        case .full: stats.postsRefused &+= 1
+        case .noSuchRing: break
         }
-        let box = mailboxes.box(from: ringIndex, to: target)
-        guard bytes.count <= box.capacity / 4 else {
-            stats.postsRefused &+= 1
-            return .full
-        }
-        guard box.push(bytes, value: value) else {
-            stats.postsRefused &+= 1
-            return .full
-        }
-        stats.posted &+= 1
-        if !box.notified.exchange(true, ordering: .acquiringAndReleasing) { notify(target) }
-        return .posted
+        if wake { notify(target) }
+        return result
     }
 
     /// Wakes ring `target` for its mail from this ring.
     func notify(_ target: Int) {
-        let fd = mailboxes.ringDescriptors[target].value.load(ordering: .acquiring)
+        let fd = mailboxes.ports[target].descriptor.load(ordering: .acquiring)
         if features.contains(.messageRing) && fd >= 0 {
             do throws(URingError) {
                 try ring.prepareMessage(
@@ -155,7 +184,7 @@ extension LoopCore {
                 // No SQE: fall through to the eventfd.
             }
         }
-        try? Sockets.signalEventFD(mailboxes.wakeDescriptors[target])
+        try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD)
     }
 
     /// The sender's own `MSG_RING` completion: on failure (a kernel that refuses it, a target that
@@ -168,6 +197,6 @@ extension LoopCore {
             features.remove(.messageRing)
         }
         let target = Int(tag.index)
-        if target < mailboxes.count { try? Sockets.signalEventFD(mailboxes.wakeDescriptors[target]) }
+        if target < mailboxes.count { try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD) }
     }
 }

@@ -26,22 +26,24 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     let makeHandler: @Sendable () -> Handler
     let logger: Logger
     let state = PthreadLock(State())
-    let finished = DispatchGroup()
+    /// Left once, when the server has stopped (``ServerLifecycle``): what ``wait()`` waits for.
+    let stopped = DispatchGroup()
+    /// Every ring thread is in it until its loop has ended: a ring keeps its descriptor open until
+    /// all have left, so another ring's `MSG_RING` never reaches a closed or reused number.
+    let ringsRunning = DispatchGroup()
     let metrics: [ServerMetrics]
     let metricsEndpoint: MetricsEndpoint?
 
     struct State {
-        var started = false
-        var wakeFDs: [Int32] = []
-        var mailboxes: Mailboxes?
+        var lifecycle = ServerLifecycle()
         var perThread: [ServerStatistics] = []
         var reported: [ServerStatistics] = []
         var boundAddress: SocketAddress?
         var metricsAddress: SocketAddress?
         var setupErrors: [URingError] = []
-        var failure: ServerError?
         /// Added to the incremental buffer ring's registration flags (fault injection for tests).
         var extraRingFlags: BufferRing.Flags = []
+        var whileStarting: (@Sendable () -> Void)?
     }
 
     /// Creates a server; nothing is bound until ``start()``.
@@ -65,6 +67,12 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         let factory = metricsFactory ?? MetricsSystem.factory
         // Within validated bounds; an invalid thread count fails in start(), before any ring runs.
         self.metrics = (0..<max(1, min(configuration.threads, 256))).map { ServerMetrics(ring: $0, factory: factory) }
+        stopped.enter()
+    }
+
+    deinit {
+        // Never started: nothing will leave the group, and a group must be balanced when freed.
+        if state.withLock({ $0.lifecycle.isNotStarted }) { stopped.leave() }
     }
 
     /// Where the server listens, once started (the real port when configured with port 0).
@@ -95,12 +103,12 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     public func start() throws(ServerError) {
         try configuration.validate()
         try metricsEndpoint?.validate(configuration)
-        let already = state.withLock { s in
-            let was = s.started
-            s.started = true
-            return was
+        switch state.withLock({ $0.lifecycle.startRequested() }) {
+        case .proceed: break
+        case .throwAlreadyStarted: throw .alreadyStarted
+        case .throwStopped: throw .stopped
         }
-        if already { throw .alreadyStarted }
+        state.withLock { $0.whileStarting }?()
         let threads = configuration.threads
         var listeners: [Int32] = []
         var wakes: [Int32] = []
@@ -133,40 +141,41 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             }
         } catch {
             cleanup()
+            if state.withLock({ $0.lifecycle.startFailed() }) { stopped.leave() }
             throw ServerError(setupFailure: error)
         }
+        // From here the mailboxes own the eventfds.
         let mailboxes = Mailboxes(count: threads, capacity: configuration.mailboxBytes, wakeDescriptors: wakes)
-        state.withLock {
-            $0.mailboxes = mailboxes
-            $0.wakeFDs = wakes
+        let stopWhileStarting = state.withLock {
             $0.perThread = Array(repeating: ServerStatistics(), count: threads)
             $0.reported = Array(repeating: ServerStatistics(), count: threads)
             $0.boundAddress = bound
             $0.metricsAddress = metricsBound
+            return $0.lifecycle.ringsCreated(mailboxes, threads: threads)
         }
+        if case .wake = stopWhileStarting { stop() }
         let ready = DispatchSemaphore(value: 0)
         // Every ring starts serving only once all exist, so a post to another ring finds its fd.
         let go = DispatchGroup()
         go.enter()
         for i in 0..<threads {
-            finished.enter()
+            ringsRunning.enter()
             let listener = listeners[i]
             let secondary = i == metricsEndpoint?.ring ? metricsListener : nil
             do throws(URingError) {
                 try Posix.startThread(name: "uring-ring-\(i)") { [self] in
-                    defer {
-                        _ = try? Sockets.close(listener)
-                        if let secondary { _ = try? Sockets.close(secondary) }
-                        finished.leave()
-                    }
                     runRing(i, listener: listener, secondary: secondary, mailboxes: mailboxes, ready: ready, go: go)
+                    _ = try? Sockets.close(listener)
+                    if let secondary { _ = try? Sockets.close(secondary) }
+                    ringThreadEnded()
                 }
             } catch {
                 _ = try? Sockets.close(listener)
                 if let secondary { _ = try? Sockets.close(secondary) }
-                finished.leave()
+                ringsRunning.leave()
                 state.withLock { $0.setupErrors.append(error) }
                 ready.signal()
+                ringThreadEnded()
             }
         }
         for _ in 0..<threads { ready.wait() }
@@ -178,22 +187,35 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             wait()
             throw ServerError(setupFailure: first)
         }
+        state.withLock { $0.lifecycle.ringsReady() }
         let stats = statistics
         logger.info(
             "listening on \(bound) with \(threads) ring(s), mode \(configuration.mode), receive \(configuration.receive), setup \(stats.setupFlags), features \(stats.features)"
         )
     }
 
+    /// ``start()``, except that a stop which came first is not an error: false then (nothing to
+    /// serve or wait for).
+    func startUnlessStopped() throws(ServerError) -> Bool {
+        do {
+            try start()
+            return true
+        } catch {
+            if error == .stopped { return false }
+            throw error
+        }
+    }
+
     /// Why the server stopped by itself, if it did: a ring ended on an error
     /// (``ServerError/ringFailed(ring:_:)``). `nil` after a requested stop.
-    public var failure: ServerError? { state.withLock { $0.failure } }
+    public var failure: ServerError? { state.withLock { $0.lifecycle.failureReported } }
 
     /// Makes ring `ring`'s next `io_uring_enter` fail with `errno` (fault injection for tests).
     package func injectEnterFailure(ring: Int, _ errno: Errno) {
         state.withLock { s in
-            guard let mailboxes = s.mailboxes, ring < mailboxes.count else { return }
-            mailboxes.injectedFaults[ring].value.store(errno.rawValue, ordering: .releasing)
-            try? Sockets.signalEventFD(s.wakeFDs[ring])
+            guard let mailboxes = s.lifecycle.mailboxes, ring >= 0 && ring < mailboxes.count else { return }
+            mailboxes.ports[ring].injectedFault.store(errno.rawValue, ordering: .releasing)
+            try? Sockets.signalEventFD(mailboxes.ports[ring].wakeFD)
         }
     }
 
@@ -204,15 +226,53 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         state.withLock { $0.extraRingFlags = BufferRing.Flags(rawValue: 1 << 15) }
     }
 
+    /// Runs `body` inside ``start()``, once the start is claimed and before the rings exist
+    /// (tests of a stop that races the start).
+    package func whileStarting(_ body: @escaping @Sendable () -> Void) {
+        state.withLock { $0.whileStarting = body }
+    }
+
     /// Asks every ring to stop: no new accepts, every connection cancelled and closed, the ring
-    /// exited. Safe from any thread, any number of times; returns at once (see ``wait()``).
+    /// exited. Safe from any thread, at any time, any number of times; returns at once (see
+    /// ``wait()``). A stop before ``start()`` makes the start throw ``ServerError/stopped``; a stop
+    /// while starting is delivered as soon as the rings exist.
     public func stop() {
-        // Under the lock, so wait() cannot close the descriptors (and the system reuse their
-        // numbers) between reading them and writing to them.
-        state.withLock { s in
-            s.mailboxes?.stopRequested.store(true, ordering: .releasing)
-            for fd in s.wakeFDs { try? Sockets.signalEventFD(fd) }
+        stop { $0.stopRequested() }
+    }
+
+    /// A stop, or a ring's failure: the rings are woken under the lock, so the final transition
+    /// (which closes their eventfds) cannot come between deciding to wake and writing.
+    func stop(_ event: (inout ServerLifecycle) -> ServerLifecycle.StopAction) {
+        let action = state.withLock { s in
+            let action = event(&s.lifecycle)
+            if case .wake(let mailboxes) = action {
+                mailboxes.stopRequested.store(true, ordering: .releasing)
+                mailboxes.wakeAll()
+            }
+            return action
         }
+        if case .stoppedBeforeStart = action { stopped.leave() }
+    }
+
+    /// A ring thread has released its ring, loop and listener. After the last one nothing reads or
+    /// writes the wake-up eventfds (the lifecycle no longer hands out mailboxes): they are closed,
+    /// and the server has stopped.
+    func ringThreadEnded() {
+        let mailboxes = state.withLock { s in
+            let mailboxes = s.lifecycle.mailboxes
+            return s.lifecycle.ringThreadEnded() ? mailboxes : nil
+        }
+        guard let mailboxes else { return }
+        mailboxes.closeWakeDescriptors()
+        stopped.leave()
+    }
+
+    /// Leaves the group of running rings and waits until every ring has left it, holding this
+    /// ring (and its descriptor) meanwhile: see ``ringsRunning``.
+    func ringEnded(_ ring: Int, _ mailboxes: Mailboxes) {
+        mailboxes.ports[ring].exited.store(true, ordering: .releasing)
+        ringsRunning.leave()
+        ringsRunning.wait()
     }
 
     /// One ring thread: sets up its ring and loop (with the receive strategy the kernel granted),
@@ -245,7 +305,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             let core = LoopCore(
                 configuration: configuration, setup: setup, provided: provided, ringIndex: i, mailboxes: mailboxes,
                 logger: logger)
-            mailboxes.ringDescriptors[i].value.store(core.ring.descriptor, ordering: .releasing)
+            mailboxes.ports[i].descriptor.store(core.ring.descriptor, ordering: .releasing)
             if let buffers {
                 if incremental {
                     let receiver = IncrementalBufferReceiver(
@@ -265,6 +325,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         } catch {
             state.withLock { $0.setupErrors.append(error) }
             ready.signal()
+            ringEnded(i, mailboxes)
         }
     }
 
@@ -310,24 +371,24 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             // A ring that ends on an error takes the server down with it, saying why: a server
             // with a dead ring would keep accepting on the others' listeners and look healthy.
             logger.error("ring \(ring) stopped on error: \(error); stopping the server")
-            state.withLock { s in
-                if s.failure == nil { s.failure = .ringFailed(ring: ring, error) }
-            }
+            loop.core.mailboxes.ports[ring].exited.store(true, ordering: .releasing)
+            stop { $0.ringFailed(ring, error) }
             loop.teardown()
-            stop()
         }
+        ringEnded(ring, loop.core.mailboxes)
     }
 
-    /// Blocks until every ring thread has exited (after ``stop()``).
+    /// Blocks until the server has stopped: every ring thread has exited and released its ring,
+    /// listener and connections (after ``stop()``, or a ring's failure). Before ``start()`` it
+    /// waits for a start and a stop; after a stop that came before any start it returns at once.
     public func wait() {
-        finished.wait()
-        closeWakeDescriptors()
+        stopped.wait()
     }
 
     /// Starts, then blocks until the server is stopped (by ``stop()`` from another thread).
     /// - Throws: ``ServerError`` from ``start()``.
     public func run() throws(ServerError) {
-        try start()
+        guard try startUnlessStopped() else { return }
         wait()
         if let failure { throw failure }
     }
@@ -335,18 +396,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     /// Waits without blocking a thread until every ring has exited.
     public func waitUntilStopped() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            finished.notify(queue: .global()) { continuation.resume() }
+            stopped.notify(queue: .global()) { continuation.resume() }
         }
-        closeWakeDescriptors()
-    }
-
-    func closeWakeDescriptors() {
-        let fds = state.withLock { s in
-            let fds = s.wakeFDs
-            s.wakeFDs = []
-            return fds
-        }
-        for fd in fds { _ = try? Sockets.close(fd) }
     }
 
     func publish(thread: Int, _ snapshot: ServerStatistics, report: Bool) {
@@ -366,7 +417,7 @@ extension Server: Service {
     /// or task cancellation; returns once every ring has exited.
     /// - Throws: ``ServerError`` from ``start()``.
     public func run() async throws {
-        try start()
+        guard try startUnlessStopped() else { return }
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 await waitUntilStopped()

@@ -326,6 +326,8 @@ public enum ServerError: Error, Sendable, Hashable, CustomStringConvertible {
     case setup(URingError)
     /// The server was started twice.
     case alreadyStarted
+    /// ``Server/stop()`` came before ``Server/start()``: a stopped server does not start.
+    case stopped
     /// A ring ended on an error it cannot recover from, and the server stopped.
     case ringFailed(ring: Int, URingError)
     /// io_uring cannot be used here: ring setup (`io_uring_queue_init_params`) failed with `EPERM`
@@ -348,6 +350,7 @@ public enum ServerError: Error, Sendable, Hashable, CustomStringConvertible {
         case .invalidConfiguration(let why): return "invalid configuration: \(why)"
         case .setup(let error): return "server setup failed: \(error)"
         case .alreadyStarted: return "the server was already started"
+        case .stopped: return "the server was stopped before it started"
         case .ringFailed(let ring, let error): return "ring \(ring) failed: \(error)"
         case .ioUringUnavailable(let explanation): return explanation
         }
