@@ -1,75 +1,5 @@
 import SocketPool
 
-/// Identifies one connection of one ring for the life of the connection (its session index and
-/// generation). A stale ID — one whose connection has closed, even if a new connection now uses
-/// the same index — is refused by every call that takes one.
-@frozen
-public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
-    /// The ring (thread) the connection belongs to: an ID is only valid on its own ring.
-    public let ring: Int
-    /// Index in the ring's session pool, below ``ConnectionHandler/start(capacity:)``'s capacity:
-    /// usable as an index into per-connection state the handler keeps.
-    public let index: Int
-    /// Distinguishes successive connections that reuse one index; never repeats on its ring.
-    public let generation: UInt64
-
-    /// An ID from its parts (as read back from ``ring``, ``index`` and ``generation``).
-    /// - Parameters:
-    ///   - ring: the ring index.
-    ///   - index: the session index.
-    ///   - generation: the session generation.
-    @inlinable
-    public init(ring: Int, index: Int, generation: UInt64) {
-        self.ring = ring
-        self.index = index
-        self.generation = generation
-    }
-
-    /// `conn 1/3.g7` (ring 1, index 3, generation 7).
-    public var description: String { "conn \(ring)/\(index).g\(generation)" }
-}
-
-/// What to do with the bytes a handler has just processed in place.
-@frozen
-public struct Reply: Hashable, Sendable {
-    /// Bytes at the front of the received buffer to send back (clamped to the bytes received).
-    public var count: Int
-    /// Close the connection once everything queued is sent.
-    public var close: Bool
-
-    /// A reply.
-    /// - Parameters:
-    ///   - count: bytes at the front of the buffer to send.
-    ///   - close: whether to close after sending them.
-    @inlinable
-    public init(count: Int, close: Bool) {
-        self.count = count
-        self.close = close
-    }
-
-    /// Send the first `count` bytes of the (possibly rewritten) buffer.
-    /// - Parameter count: bytes to send, at most the buffer's size.
-    @inlinable public static func send(_ count: Int) -> Reply { Reply(count: count, close: false) }
-    /// Send the first `count` bytes, then close.
-    /// - Parameter count: bytes to send.
-    @inlinable public static func sendThenClose(_ count: Int) -> Reply { Reply(count: count, close: true) }
-    /// Send nothing in place and close (after anything written is sent).
-    public static let close = Reply(count: 0, close: true)
-    /// Send nothing in place.
-    public static let nothing = Reply(count: 0, close: false)
-}
-
-/// A message posted by a handler on another ring of the same server (``RingContext/post(_:value:toRing:)``),
-/// the `PostQueuedCompletionStatus` of this design.
-public struct RingMessage {
-    /// The ring that posted it.
-    public let from: Int
-    /// A 64-bit value of the sender's choosing.
-    public let value: UInt64
-    /// The bytes posted, valid only during the call.
-    public let bytes: UnsafeRawBufferPointer
-}
-
 /// A byte-stream protocol served by the completion loop: the completion routine of an IOCP
 /// server, split into the events a connection goes through.
 ///
@@ -121,16 +51,4 @@ extension ConnectionHandler {
     public mutating func closed(_ connection: ConnectionID) {}
     /// Does nothing.
     public mutating func received(message: RingMessage, ring: RingContext) {}
-}
-
-/// Sends every byte back unchanged, without copying it.
-public struct EchoHandler: ConnectionHandler {
-    /// An echo handler.
-    public init() {}
-
-    /// Echoes all of `bytes`.
-    @inlinable
-    public mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
-        .send(bytes.count)
-    }
 }

@@ -1,0 +1,84 @@
+import SocketPool
+import URing
+
+/// Optional kernel features. Each can be switched off; the server also drops one by itself when
+/// the probe at start shows the kernel lacks it (see ``ServerStatistics/features``).
+public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    /// Raw bits.
+    public let rawValue: UInt32
+    /// Wraps raw bits.
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// One accept request serves many connections (`IORING_ACCEPT_MULTISHOT`, Linux 5.19).
+    public static let multishotAccept = KernelFeatures(rawValue: 1 << 0)
+    /// Receives over a provided-buffer ring with multishot recv (Linux 6.0); off means
+    /// ``ReceiveStrategy/perSessionBuffer`` whatever the configuration asks.
+    public static let bufferRing = KernelFeatures(rawValue: 1 << 1)
+    /// Pooled sockets live in registered file slots (direct accept, `close_direct`; Linux 5.19);
+    /// off means plain descriptors in pooled mode too.
+    public static let fixedFiles = KernelFeatures(rawValue: 1 << 2)
+    /// `SINGLE_ISSUER|DEFER_TASKRUN` ring setup (Linux 6.1); off starts the flag chain at
+    /// `COOP_TASKRUN`.
+    public static let deferTaskrun = KernelFeatures(rawValue: 1 << 3)
+    /// Rings wake each other for posted messages with `IORING_OP_MSG_RING` (Linux 5.18); off, or
+    /// where the probe lacks it, through an eventfd write.
+    public static let messageRing = KernelFeatures(rawValue: 1 << 4)
+    /// The ring's own descriptor is registered (`io_uring_register_ring_fd`, Linux 5.18), so each
+    /// `io_uring_enter` skips a file-table lookup; off, or where registration fails, the plain fd.
+    public static let registeredRing = KernelFeatures(rawValue: 1 << 5)
+    /// Pooled mode: one multishot accept into kernel-chosen fixed slots (Linux 5.19), instead of a
+    /// single-shot accept per pre-chosen slot.
+    public static let directMultishotAccept = KernelFeatures(rawValue: 1 << 6)
+    /// Multishot receives take several provided buffers per completion (`IORING_RECVSEND_BUNDLE`,
+    /// Linux 6.10).
+    public static let recvBundles = KernelFeatures(rawValue: 1 << 7)
+    /// Provided buffers are consumed incrementally (`IOU_PBUF_RING_INC`, Linux 6.12): several
+    /// receives share one large buffer, so buffer memory follows the bytes in flight. The ring has
+    /// fewer, larger buffers (``ServerConfiguration/incrementalRing``); a kernel that refuses the
+    /// registration gets the ordinary ring. Needs ``bufferRing``.
+    public static let incrementalBuffers = KernelFeatures(rawValue: 1 << 8)
+
+    /// What a server uses by default where the kernel has it: everything but
+    /// ``incrementalBuffers``, which is opt-in (it receives single-shot, and saves memory only with
+    /// a ring sized below the ordinary one; see docs/benchmarks.md).
+    public static let defaults: KernelFeatures = all.subtracting(.incrementalBuffers)
+
+    /// Every feature.
+    public static let all: KernelFeatures = [
+        .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing, .registeredRing,
+        .directMultishotAccept, .recvBundles, .incrementalBuffers,
+    ]
+
+    /// The features a kernel can run, read from its opcode probe rather than its version string
+    /// (distribution kernels backport): `IORING_OP_MSG_RING` (5.18) means MSG_RING;
+    /// `IORING_OP_SOCKET` (5.19) means the release of multishot accept, sparse file tables, direct
+    /// accept and provided-buffer rings; `IORING_OP_SEND_ZC` (6.0) means the release of multishot
+    /// recv, which the buffer-ring path needs; `MSG_RING` (5.18) also means ring-fd registration.
+    /// The features of ``triedAtSetup`` are not opcodes: ring setup tries them and falls back. Registration and `EINVAL` at run time still fall back where the probe was
+    /// optimistic.
+    /// - Parameter probe: the running kernel's probe (`Ring.probe()`).
+    /// - Returns: the features that kernel supports.
+    public static func supported(by probe: Probe) -> KernelFeatures {
+        var features = triedAtSetup
+        if probe.supports(.msgRing) { features.formUnion([.messageRing, .registeredRing]) }
+        if probe.supports(.socket) { features.formUnion([.multishotAccept, .fixedFiles, .directMultishotAccept]) }
+        if probe.supports(.sendZeroCopy) { features.insert(.bufferRing) }
+        return features
+    }
+
+    /// Features no opcode reveals: ring setup tries them (flags, feature bits, a trial
+    /// registration) and falls back.
+    public static let triedAtSetup: KernelFeatures = [.deferTaskrun, .recvBundles, .incrementalBuffers]
+
+    /// `multishotAccept,bufferRing`, or `none`.
+    public var description: String {
+        let names: [(KernelFeatures, String)] = [
+            (.multishotAccept, "multishotAccept"), (.bufferRing, "bufferRing"), (.fixedFiles, "fixedFiles"),
+            (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
+            (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
+            (.incrementalBuffers, "incrementalBuffers"),
+        ]
+        let on = names.filter { contains($0.0) }.map(\.1)
+        return on.isEmpty ? "none" : on.joined(separator: ",")
+    }
+}

@@ -1,0 +1,46 @@
+import SocketPool
+import Synchronization
+import URing
+
+extension LoopCore {
+    /// ``RingContext/post(_:value:toRing:)``.
+    func post(_ bytes: UnsafeRawBufferPointer, value: UInt64, to target: Int) -> PostResult {
+        let (result, wake) = mailboxes.post(bytes, value: value, from: ringIndex, to: target)
+        switch result {
+        case .posted: stats.posted &+= 1
+        case .full: stats.postsRefused &+= 1
+        case .noSuchRing: break
+        }
+        if wake { notify(target) }
+        return result
+    }
+
+    /// Wakes ring `target` for its mail from this ring.
+    func notify(_ target: Int) {
+        let fd = mailboxes.ports[target].descriptor.load(ordering: .acquiring)
+        if features.contains(.messageRing) && fd >= 0 {
+            do throws(URingError) {
+                try ring.prepareMessage(
+                    toRing: fd, result: Int32(ringIndex), targetTag: Mailboxes.notificationTag(from: ringIndex).rawValue,
+                    tag: Mailboxes.sentTag(to: target).rawValue)
+                return
+            } catch {
+                // No SQE: fall through to the eventfd.
+            }
+        }
+        try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD)
+    }
+
+    /// The sender's own `MSG_RING` completion: on failure (a kernel that refuses it, a target that
+    /// is gone), fall back to the eventfd so the mail is not stranded.
+    func onMessageSent(_ c: Completion, _ tag: RequestTag) {
+        guard c.result < 0 else { return }
+        stats.messageRingFailures &+= 1
+        if c.error == .invalidArgument || c.error == .notSupported {
+            logger.notice("MSG_RING refused (\(c.error!)); rings wake each other through eventfds")
+            features.remove(.messageRing)
+        }
+        let target = Int(tag.index)
+        if target < mailboxes.count { try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD) }
+    }
+}

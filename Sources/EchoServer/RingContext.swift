@@ -1,0 +1,65 @@
+import SocketPool
+
+/// The ring a callback runs on: write to or close any of its connections by ID, and post to the
+/// server's other rings. Valid only during the callback it was passed to, on the ring's thread.
+public struct RingContext {
+    // The loop outlives every callback it makes, and a RingContext is not Sendable and is only
+    // handed to callbacks, so the reference cannot dangle.
+    unowned(unsafe) let core: LoopCore
+
+    init(_ core: LoopCore) { self.core = core }
+
+    /// This ring's index, `0..<count`.
+    public var index: Int { core.ringIndex }
+    /// The number of rings (threads) of the server.
+    public var count: Int { core.mailboxes.count }
+
+    /// Queues a copy of `bytes` for `connection`, after what is already queued.
+    /// - Parameters:
+    ///   - bytes: what to send; copied before the call returns.
+    ///   - connection: a connection of this ring.
+    /// - Returns: whether the bytes were queued (all of them) or refused (none).
+    @discardableResult
+    public func write(_ bytes: UnsafeRawBufferPointer, to connection: ConnectionID) -> WriteResult {
+        core.write(bytes, to: connection)
+    }
+
+    /// Closes `connection` once its queued output is sent (no more receiving).
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func close(_ connection: ConnectionID) { core.requestClose(connection, abort: false) }
+
+    /// Closes `connection` at once, dropping queued output.
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func abort(_ connection: ConnectionID) { core.requestClose(connection, abort: true) }
+
+    /// Stops receiving on `connection` until ``resumeReceiving(_:)``: flow control for a handler
+    /// that relays one connection's bytes to another and must not read faster than it can write.
+    /// Bytes the peer sends meanwhile wait in the kernel (and TCP slows the peer).
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func pauseReceiving(_ connection: ConnectionID) { core.pauseReceiving(connection, true) }
+
+    /// Receives again on a connection paused with ``pauseReceiving(_:)``.
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func resumeReceiving(_ connection: ConnectionID) { core.pauseReceiving(connection, false) }
+
+    /// Bytes queued and not yet sent on `connection`, or `nil` for a stale ID.
+    /// - Parameter connection: a connection of this ring.
+    public func queuedBytes(_ connection: ConnectionID) -> Int? { core.queuedBytes(connection) }
+
+    /// Posts a message to another ring of the server: the `PostQueuedCompletionStatus` of this
+    /// design. The bytes are copied into a bounded mailbox from this ring to that one, and the
+    /// target is woken by a completion posted into its queue (`IORING_OP_MSG_RING`, Linux 5.18) or,
+    /// without it, an eventfd write. Messages from one ring to another arrive in order.
+    /// - Parameters:
+    ///   - bytes: the message; at most a quarter of the mailbox.
+    ///   - value: a 64-bit value delivered with it.
+    ///   - ring: the target ring's index (may be this ring's own).
+    /// - Returns: whether it was posted.
+    @discardableResult
+    public func post(_ bytes: UnsafeRawBufferPointer, value: UInt64 = 0, toRing ring: Int) -> PostResult {
+        core.post(bytes, value: value, to: ring)
+    }
+}
+
+@available(*, unavailable)
+extension RingContext: Sendable {}

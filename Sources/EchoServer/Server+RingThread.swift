@@ -1,0 +1,114 @@
+import Dispatch
+import Logging
+import Metrics
+import ServiceLifecycle
+import SocketPool
+import Synchronization
+import URing
+
+// One ring thread's life: set up its ring and loop, serve, and hold its descriptor until every
+// ring has ended.
+extension Server {
+    /// One ring thread: sets up its ring and loop (with the receive strategy the kernel granted),
+    /// reports ready, waits until every ring exists, and serves until stopped.
+    // The echo server's loop, specialised here (its handler and receive paths known at compile
+    // time, no witness-table call per completion); other handlers run the generic loop.
+    @_specialize(where Handler == EchoHandler)
+    func runRing(
+        _ i: Int, listener: Int32, secondary: Int32?, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup
+    ) {
+        do throws(URingError) {
+            // The ring serving the metrics endpoint has sessions of its own for it (one more than
+            // its connection cap: the newest replaces the oldest).
+            let extra = secondary != nil ? (metricsEndpoint?.maxConnections ?? 0) + 1 : 0
+            let extraRingFlags = state.withLock { $0.extraRingFlags }
+            var setup = try RingSetup(
+                configuration, ring: i, logger: logger, extraSessions: extra, extraRingFlags: extraRingFlags)
+            let buffers = setup.buffers.take()
+            let incremental = setup.features.contains(.incrementalBuffers)
+            let maxHeld = min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries)
+            var provided = ProvidedSegments.none
+            if let base = buffers?.buffer(0).baseAddress {
+                provided =
+                    incremental
+                    ? .slices(
+                        count: IncrementalBufferReceiver.sliceCapacity(
+                            sessions: setup.capacity, maxHeldPerConnection: maxHeld))
+                    : .buffers(base: base, count: configuration.bufferRingEntries, size: configuration.bufferSize)
+            }
+            let core = LoopCore(
+                configuration: configuration, setup: setup, provided: provided, ringIndex: i, mailboxes: mailboxes,
+                logger: logger)
+            mailboxes.ports[i].descriptor.store(core.ring.descriptor, ordering: .releasing)
+            if let buffers {
+                if incremental {
+                    let receiver = IncrementalBufferReceiver(
+                        buffers: buffers, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
+                        unitSize: configuration.bufferSize, queue: core.queue)
+                    serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                } else {
+                    let receiver = BufferRingReceiver(
+                        buffers: buffers, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
+                        bundles: core.features.contains(.recvBundles))
+                    serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                }
+            } else {
+                let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
+                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+            }
+        } catch {
+            state.withLock { $0.setupErrors.append(error) }
+            ready.signal()
+            ringEnded(i, mailboxes)
+        }
+    }
+
+    /// Makes the ring's loop: with the handler alone, or, on the ring serving the metrics
+    /// endpoint, with the handler and the endpoint's, each for its own listener's connections.
+    func serve<R: ReceivePath & ~Copyable>(
+        _ core: LoopCore, _ receiver: consuming R, listener: Int32, secondary: Int32?, ready: DispatchSemaphore,
+        go: DispatchGroup
+    ) {
+        let ring = core.ringIndex
+        let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
+            self.publish(thread: ring, snapshot, report: report)
+        }
+        if let secondary, let endpoint = metricsEndpoint {
+            let metrics = MetricsHTTPHandler(
+                maxConnections: endpoint.maxConnections, maxRequestBytes: endpoint.maxRequestBytes
+            ) { [self] buffer in
+                endpoint.exposition(&buffer)
+                appendServerMetrics(to: &buffer)
+            }
+            let handler = ListenerRouter(main: makeHandler(), side: metrics)
+            run(
+                CompletionLoop(
+                    core: core, handler: handler, receiver: receiver, listener: listener, secondaryListener: secondary,
+                    publish: publisher), ring: ring, ready: ready, go: go)
+        } else {
+            run(
+                CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher),
+                ring: ring, ready: ready, go: go)
+        }
+    }
+
+    /// Runs one ring's loop: reports it ready, waits for the others, serves until stopped.
+    func run<H: ConnectionHandler, R: ReceivePath & ~Copyable>(
+        _ loop: CompletionLoop<H, R>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup
+    ) {
+        loop.housekeeping.publishStatistics(loop.core, buffersHeld: loop.receiver.buffersHeld)
+        ready.signal()
+        go.wait()
+        do throws(URingError) {
+            try loop.run()
+        } catch {
+            // A ring that ends on an error takes the server down with it, saying why: a server
+            // with a dead ring would keep accepting on the others' listeners and look healthy.
+            logger.error("ring \(ring) stopped on error: \(error); stopping the server")
+            loop.core.mailboxes.ports[ring].exited.store(true, ordering: .releasing)
+            stop { $0.ringFailed(ring, error) }
+            loop.teardown()
+        }
+        ringEnded(ring, loop.core.mailboxes)
+    }
+}
