@@ -15,9 +15,9 @@ import URing
 /// per episode) and resumes when a connection closes or on the next tick.
 struct Acceptor: ~Copyable {
     let listener: Int32
-    /// The tag kind of its accepts: ``OperationKind/accept`` for the main listener,
-    /// ``OperationKind/acceptSecondary`` for a secondary one.
-    let kind: OperationKind
+    /// Which of the server's listeners it accepts on: 0 for the main one. Its connections carry it
+    /// (``ConnectionRecord/listener``).
+    let number: UInt8
     let depth: Int
     var multishot: Bool
     /// Pooled: one multishot accept into kernel-chosen slots.
@@ -34,11 +34,11 @@ struct Acceptor: ~Copyable {
     /// - Parameters:
     ///   - listener: the listening socket.
     ///   - core: the loop's state.
-    ///   - kind: the tag kind of its accepts.
+    ///   - number: which of the server's listeners it is.
     ///   - maxDepth: the most accepts posted at once (with slots; one multishot accept otherwise).
-    init(listener: Int32, core: LoopCore, kind: OperationKind = .accept, maxDepth: Int = .max) {
+    init(listener: Int32, core: LoopCore, number: UInt8 = 0, maxDepth: Int = .max) {
         self.listener = listener
-        self.kind = kind
+        self.number = number
         multishot = core.features.contains(.multishotAccept)
         directMultishot = core.useSlots && core.features.contains(.directMultishotAccept)
         depth =
@@ -50,8 +50,8 @@ struct Acceptor: ~Copyable {
     deinit { tags.deallocate() }
 
     /// Cancels every accept in flight (stop).
-    func cancelAll(_ core: LoopCore, tag: RequestTag) throws(URingError) {
-        for i in 0..<inFlight { try core.ring.prepareCancel(tags[i], tag: tag.rawValue) }
+    func cancelAll(_ core: LoopCore) throws(URingError) {
+        for i in 0..<inFlight { try core.ring.prepareCancel(tags[i], tag: ControlTag.acceptsCancelled.rawValue) }
     }
 
     private mutating func posted(_ tag: RequestTag) {
@@ -67,15 +67,11 @@ struct Acceptor: ~Copyable {
         }
     }
 
-    /// A socket an accept completion delivered: a slot lease, or a plain descriptor.
+    /// A socket an accept completion delivered: a slot and its lease, or a plain descriptor.
     struct Accepted {
         let file: FileRef
-        let lease: SlotLease?
+        let slot: Lease?
     }
-
-    /// The `user` of a direct multishot accept's context (plain descriptors: `.max`; single-shot
-    /// slot accepts: the packed lease).
-    static let directMarker = UInt64.max - 1
 
     mutating func arm(_ core: LoopCore) throws(URingError) {
         guard !core.stopping else { return }
@@ -85,12 +81,12 @@ struct Acceptor: ~Copyable {
                     if inFlight == 0 { pause(core, "every fixed-file slot is in use") }
                     return
                 }
-                guard let tag = core.contexts.acquire(kind) else {
+                guard let tag = core.contexts.acquire(kind: RequestKind.accept.rawValue, .accept(listener: number, into: .slot(lease)))
+                else {
                     core.slots?.release(lease)
                     if inFlight == 0 { pause(core, "request contexts exhausted") }
                     return
                 }
-                core.contexts.context(tag).pointee.user = lease.packed
                 try core.ring.prepareAccept(.fd(listener), into: .slot(lease.index), tag: tag.rawValue)
                 posted(tag)
                 paused = false
@@ -101,8 +97,10 @@ struct Acceptor: ~Copyable {
         // (plain descriptors) a multishot or single-shot accept.
         guard inFlight == 0 else { return }
         if directMultishot && (core.slots?.available ?? 0) == 0 { return pause(core, "every fixed-file slot is in use") }
-        guard let tag = core.contexts.acquire(kind) else { return pause(core, "request contexts exhausted") }
-        core.contexts.context(tag).pointee.user = directMultishot ? Self.directMarker : .max
+        guard
+            let tag = core.contexts.acquire(
+                kind: RequestKind.accept.rawValue, .accept(listener: number, into: directMultishot ? .anySlot : .descriptor))
+        else { return pause(core, "request contexts exhausted") }
         if directMultishot {
             try core.ring.prepareAccept(.fd(listener), into: .anySlot, multishot: true, tag: tag.rawValue)
         } else {
@@ -134,12 +132,16 @@ struct Acceptor: ~Copyable {
 
     /// Handles an accept completion; returns the socket it delivered, if any. The caller makes it
     /// a connection (or closes it), then calls ``rearmIfEnded(_:_:)``.
-    mutating func onAccept(_ c: Completion, _ tag: RequestTag, _ core: LoopCore) throws(URingError)
-        -> (Accepted?, ended: Bool)
+    mutating func onAccept(_ c: Completion, _ tag: RequestTag, into: SharedRequest.AcceptInto, _ core: LoopCore)
+        throws(URingError) -> (Accepted?, ended: Bool)
     {
-        let user = core.contexts.context(tag).pointee.user
-        let direct = user == Self.directMarker
-        var lease: SlotLease? = user == .max || direct ? nil : SlotLease(packed: user)
+        var lease: Lease? = nil
+        var direct = false
+        switch into {
+        case .slot(let chosen): lease = chosen
+        case .anySlot: direct = true
+        case .descriptor: break
+        }
         let isMultishot = direct || (lease == nil && multishot)
         let ended = !isMultishot || !c.hasMore
         if ended {
@@ -155,16 +157,11 @@ struct Acceptor: ~Copyable {
             case .canceled, .connectionAborted:
                 break  // a stop, or a client that reset before it was accepted: accept again
             case .invalidArgument where direct && !multishotWorked && !core.stopping:
-                core.logger.warning(
-                    "multishot accept into kernel-chosen slots refused (EINVAL); falling back to single-shot slot accepts")
                 directMultishot = false
-                core.features.remove(.directMultishotAccept)
-                core.stats.features = core.features
+                core.fallBack(from: .directMultishotAccept, "multishot accept into kernel-chosen slots refused (EINVAL); falling back to single-shot slot accepts")
             case .invalidArgument where isMultishot && !multishotWorked && !core.stopping:
-                core.logger.warning("multishot accept refused (EINVAL); falling back to single-shot accepts")
                 multishot = false
-                core.features.remove(.multishotAccept)
-                core.stats.features = core.features
+                core.fallBack(from: .multishotAccept, "multishot accept refused (EINVAL); falling back to single-shot accepts")
             default:
                 // Anything else may well fail again at once (a listener shut down, say): back off
                 // to the next tick or close rather than spin, count it, log once per episode.
@@ -186,12 +183,12 @@ struct Acceptor: ~Copyable {
             lease = core.slots?.claim(index)
             if lease == nil {
                 core.logger.error("direct accept into slot \(index), which the pool holds as leased; closing it")
-                try Self.closeRejected(Accepted(file: .slot(index), lease: nil), core)
+                try Self.closeRejected(Accepted(file: .slot(index), slot: nil), core)
                 return (nil, ended)
             }
         }
-        if kind == .accept { core.stats.accepted &+= 1 } else { core.stats.endpointConnections &+= 1 }
-        return (Accepted(file: lease.map { $0.file } ?? .fd(c.result), lease: lease), ended)
+        if number == 0 { core.stats.accepted &+= 1 } else { core.stats.endpointConnections &+= 1 }
+        return (Accepted(file: lease.map { .slot($0.index) } ?? .fd(c.result), slot: lease), ended)
     }
 
     mutating func rearmIfEnded(_ ended: Bool, _ core: LoopCore) throws(URingError) {
@@ -202,20 +199,19 @@ struct Acceptor: ~Copyable {
 
     /// Closes a socket that never became a connection (connection cap reached, or stopping).
     static func closeRejected(_ accepted: Accepted, _ core: LoopCore) throws(URingError) {
-        guard let tag = core.contexts.acquire(.closeRejected) else {
+        guard let tag = core.contexts.acquire(kind: RequestKind.closeRejected.rawValue, .closeRejected(slot: accepted.slot))
+        else {
             // No context to track the close: close a plain fd synchronously; a slot is closed when
             // the table is unregistered. Never leak, never crash.
             if !accepted.file.isFixed { _ = try? Sockets.close(accepted.file.raw) }
             return
         }
-        core.contexts.context(tag).pointee.user = accepted.lease?.packed ?? .max
         try core.ring.prepareClose(accepted.file, tag: tag.rawValue)
     }
 
     /// The close of a rejected socket completed: its slot goes back.
-    static func onRejectedClosed(_ tag: RequestTag, _ core: LoopCore) {
-        let user = core.contexts.context(tag).pointee.user
+    static func onRejectedClosed(_ tag: RequestTag, slot: Lease?, _ core: LoopCore) {
         core.contexts.release(tag)
-        if user != .max { core.slots?.release(SlotLease(packed: user)) }
+        if let slot { core.slots?.release(slot) }
     }
 }

@@ -43,20 +43,20 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     @inline(__always) func ended(_ c: Completion) -> Bool { !c.hasMore }
 
     @inline(__always)
-    mutating func arm(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+    mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
         // Behind a queue, one buffer per request (and no bundle): the connection's share holds.
-        let multishot = s.pointee.queueHead < 0 && s.pointee.buffersHeld == 0
+        let multishot = s.pointee.output.head < 0 && s.pointee.buffersHeld == 0
         let bundle = bundles && multishot
         try core.ring.prepareRecv(
-            s.pointee.file, bufferGroup: buffers.group, multishot: multishot, bundle: bundle,
-            maxLength: bundle ? bundleBytes : 0, tag: s.pointee.tag(.recv).rawValue)
-        s.pointee.pending.insert(.recv)
+            s.pointee.session.file, bufferGroup: buffers.group, multishot: multishot, bundle: bundle,
+            maxLength: bundle ? bundleBytes : 0, tag: s.pointee.tag(.recv))
+        s.pointee.lifecycle.posted(.recv)
     }
 
     /// At its own bound, a session is re-armed when its sends give buffers back; with the ring
     /// empty, it waits in the list.
     @inline(__always)
-    mutating func armOrWait(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+    mutating func armOrWait(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
         guard s.pointee.buffersHeld < maxHeldPerConnection else { return }
         if free > 0 {
             try arm(s, core: core)
@@ -66,7 +66,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     }
 
     @inline(__always)
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)? {
+    mutating func take(_ c: Completion, _ s: ConnectionRef) -> (UnsafeMutableRawBufferPointer, Int32)? {
         let id = c.bufferID.unsafelyUnwrapped
         if bundles { bundleStart = buffers.position(of: id) }
         free -= 1
@@ -82,7 +82,7 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
 
     /// Part `part` of a bundle: the buffers after the first in the ring, each full but the last.
     @inline(__always)
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>, part: Int)
+    mutating func take(_ c: Completion, _ s: ConnectionRef, part: Int)
         -> (UnsafeMutableRawBufferPointer, Int32)?
     {
         guard part > 0 else { return take(c, s) }
@@ -112,20 +112,18 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     mutating func fallBack(after error: Errno, core: LoopCore) -> Bool {
         guard error == .invalidArgument && bundles && !bundleWorked else { return false }
         bundles = false
-        core.features.remove(.recvBundles)
-        core.stats.features = core.features
-        core.logger.warning("recv bundles refused (EINVAL); receiving one buffer per completion")
+        core.fallBack(from: .recvBundles, "recv bundles refused (EINVAL); receiving one buffer per completion")
         return true
     }
 
     @inline(__always)
-    mutating func release(_ segment: Int32, of s: UnsafeMutablePointer<Session>) {
+    mutating func release(_ segment: Int32, of s: ConnectionRef) {
         buffers.recycle(UInt16(truncatingIfNeeded: segment))
         free += 1
         s.pointee.buffersHeld -= 1
     }
 
-    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) { waiting.add(s) }
+    mutating func waitForBuffers(_ s: ConnectionRef) { waiting.add(s) }
 
     mutating func afterBatch(core: LoopCore) throws(URingError) {
         buffers.commit()

@@ -27,9 +27,9 @@ struct BufferWaitList: ~Copyable {
     var isEmpty: Bool { head < 0 }
 
     /// Marks `s` as waiting for buffers and links it at the end (once).
-    mutating func add(_ s: UnsafeMutablePointer<Session>) {
-        s.pointee.waitingForBuffers = true
-        let index = Int32(bitPattern: s.pointee.index)
+    mutating func add(_ s: ConnectionRef) {
+        s.pointee.lifecycle.waitingForBuffers(true)
+        let index = Int32(s.pointee.session.index)
         guard !linked[Int(index)] else { return }
         linked[Int(index)] = true
         next[Int(index)] = -1
@@ -39,15 +39,17 @@ struct BufferWaitList: ~Copyable {
 
     /// Unlinks the first session that still waits, clears its waiting mark and returns it; nil
     /// when none is left.
-    mutating func pop(_ sessions: borrowing SessionPool) -> UnsafeMutablePointer<Session>? {
+    mutating func pop(_ sessions: borrowing SessionPool<ConnectionRecord>) -> ConnectionRef? {
         while head >= 0 {
             let index = Int(head)
             head = next[index]
             if head < 0 { tail = -1 }
             linked[index] = false
             next[index] = -1
-            guard let s = sessions.session(at: index), s.pointee.waitingForBuffers else { continue }
-            s.pointee.waitingForBuffers = false
+            guard let s = sessions.record(at: index), s.pointee.lifecycle.flags.contains(.waitingForBuffers) else {
+                continue
+            }
+            s.pointee.lifecycle.waitingForBuffers(false)
             return s
         }
         return nil
@@ -55,9 +57,9 @@ struct BufferWaitList: ~Copyable {
 
     /// ``pop(_:)`` for a re-arm: the first waiting session that still wants to receive (the
     /// others are unlinked and dropped), counted in `receiveRearms`; nil when none is left.
-    mutating func popToRearm(_ core: LoopCore) -> UnsafeMutablePointer<Session>? {
+    mutating func popToRearm(_ core: LoopCore) -> ConnectionRef? {
         while let s = pop(core.sessions) {
-            guard core.wantsReceive(s) else { continue }
+            guard s.pointee.lifecycle.wantsReceive else { continue }
             core.stats.receiveRearms &+= 1
             return s
         }

@@ -8,14 +8,16 @@ extension CompletionLoop where Receiver: ~Copyable {
         housekeeping.ticks &+= 1
         if !core.stopping {
             for i in 0..<core.sessions.capacity {
-                guard let s = core.sessions.session(at: i), try !housekeeping.sweep(s, core) else { continue }
+                guard let c = core.sessions.record(at: i) else { continue }
+                if housekeeping.sweep(c, core) {
+                    c.pointee.lifecycle.failed()
+                    try settle(c)
+                    continue
+                }
                 // A refusal for want of outbound buffers has no send of its own to wait for: retry.
-                if s.pointee.wantsWritable && s.pointee.queueHead < 0 && s.pointee.state != .closing
-                    && core.queue.outboundAvailable > 0
-                {
-                    s.pointee.wantsWritable = false
-                    handler.writable(Connection(core.connectionID(s), core))
-                    try afterCallback(s)
+                if c.pointee.output.head < 0 && core.queue.outboundAvailable > 0 && c.pointee.lifecycle.takeWritable() {
+                    handler.writable(Connection(core.connectionID(c), core))
+                    try afterCallback(c)
                 }
             }
             try resumeAccepting()
@@ -32,8 +34,14 @@ extension CompletionLoop where Receiver: ~Copyable {
             if errno == .canceled { return }
             throw URingError("read wake-up eventfd", errno: errno)
         }
-        if core.mailboxes.stopRequested.load(ordering: .acquiring) {
+        if core.mailboxes.stopRequested.load(ordering: .acquiring),
             try housekeeping.beginStop(core, acceptor: acceptor, secondary: secondary)
+        {
+            for i in 0..<core.sessions.capacity {
+                guard let c = core.sessions.record(at: i) else { continue }
+                c.pointee.lifecycle.failed()
+                try settle(c)
+            }
         }
         let fault = core.mailboxes.ports[core.ringIndex].injectedFault.exchange(0, ordering: .acquiringAndReleasing)
         if fault != 0 { core.ring.injectEnterFailure(Errno(rawValue: fault)) }
@@ -49,7 +57,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             core.stats.delivered &+= 1
             guard !core.stopping else { return }
             handler.received(message: RingMessage(from: from, value: value, bytes: bytes), ring: RingContext(core))
-            try flushDirty()
+            try settleTouched()
         }
     }
 }

@@ -19,6 +19,8 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     /// Accepts on a secondary listener (a metrics endpoint): its connections carry listener 1.
     @exclusivity(unchecked) var secondary: Acceptor?
     @exclusivity(unchecked) var housekeeping: Housekeeping
+    /// Where a connection's receiving pauses (``ConnectionLifecycle/settle(_:_:)``).
+    let bounds: ConnectionLifecycle.Bounds
     /// Completions each turn waits for, and the longest wait (batched waiting), or 1 and nil.
     let waitCount: UInt32
     let waitTimeout: Duration?
@@ -31,10 +33,12 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         self.handler = handler
         self.receiver = receiver
         acceptor = Acceptor(listener: listener, core: core)
-        secondary = secondaryListener.map { Acceptor(listener: $0, core: core, kind: .acceptSecondary, maxDepth: 1) }
+        secondary = secondaryListener.map { Acceptor(listener: $0, core: core, number: 1, maxDepth: 1) }
         housekeeping = Housekeeping(core: core, publish: publish)
         waitCount = UInt32(core.configuration.batchWait?.completions ?? 1)
         waitTimeout = core.configuration.batchWait?.timeout
+        bounds = .init(
+            bytes: core.maxPending, buffers: self.receiver.maxHeldPerConnection, outbound: core.maxOutboundHeld)
         self.handler.start(capacity: core.sessions.capacity)
     }
 
@@ -89,40 +93,51 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         }
     }
 
-    func dispatch(_ c: Completion) throws(URingError) {
-        let tag = RequestTag(rawValue: c.tag)
-        if let request = PendingRequests(tag.kind) {
-            // A connection's own request: resolve the connection by the tag's index and generation.
-            guard let s = core.sessions.resolve(SessionHandle(index: tag.index, generation: tag.generation)),
-                s.pointee.pending.contains(request)
-            else {
+    /// One completion, by its tag: a connection's own request, a shared context's (accepts,
+    /// rejected closes), or one of the loop's control requests.
+    func dispatch(_ completion: Completion) throws(URingError) {
+        let tag = RequestTag(rawValue: completion.tag)
+        guard let kind = tag.requestKind else {
+            core.stats.staleCompletions &+= 1
+            return
+        }
+        if let request = PendingRequests(kind) {
+            // A connection's own request: its session lease names the connection, and a completion
+            // for a recycled session (or for a request no longer in flight) is stale.
+            guard let c = core.sessions.resolve(tag.lease), c.pointee.lifecycle.pending.contains(request) else {
                 core.stats.staleCompletions &+= 1
-                receiver.discard(c)
+                receiver.discard(completion)
                 return
             }
             switch request {
-            case .recv: try onReceive(c, s)
-            case .send: try onSend(c, s)
-            case .close: try onClose(c, s)
-            default: try onCancel(c, s, request)
+            case .recv: try onReceive(completion, c)
+            case .send: try onSend(completion, c)
+            case .close: try onClose(completion, c)
+            default: try onCancel(completion, c, request)
             }
             return
         }
-        switch tag.kind {
-        case .accept: try onAccept(c, tag, listener: 0)
-        case .acceptSecondary: try onAccept(c, tag, listener: 1)
-        case .closeRejected:
-            Acceptor.onRejectedClosed(tag, core)
+        if let control = ControlTag(tag) { return try onControl(completion, control) }
+        guard let context = core.contexts.resolve(tag) else {
+            core.stats.staleCompletions &+= 1
+            return
+        }
+        switch context.pointee {
+        case .accept(let listener, let into): try onAccept(completion, tag, listener: listener, into: into)
+        case .closeRejected(let slot):
+            Acceptor.onRejectedClosed(tag, slot: slot, core)
             try resumeAccepting()
-        case .timeout: try onTick()
-        case .wake: if tag.generation == 0 { try onWake(c) }  // 1: the cancel of the accepts at stop
-        case .message:
-            if tag.generation != 1 {
-                core.onMessageSent(c, tag)
-            } else if Int(tag.index) < core.mailboxes.count {
-                try deliverMail(from: Int(tag.index))
-            }
-        default: core.stats.staleCompletions &+= 1
+        case .none: core.stats.staleCompletions &+= 1
+        }
+    }
+
+    func onControl(_ completion: Completion, _ control: ControlTag) throws(URingError) {
+        switch control {
+        case .tick: try onTick()
+        case .wake: try onWake(completion)
+        case .acceptsCancelled: break
+        case .mail(let from): if from < core.mailboxes.count { try deliverMail(from: from) }
+        case .mailSent(let to): core.onMessageSent(completion, to: to)
         }
     }
 
@@ -132,8 +147,10 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         core.mailboxes.ports[core.ringIndex].exited.store(true, ordering: .releasing)
         // A plain fd whose close was already submitted may be another socket's number by now.
         for i in 0..<core.sessions.capacity {
-            if let s = core.sessions.session(at: i), !s.pointee.file.isFixed, !s.pointee.pending.contains(.close) {
-                _ = try? Sockets.close(s.pointee.file.raw)
+            if let c = core.sessions.record(at: i), !c.pointee.session.file.isFixed,
+                !c.pointee.lifecycle.pending.contains(.close)
+            {
+                _ = try? Sockets.close(c.pointee.session.file.raw)
             }
         }
         receiver.teardown(core: core)

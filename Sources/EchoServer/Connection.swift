@@ -18,7 +18,7 @@ public struct Connection {
 
     /// Which of the server's listeners accepted it: 0 for the main address, 1 for the metrics
     /// endpoint's (see ``MetricsEndpoint``).
-    public var listener: Int { ring.core.session(id).map { Int($0.pointee.listener) } ?? 0 }
+    public var listener: Int { ring.core.connection(id).map { Int($0.pointee.listener) } ?? 0 }
 
     /// Queues a copy of `bytes`, after what is already queued (and after the in-place reply of the
     /// current ``ConnectionHandler/received(_:connection:)`` call).

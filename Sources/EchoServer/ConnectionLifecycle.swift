@@ -1,94 +1,309 @@
 import SocketPool
-import URing
 
-/// The events that move a connection through its states.
-enum LifecycleEvent: Sendable, Hashable, CaseIterable {
-    /// The peer half-closed (recv returned 0).
-    case peerClosed
-    /// The handler asked to close once output is sent (``Reply/close``, ``Connection/close()``).
-    case closeRequested
-    /// Everything queued was sent.
-    case drained
-    /// A reset or another error, an abort, the idle timeout, stalled output, or a stop.
-    case failed
+/// The requests a connection can have in flight, one bit each. A connection owns one request of
+/// each kind, as an IOCP session embeds its `OVERLAPPED`s: its tags are made from its own session
+/// lease, so running out of shared contexts can never strand it. The bits set are its `IoCount`.
+struct PendingRequests: OptionSet, Hashable, CustomStringConvertible {
+    let rawValue: UInt8
+    @inline(__always) init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// A receive (or an armed multishot receive).
+    static let recv = PendingRequests(rawValue: 1 << 0)
+    /// A send.
+    static let send = PendingRequests(rawValue: 1 << 1)
+    /// A cancel of the receive, by its `user_data`.
+    static let cancelRecv = PendingRequests(rawValue: 1 << 2)
+    /// A cancel of the send, by its `user_data`.
+    static let cancelSend = PendingRequests(rawValue: 1 << 3)
+    /// The close (or `close_direct`).
+    static let close = PendingRequests(rawValue: 1 << 4)
+    /// A receive or its cancel.
+    static let receiving = PendingRequests(rawValue: recv.rawValue | cancelRecv.rawValue)
+
+    /// The request of a connection that a tag of `kind` names, or nil for a kind that is not a
+    /// connection's own.
+    @inline(__always)
+    init?(_ kind: RequestKind) {
+        switch kind {
+        case .recv: self = .recv
+        case .send: self = .send
+        case .cancelRecv: self = .cancelRecv
+        case .cancelSend: self = .cancelSend
+        case .close: self = .close
+        default: return nil
+        }
+    }
+
+    /// The tag kind of a single request.
+    @inline(__always)
+    var kind: RequestKind {
+        switch self {
+        case .recv: .recv
+        case .send: .send
+        case .cancelRecv: .cancelRecv
+        case .cancelSend: .cancelSend
+        default: .close
+        }
+    }
+
+    var description: String {
+        let names: [(PendingRequests, String)] = [
+            (.recv, "recv"), (.send, "send"), (.cancelRecv, "cancelRecv"), (.cancelSend, "cancelSend"), (.close, "close"),
+        ]
+        return "[" + names.filter { contains($0.0) }.map(\.1).joined(separator: ",") + "]"
+    }
+}
+
+/// One connection's life as a state machine: its phase, the requests it has in flight, and what
+/// it has been asked or is waiting for. Events (a completion, a handler's request, a tick, a stop)
+/// change it through one `mutating func` each; after every event the loop calls ``settle(_:_:)``,
+/// which decides what to post next and returns it as ``Effects``, free of io_uring detail
+/// ("receive", "send queued output", "cancel the receive", "close"), so any transport able to do
+/// those could drive it. Every transition is tested as a table, without a ring.
+///
+/// ```
+/// open ──peer EOF / close requested──▶ inputClosed ──output sent──▶ closing ──close done──▶ closed
+///   └────────────error, reset, abort, idle, stalled output, stop─────────────▶ closing
+/// ```
+///
+/// - `open`: receiving (unless paused) and sending.
+/// - `inputClosed`: nothing more is received; queued output is still sent, then the connection
+///   closes.
+/// - `closing`: what is in flight is cancelled (a close with a receive pending would leave the
+///   socket open and the receive swallowing the peer's bytes); the close is posted once nothing is.
+/// - `closed`: the close completed; the session is recycled.
+struct ConnectionLifecycle: Hashable {
+    enum Phase: UInt8, Hashable {
+        case open
+        case inputClosed
+        case closing
+        case closed
+    }
+
+    /// What the connection has been asked, or waits for.
+    struct Flags: OptionSet, Hashable {
+        let rawValue: UInt8
+        /// The handler asked to close once its output is sent.
+        static let closeRequested = Flags(rawValue: 1 << 0)
+        /// The handler asked to close at once, dropping output.
+        static let abortRequested = Flags(rawValue: 1 << 1)
+        /// The handler paused receiving (flow control between connections).
+        static let pausedByHandler = Flags(rawValue: 1 << 2)
+        /// Receiving paused because the connection holds its bound of unsent bytes or buffers.
+        static let pausedForBound = Flags(rawValue: 1 << 3)
+        /// The receive ended for want of provided buffers; it waits for buffers to come back.
+        static let waitingForBuffers = Flags(rawValue: 1 << 4)
+        /// The handler wants ``ConnectionHandler/writable(_:)`` once output drains.
+        static let wantsWritable = Flags(rawValue: 1 << 5)
+        /// The connection failed: the next settle cancels what is in flight (once).
+        static let cancelInFlight = Flags(rawValue: 1 << 6)
+
+        // Combinations, made once: an array literal would build an array on each use in debug builds.
+        static let closeAsked = Flags(rawValue: closeRequested.rawValue | abortRequested.rawValue)
+        static let holdingReceive = Flags(
+            rawValue: pausedForBound.rawValue | pausedByHandler.rawValue | waitingForBuffers.rawValue)
+    }
+
+    /// What to post next, in this order: cancels first, then the send, the close, the receive.
+    struct Effects: OptionSet, Hashable {
+        let rawValue: UInt8
+        /// Cancel the receive (by its `user_data`).
+        static let cancelReceive = Effects(rawValue: 1 << 0)
+        /// Cancel the send.
+        static let cancelSend = Effects(rawValue: 1 << 1)
+        /// Send what is queued.
+        static let send = Effects(rawValue: 1 << 2)
+        /// Close the socket.
+        static let close = Effects(rawValue: 1 << 3)
+        /// Receive, if buffers allow (the receive path decides: it may arm or make it wait).
+        static let receive = Effects(rawValue: 1 << 4)
+        /// Not a request: receiving just paused at the bound (counted).
+        static let pausedAtBound = Effects(rawValue: 1 << 5)
+    }
+
+    /// What ``settle(_:_:)`` needs to know of the connection's output and holdings.
+    struct Holdings {
+        /// Whether output is queued.
+        var queued: Bool
+        /// Bytes queued and not yet sent.
+        var queuedBytes: Int
+        /// Provided buffers (or slices, in units) held.
+        var buffersHeld: Int32
+        /// Outbound buffers its queue holds.
+        var outboundHeld: Int32
+    }
+
+    /// Where receiving pauses: at any one of these; it resumes once all are at half or below.
+    struct Bounds: Hashable {
+        var bytes: Int
+        var buffers: Int32
+        var outbound: Int32
+    }
+
+    private(set) var phase = Phase.open
+    /// Requests in flight: the session is recycled only when none is.
+    private(set) var pending: PendingRequests = []
+    private(set) var flags: Flags = []
+
+    // MARK: Events
+
+    /// A request of the connection was posted.
+    @inline(__always)
+    mutating func posted(_ request: PendingRequests) { pending.insert(request) }
+
+    /// A request's last completion arrived (a multishot receive's last one).
+    @inline(__always)
+    mutating func ended(_ request: PendingRequests) { pending.remove(request) }
+
+    /// The peer half-closed (a receive returned 0).
+    mutating func peerClosed() {
+        if phase == .open { phase = .inputClosed }
+    }
+
+    /// A reset or another error, an abort, the idle timeout, stalled output, or a stop: nothing more
+    /// is read or written.
+    mutating func failed() {
+        guard phase != .closing && phase != .closed else { return }
+        phase = .closing
+        flags.remove(.waitingForBuffers)
+        flags.insert(.cancelInFlight)
+    }
+
+    /// The handler asked to close: after its output (`abort` false) or at once.
+    /// - Returns: false (nothing changes) when the connection is closing already.
+    mutating func closeRequested(abort: Bool) -> Bool {
+        guard phase != .closing && phase != .closed else { return false }
+        flags.insert(abort ? .abortRequested : .closeRequested)
+        return true
+    }
+
+    /// The handler paused or resumed receiving. - Returns: whether that changed anything.
+    mutating func pauseRequested(_ paused: Bool) -> Bool {
+        guard flags.contains(.pausedByHandler) != paused else { return false }
+        if paused { flags.insert(.pausedByHandler) } else { flags.remove(.pausedByHandler) }
+        return true
+    }
+
+    /// The receive ended for want of buffers (`true`), or buffers came back for it (`false`).
+    @inline(__always)
+    mutating func waitingForBuffers(_ waiting: Bool) {
+        if waiting { flags.insert(.waitingForBuffers) } else { flags.remove(.waitingForBuffers) }
+    }
+
+    /// The handler wants to hear when output drains (a refused write, or the bound crossed).
+    @inline(__always)
+    mutating func writableRequested() { flags.insert(.wantsWritable) }
+
+    /// Takes the wish for ``ConnectionHandler/writable(_:)``: true (and forgotten) if the handler
+    /// asked for it and may still write.
+    @inline(__always)
+    mutating func takeWritable() -> Bool {
+        guard flags.contains(.wantsWritable), phase != .closing && phase != .closed else { return false }
+        flags.remove(.wantsWritable)
+        return true
+    }
+
     /// The close completed.
-    case closeCompleted
-}
+    mutating func closeCompleted() {
+        pending.remove(.close)
+        phase = .closed
+    }
 
-/// The connection state machine, as a pure function so every transition can be tested alone:
-///
-/// | from | peerClosed | closeRequested | drained | failed | closeCompleted |
-/// |---|---|---|---|---|---|
-/// | open | halfClosed | halfClosed | open | closing | — |
-/// | halfClosed | halfClosed | halfClosed | closing | closing | — |
-/// | closing | closing | closing | closing | closing | free |
-///
-/// The loop applies the effects: entering `halfClosed` cancels the receive; entering `closing`
-/// cancels whatever is in flight (by `user_data`) and posts the close once nothing is; `free`
-/// recycles the session, its slot and its buffers.
-enum ConnectionLifecycle {
-    static func next(_ state: SessionState, _ event: LifecycleEvent) -> SessionState {
-        switch (state, event) {
-        case (.free, _): return .free
-        case (.closing, .closeCompleted): return .free
-        case (.closing, _): return .closing
-        case (_, .closeCompleted): return state  // a close completes only after one was posted
-        case (_, .failed): return .closing
-        case (.open, .peerClosed), (.open, .closeRequested): return .halfClosed
-        case (.open, .drained): return .open
-        case (.halfClosed, .drained): return .closing
-        case (.halfClosed, _): return .halfClosed
+    // MARK: Queries
+
+    /// Whether received bytes still go to the handler (they are dropped once a close was decided).
+    @inline(__always)
+    var acceptsInput: Bool { phase == .open && flags.isDisjoint(with: .closeAsked) }
+
+    /// Whether writes are still queued.
+    @inline(__always)
+    var acceptsOutput: Bool { (phase == .open || phase == .inputClosed) && !flags.contains(.abortRequested) }
+
+    /// Whether an in-place reply is still sent.
+    @inline(__always)
+    var sendsReplies: Bool { phase != .closing && phase != .closed && !flags.contains(.abortRequested) }
+
+    /// Whether a receive should be posted now (the receive path decides whether it can).
+    @inline(__always)
+    var wantsReceive: Bool {
+        phase == .open && flags.isDisjoint(with: .holdingReceive) && pending.isDisjoint(with: .receiving)
+    }
+
+    // MARK: Deciding
+
+    /// Decides what to post after an event, marking each request it returns as in flight (but the
+    /// receive, which the receive path marks when it arms one):
+    ///
+    /// - an abort cancels whatever is in flight, and the close follows once nothing is;
+    /// - a close request stops receiving; queued output is still sent;
+    /// - output is sent whenever it is queued and no send is in flight;
+    /// - once input is closed and output drained, the connection closes;
+    /// - an open connection's receiving pauses at its bounds (``Bounds``) and resumes at half of
+    ///   them, or stays paused while the handler asks; otherwise a receive is wanted.
+    @inline(__always)
+    mutating func settle(_ holdings: Holdings, _ bounds: Bounds) -> Effects {
+        var effects: Effects = []
+        if flags.contains(.abortRequested) { failed() }
+        if flags.contains(.cancelInFlight) {
+            flags.remove(.cancelInFlight)
+            cancel(.recv, &effects)
+            cancel(.send, &effects)
         }
-    }
-}
-
-extension LoopCore {
-    /// open → halfClosed: no more receiving; queued output still goes out, then the close.
-    func stopReceiving(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        s.pointee.state = ConnectionLifecycle.next(s.pointee.state, .closeRequested)
-        s.pointee.waitingForBuffers = false
-        try cancel(s, .recv)
-    }
-
-    /// → closing: cancel what is in flight (a close with a recv pending would leave the socket open
-    /// and the recv swallowing the peer's bytes), and close once nothing is. Safe to call in any
-    /// state and any number of times: a closing connection always ends in a close completion.
-    func beginClose(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        s.pointee.state = ConnectionLifecycle.next(s.pointee.state, .failed)
-        s.pointee.waitingForBuffers = false
-        try cancel(s, .recv)
-        try cancel(s, .send)
-        try finishCloseIfIdle(s)
-    }
-
-    /// Posts the close of a closing session once nothing else is in flight.
-    func finishCloseIfIdle(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        guard s.pointee.state == .closing, s.pointee.pending.isEmpty else { return }
-        try ring.prepareClose(s.pointee.file, tag: s.pointee.tag(.close).rawValue)
-        s.pointee.pending.insert(.close)
-    }
-
-    /// Cancels the session's own receive or send by its `user_data` (Linux 5.5), unless it is not
-    /// in flight or a cancel of it already is.
-    func cancel(_ s: UnsafeMutablePointer<Session>, _ request: PendingRequests) throws(URingError) {
-        let (target, kind, bit): (OperationKind, OperationKind, PendingRequests) =
-            request == .recv ? (.recv, .cancel, .cancelRecv) : (.send, .cancelSend, .cancelSend)
-        guard s.pointee.pending.contains(request), !s.pointee.pending.contains(bit) else { return }
-        try ring.prepareCancel(s.pointee.tag(target).rawValue, tag: s.pointee.tag(kind).rawValue)
-        s.pointee.pending.insert(bit)
-    }
-
-    /// What to do once a session's queue or in-flight requests changed: close a drained
-    /// half-closed session, or post the close of a closing one.
-    func closeIfDone(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        switch s.pointee.state {
-        case .halfClosed where s.pointee.queueHead < 0 && !s.pointee.pending.contains(.send):
-            s.pointee.state = ConnectionLifecycle.next(.halfClosed, .drained)
-            try beginClose(s)
-        case .closing:
-            try finishCloseIfIdle(s)
-        default:
-            break
+        if flags.contains(.closeRequested) && phase == .open {
+            phase = .inputClosed
+            flags.remove(.waitingForBuffers)
+            cancel(.recv, &effects)
         }
+        if phase == .closing || phase == .closed {
+            closeIfIdle(&effects)
+            return effects
+        }
+        if !pending.contains(.send) && holdings.queued {
+            effects.insert(.send)
+            pending.insert(.send)
+        } else if phase == .inputClosed && !holdings.queued && !pending.contains(.send) {
+            // Input closed, output drained: close (cancelling the receive if one is still armed).
+            phase = .closing
+            cancel(.recv, &effects)
+            closeIfIdle(&effects)
+            return effects
+        }
+        guard phase == .open else { return effects }
+        // Bytes, and buffers: a peer that trickles small requests and never reads could otherwise
+        // pin a whole provided or outbound buffer per few bytes.
+        if holdings.queuedBytes >= bounds.bytes || holdings.buffersHeld >= bounds.buffers
+            || holdings.outboundHeld >= bounds.outbound
+        {
+            if !flags.contains(.pausedForBound) {
+                flags.insert(.pausedForBound)
+                effects.insert(.pausedAtBound)
+                cancel(.recv, &effects)
+            }
+        } else if flags.contains(.pausedForBound) && holdings.queuedBytes <= bounds.bytes / 2
+            && holdings.buffersHeld <= bounds.buffers / 2 && holdings.outboundHeld <= bounds.outbound / 2
+        {
+            flags.remove(.pausedForBound)
+        }
+        if flags.contains(.pausedByHandler) { cancel(.recv, &effects) }
+        if wantsReceive { effects.insert(.receive) }
+        return effects
+    }
+
+    /// Cancels `request` by its `user_data` (Linux 5.5), unless it is not in flight or a cancel of
+    /// it already is.
+    @inline(__always)
+    private mutating func cancel(_ request: PendingRequests, _ effects: inout Effects) {
+        let (bit, effect): (PendingRequests, Effects) =
+            request == .recv ? (.cancelRecv, .cancelReceive) : (.cancelSend, .cancelSend)
+        guard pending.contains(request), !pending.contains(bit) else { return }
+        pending.insert(bit)
+        effects.insert(effect)
+    }
+
+    @inline(__always)
+    private mutating func closeIfIdle(_ effects: inout Effects) {
+        guard phase == .closing, pending.isEmpty else { return }
+        pending.insert(.close)
+        effects.insert(.close)
     }
 }

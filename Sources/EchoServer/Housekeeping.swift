@@ -22,51 +22,46 @@ struct Housekeeping {
         idleNanoseconds = configuration.idleTimeout.map { UInt64($0.nanoseconds) } ?? 0
     }
 
-    static let tickTag = RequestTag(index: 0, generation: 0, kind: .timeout)
-    static let wakeTag = RequestTag(index: 0, generation: 0, kind: .wake)
-    static let acceptCancelTag = RequestTag(index: 0, generation: 1, kind: .wake)
-
     func armTick(_ core: LoopCore) throws(URingError) {
-        try core.ring.prepareTimeout(core.configuration.tickInterval, tag: Self.tickTag.rawValue)
+        try core.ring.prepareTimeout(core.configuration.tickInterval, tag: ControlTag.tick.rawValue)
     }
 
     func armWake(_ core: LoopCore) throws(URingError) {
-        try core.ring.prepareRead(.fd(wakeFD), into: wakeBuffer, tag: Self.wakeTag.rawValue)
+        try core.ring.prepareRead(.fd(wakeFD), into: wakeBuffer, tag: ControlTag.wake.rawValue)
     }
 
     /// The timeout sweep, over every connection not already closing: one whose queued output has
     /// not moved for the idle timeout is closed, whatever its state (open, half-closed, paused at
     /// its bound); one with nothing queued that received nothing for the idle timeout is closed
     /// too, unless the handler paused its receiving.
-    /// - Returns: whether `s` was closed.
-    func sweep(_ s: UnsafeMutablePointer<Session>, _ core: LoopCore) throws(URingError) -> Bool {
-        guard idleNanoseconds > 0, s.pointee.state != .closing else { return false }
-        if s.pointee.queueHead >= 0 {
-            guard core.now &- s.pointee.lastProgress > idleNanoseconds else { return false }
+    /// - Returns: whether `c` is to be closed (counted; the loop closes it).
+    func sweep(_ c: ConnectionRef, _ core: LoopCore) -> Bool {
+        let lifecycle = c.pointee.lifecycle
+        guard idleNanoseconds > 0, lifecycle.phase != .closing else { return false }
+        if c.pointee.output.head >= 0 {
+            guard core.now &- c.pointee.lastProgress > idleNanoseconds else { return false }
             core.stats.stalledClosed &+= 1
         } else {
-            guard s.pointee.state == .open && !s.pointee.pausedByHandler,
-                core.now &- s.pointee.lastActivity > idleNanoseconds
+            guard lifecycle.phase == .open && !lifecycle.flags.contains(.pausedByHandler),
+                core.now &- c.pointee.lastActivity > idleNanoseconds
             else { return false }
             core.stats.idleClosed &+= 1
         }
-        try core.beginClose(s)
         return true
     }
 
-    /// Stop: no new accepts, every connection closed; the timer keeps ticking so the stop deadline
-    /// is checked even when nothing else completes.
+    /// Stop: no new accepts; the caller closes every connection. The timer keeps ticking so the
+    /// stop deadline is checked even when nothing else completes.
+    /// - Returns: false if the ring was stopping already.
     mutating func beginStop(
         _ core: LoopCore, acceptor: borrowing Acceptor, secondary: borrowing Acceptor?
-    ) throws(URingError) {
-        guard !core.stopping else { return }
+    ) throws(URingError) -> Bool {
+        guard !core.stopping else { return false }
         core.stopping = true
         stopDeadline = core.now &+ UInt64(core.configuration.stopTimeout.nanoseconds)
-        try acceptor.cancelAll(core, tag: Self.acceptCancelTag)
-        try secondary?.cancelAll(core, tag: Self.acceptCancelTag)
-        for i in 0..<core.sessions.capacity {
-            if let s = core.sessions.session(at: i) { try core.beginClose(s) }
-        }
+        try acceptor.cancelAll(core)
+        try secondary?.cancelAll(core)
+        return true
     }
 
     /// A snapshot of the counters, handed to the server (a lock, once per tick and at the end).
@@ -77,7 +72,7 @@ struct Housekeeping {
         var endpointIn = core.endpointClosedBytesIn
         var endpointOut = core.endpointClosedBytesOut
         for index in core.endpointSessions {
-            guard let s = core.sessions.session(at: Int(index)) else { continue }
+            guard let s = core.sessions.record(at: Int(index)) else { continue }
             endpointIn &+= s.pointee.bytesIn
             endpointOut &+= s.pointee.bytesOut
         }

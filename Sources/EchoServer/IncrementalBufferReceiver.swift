@@ -140,18 +140,18 @@ struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
     /// for the same buffer, and ``consumed`` would place both wrong. Single-shot completions
     /// arrive in the order the kernel consumed the bytes.
     @inline(__always)
-    mutating func arm(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+    mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
         let room = Int(max(maxHeldPerConnection - s.pointee.buffersHeld, 1)) * Int(unitSize)
         try core.ring.prepareRecv(
-            s.pointee.file, bufferGroup: buffers.group, multishot: false,
-            maxLength: UInt32(min(room, buffers.bufferSize)), tag: s.pointee.tag(.recv).rawValue)
-        s.pointee.pending.insert(.recv)
+            s.pointee.session.file, bufferGroup: buffers.group, multishot: false,
+            maxLength: UInt32(min(room, buffers.bufferSize)), tag: s.pointee.tag(.recv))
+        s.pointee.lifecycle.posted(.recv)
     }
 
     /// At its own bound, a session is re-armed when its sends give slices back; with every buffer
     /// used up (or the slice table down to its reserve), it waits in the list.
     @inline(__always)
-    mutating func armOrWait(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+    mutating func armOrWait(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
         guard s.pointee.buffersHeld < maxHeldPerConnection else { return }
         if free > 0 && freeSliceCount > reserve {
             try arm(s, core: core)
@@ -182,7 +182,7 @@ struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
     }
 
     @inline(__always)
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)? {
+    mutating func take(_ c: Completion, _ s: ConnectionRef) -> (UnsafeMutableRawBufferPointer, Int32)? {
         guard let (id, start) = place(c) else { return nil }
         guard freeSliceCount > 0 else {  // ruled out by the reserve; should it happen, the loop closes `s`
             recycleIfUnused(id)
@@ -209,7 +209,7 @@ struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
     }
 
     @inline(__always)
-    mutating func release(_ segment: Int32, of s: UnsafeMutablePointer<Session>) {
+    mutating func release(_ segment: Int32, of s: ConnectionRef) {
         let slice = Int(segment)
         let id = Int(sliceBuffer[slice])
         s.pointee.buffersHeld -= sliceUnits[slice]
@@ -230,7 +230,7 @@ struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
         free += 1
     }
 
-    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) { waiting.add(s) }
+    mutating func waitForBuffers(_ s: ConnectionRef) { waiting.add(s) }
 
     mutating func afterBatch(core: LoopCore) throws(URingError) {
         buffers.commit()

@@ -21,8 +21,8 @@ extension LoopCore {
         if features.contains(.messageRing) && fd >= 0 {
             do throws(URingError) {
                 try ring.prepareMessage(
-                    toRing: fd, result: Int32(ringIndex), targetTag: Mailboxes.notificationTag(from: ringIndex).rawValue,
-                    tag: Mailboxes.sentTag(to: target).rawValue)
+                    toRing: fd, result: Int32(ringIndex), targetTag: ControlTag.mail(from: ringIndex).rawValue,
+                    tag: ControlTag.mailSent(to: target).rawValue)
                 return
             } catch {
                 // No SQE: fall through to the eventfd.
@@ -33,14 +33,12 @@ extension LoopCore {
 
     /// The sender's own `MSG_RING` completion: on failure (a kernel that refuses it, a target that
     /// is gone), fall back to the eventfd so the mail is not stranded.
-    func onMessageSent(_ c: Completion, _ tag: RequestTag) {
+    func onMessageSent(_ c: Completion, to target: Int) {
         guard c.result < 0 else { return }
         stats.messageRingFailures &+= 1
         if c.error == .invalidArgument || c.error == .notSupported {
-            logger.notice("MSG_RING refused (\(c.error!)); rings wake each other through eventfds")
-            features.remove(.messageRing)
+            fallBack(from: .messageRing, "MSG_RING refused (\(c.error!)); rings wake each other through eventfds")
         }
-        let target = Int(tag.index)
         if target < mailboxes.count { try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD) }
     }
 }

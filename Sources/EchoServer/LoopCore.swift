@@ -2,9 +2,9 @@ import Logging
 import SocketPool
 import URing
 
-/// What one ring's loop owns, apart from its handler and its receive strategy: the ring, the
-/// connections (one ``Session`` record each), the send queues, the shared request contexts
-/// (accept, timer, wake, messages) and the counters. Handles (``Connection``, ``RingContext``)
+/// What one ring's loop owns, apart from its handler and its receive path: the ring, the
+/// connections (one ``ConnectionRecord`` each), the send queues, the shared request contexts
+/// (accepts, rejected closes) and the counters. Handles (``Connection``, ``RingContext``)
 /// reach it during callbacks.
 ///
 /// Not generic, so the handle types are not either; the generic ``CompletionLoop`` does the
@@ -15,8 +15,8 @@ final class LoopCore {
     let ringIndex: Int
     let mailboxes: Mailboxes
     let logger: Logger
-    @exclusivity(unchecked) var contexts: ContextSlab
-    @exclusivity(unchecked) var sessions: SessionPool
+    @exclusivity(unchecked) var contexts: ContextSlab<SharedRequest>
+    @exclusivity(unchecked) var sessions: SessionPool<ConnectionRecord>
     @exclusivity(unchecked) var slots: SlotPool?
     @exclusivity(unchecked) var queue: SendQueue
     @exclusivity(unchecked) var stats = ServerStatistics()
@@ -43,10 +43,10 @@ final class LoopCore {
     /// Outbound buffers one connection's writes may take.
     let maxOutboundPerConnection: Int
 
-    /// Connections written to (or closed) during a callback, flushed when the callback returns.
-    let dirtyNext: UnsafeMutablePointer<Int32>
-    let isDirty: UnsafeMutablePointer<Bool>
-    @exclusivity(unchecked) var dirtyHead: Int32 = -1
+    /// Connections a callback touched (wrote to, closed, paused), settled when it returns.
+    let touchedNext: UnsafeMutablePointer<Int32>
+    let isTouched: UnsafeMutablePointer<Bool>
+    @exclusivity(unchecked) var touchedHead: Int32 = -1
     /// While the handler's `received` runs: the connection and the queue tail before the call, so
     /// the in-place reply goes in ahead of what the call writes.
     @exclusivity(unchecked) var replyAnchorSession: Int32 = -1
@@ -70,14 +70,15 @@ final class LoopCore {
         sessions = SessionPool(
             mode: configuration.mode, capacity: capacity, bufferSize: useRing ? 0 : configuration.bufferSize)
         // Accepts, and the closes of sockets over the cap (at most one per spare slot in flight).
-        contexts = ContextSlab(capacity: configuration.acceptDepth + setup.spareSlots + (capacity - mainCapacity) + 64)
+        contexts = ContextSlab(
+            capacity: configuration.acceptDepth + setup.spareSlots + (capacity - mainCapacity) + 64, empty: .none)
         queue = SendQueue(
             provided: provided, outbound: configuration.outboundBuffers, outboundSize: configuration.bufferSize,
             sessions: useRing ? 0 : capacity, capacity: capacity)
-        dirtyNext = .allocate(capacity: capacity)
-        dirtyNext.initialize(repeating: -1, count: capacity)
-        isDirty = .allocate(capacity: capacity)
-        isDirty.initialize(repeating: false, count: capacity)
+        touchedNext = .allocate(capacity: capacity)
+        touchedNext.initialize(repeating: -1, count: capacity)
+        isTouched = .allocate(capacity: capacity)
+        isTouched.initialize(repeating: false, count: capacity)
         maxPending = configuration.maxPendingBytesPerConnection
         maxOutput = configuration.maxOutputBytesPerConnection
         lowWater = configuration.maxPendingBytesPerConnection / 2
@@ -91,8 +92,8 @@ final class LoopCore {
     }
 
     deinit {
-        dirtyNext.deallocate()
-        isDirty.deallocate()
+        touchedNext.deallocate()
+        isTouched.deallocate()
     }
 
     var useSlots: Bool { slots != nil }
@@ -106,125 +107,117 @@ final class LoopCore {
             : endpointSessions.count < sessions.capacity - mainCapacity
     }
 
-    /// The live session an ID names, or nil for a stale ID.
+    /// The live connection an ID names, or nil for a stale ID (its epoch is not the session's).
     @inline(__always)
-    func session(_ id: ConnectionID) -> UnsafeMutablePointer<Session>? {
+    func connection(_ id: ConnectionID) -> ConnectionRef? {
         guard id.ring == ringIndex && id.index >= 0 && id.index < sessions.capacity,
-            let s = sessions.session(at: id.index), s.pointee.epoch == id.generation
+            let c = sessions.record(at: id.index), c.pointee.session.epoch == id.epoch
         else { return nil }
-        return s
+        return c
     }
 
     @inline(__always)
-    func connectionID(_ s: UnsafeMutablePointer<Session>) -> ConnectionID {
-        ConnectionID(ring: ringIndex, index: Int(s.pointee.index), generation: s.pointee.epoch)
+    func connectionID(_ c: ConnectionRef) -> ConnectionID {
+        ConnectionID(ring: ringIndex, index: c.pointee.session.index, epoch: c.pointee.session.epoch)
+    }
+
+    /// The one way a feature the kernel refuses at run time is given up: it leaves ``features``
+    /// (and the published statistics), the fallback is logged once and counted. The caller switches
+    /// to its fallback.
+    func fallBack(from feature: KernelFeatures, _ why: String) {
+        guard features.contains(feature) else { return }
+        features.remove(feature)
+        stats.features = features
+        stats.featureFallbacks &+= 1
+        logger.warning("\(why)")
     }
 
     // MARK: Requests from handles
 
     func write(_ bytes: UnsafeRawBufferPointer, to id: ConnectionID) -> WriteResult {
-        guard let s = session(id), s.pointee.state == .open || s.pointee.state == .halfClosed,
-            !s.pointee.abortRequested
-        else { return .closed }
-        guard s.pointee.queuedBytes + bytes.count <= maxOutput else {
+        guard let c = connection(id), c.pointee.lifecycle.acceptsOutput else { return .closed }
+        guard c.pointee.output.bytes + bytes.count <= maxOutput else {
             // A write larger than the bound itself can never fit: no writable for it.
-            if bytes.count <= maxOutput { s.pointee.wantsWritable = true }
+            if bytes.count <= maxOutput { c.pointee.lifecycle.writableRequested() }
             stats.writesRefused &+= 1
             return .full
         }
         // Writes made during `received` go after its in-place reply, so they must not fill the room
         // left in the segment that was last before the call.
-        let coalesce = !(Int32(bitPattern: s.pointee.index) == replyAnchorSession && s.pointee.queueTail == replyAnchor)
-        guard queue.write(bytes, to: s, coalesce: coalesce, maxHeld: maxOutboundPerConnection) else {
-            s.pointee.wantsWritable = true
+        let coalesce = !(Int32(bitPattern: c.pointee.session.lease.index) == replyAnchorSession
+            && c.pointee.output.tail == replyAnchor)
+        guard queue.write(bytes, to: c, coalesce: coalesce, maxHeld: maxOutboundPerConnection) else {
+            c.pointee.lifecycle.writableRequested()
             stats.writesRefused &+= 1
             return .full
         }
-        if s.pointee.queuedBytes >= maxPending { s.pointee.wantsWritable = true }
-        markDirty(s)
+        if c.pointee.output.bytes >= maxPending { c.pointee.lifecycle.writableRequested() }
+        touch(c)
         return .queued
     }
 
     func requestWritable(_ id: ConnectionID) {
-        guard let s = session(id), s.pointee.state == .open || s.pointee.state == .halfClosed,
-            !s.pointee.abortRequested
-        else { return }
-        s.pointee.wantsWritable = true
+        guard let c = connection(id), c.pointee.lifecycle.acceptsOutput else { return }
+        c.pointee.lifecycle.writableRequested()
     }
 
     func requestClose(_ id: ConnectionID, abort: Bool) {
-        guard let s = session(id), s.pointee.state != .closing else { return }
-        if abort { s.pointee.abortRequested = true } else { s.pointee.closeRequested = true }
-        markDirty(s)
+        guard let c = connection(id), c.pointee.lifecycle.closeRequested(abort: abort) else { return }
+        touch(c)
     }
 
-    func queuedBytes(_ id: ConnectionID) -> Int? { session(id)?.pointee.queuedBytes }
+    func queuedBytes(_ id: ConnectionID) -> Int? { connection(id)?.pointee.output.bytes }
 
     func pauseReceiving(_ id: ConnectionID, _ paused: Bool) {
-        guard let s = session(id), s.pointee.pausedByHandler != paused else { return }
-        s.pointee.pausedByHandler = paused
-        markDirty(s)
+        guard let c = connection(id), c.pointee.lifecycle.pauseRequested(paused) else { return }
+        touch(c)
     }
 
-    /// The next connection written to (or closed, paused, resumed) during a callback, or nil.
+    /// The next connection a callback touched (wrote to, closed, paused, resumed), or nil.
     @inline(__always)
-    func popDirty() -> UnsafeMutablePointer<Session>? {
-        while dirtyHead >= 0 {
-            let i = Int(dirtyHead)
-            dirtyHead = dirtyNext[i]
-            isDirty[i] = false
-            if let s = sessions.session(at: i) { return s }
+    func popTouched() -> ConnectionRef? {
+        while touchedHead >= 0 {
+            let i = Int(touchedHead)
+            touchedHead = touchedNext[i]
+            isTouched[i] = false
+            if let c = sessions.record(at: i) { return c }
         }
         return nil
     }
 
     @inline(__always)
-    func markDirty(_ s: UnsafeMutablePointer<Session>) {
-        let i = Int(s.pointee.index)
-        guard !isDirty[i] else { return }
-        isDirty[i] = true
-        dirtyNext[i] = dirtyHead
-        dirtyHead = Int32(i)
+    func touch(_ c: ConnectionRef) {
+        let i = c.pointee.session.index
+        guard !isTouched[i] else { return }
+        isTouched[i] = true
+        touchedNext[i] = touchedHead
+        touchedHead = Int32(i)
     }
 
-    /// Acts on a session's requests and queue: abort, close-after-output, and a send when output
-    /// waits and none is in flight.
-    func settle(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        if s.pointee.abortRequested {
-            try beginClose(s)
-            return
-        }
-        if s.pointee.closeRequested && s.pointee.state == .open { try stopReceiving(s) }
-        if s.pointee.state == .closing { return try finishCloseIfIdle(s) }
-        if !s.pointee.pending.contains(.send) && s.pointee.queueHead >= 0 {
-            try postSend(s)
-        } else {
-            try closeIfDone(s)
-        }
-    }
+    // MARK: Requests to the ring
 
-    /// Whether `s` should have a receive posted (the strategy decides whether it can).
-    @inline(__always)
-    func wantsReceive(_ s: UnsafeMutablePointer<Session>) -> Bool {
-        s.pointee.state == .open && !s.pointee.pausedForBound && !s.pointee.pausedByHandler
-            && !s.pointee.waitingForBuffers
-            && !s.pointee.pending.contains(.recv) && !s.pointee.pending.contains(.cancelRecv)
-    }
-
-    // MARK: Send
-
-    /// Posts the send of what `s` has queued: one `send` for one segment (the echo path), one
+    /// Posts the send of what `c` has queued: one `send` for one segment (the echo path), one
     /// gathering `sendmsg` for several, so a connection that has fallen behind catches up in
-    /// few requests.
+    /// few requests. The caller has marked the send in flight.
     @inline(__always)
-    func postSend(_ s: UnsafeMutablePointer<Session>) throws(URingError) {
-        if queue.hasSeveral(s) {
-            try ring.prepareSendMessage(s.pointee.file, queue.gather(s), tag: s.pointee.tag(.send).rawValue)
+    func postSend(_ c: ConnectionRef) throws(URingError) {
+        if queue.hasSeveral(c) {
+            try ring.prepareSendMessage(c.pointee.session.file, queue.gather(c), tag: c.pointee.tag(.send))
         } else {
-            guard let bytes = queue.head(s) else { return }
-            try ring.prepareSend(s.pointee.file, from: bytes, tag: s.pointee.tag(.send).rawValue)
+            guard let bytes = queue.head(c) else { return }
+            try ring.prepareSend(c.pointee.session.file, from: bytes, tag: c.pointee.tag(.send))
         }
-        s.pointee.pending.insert(.send)
-        s.pointee.lastProgress = now
+        c.pointee.lastProgress = now
+    }
+
+    /// Posts what ``ConnectionLifecycle/settle(_:_:)`` decided, but the receive (the loop's
+    /// receive path posts that): the cancels (by `user_data`, Linux 5.5), the send, the close.
+    @inline(__always)
+    func post(_ effects: ConnectionLifecycle.Effects, _ c: ConnectionRef) throws(URingError) {
+        if effects.contains(.cancelReceive) { try ring.prepareCancel(c.pointee.tag(.recv), tag: c.pointee.tag(.cancelRecv)) }
+        if effects.contains(.cancelSend) { try ring.prepareCancel(c.pointee.tag(.send), tag: c.pointee.tag(.cancelSend)) }
+        if effects.contains(.send) { try postSend(c) }
+        if effects.contains(.close) { try ring.prepareClose(c.pointee.session.file, tag: c.pointee.tag(.close)) }
+        if effects.contains(.pausedAtBound) { stats.receivePauses &+= 1 }
     }
 }

@@ -63,12 +63,4 @@ final class Mailboxes: Sendable {
         guard bytes.count <= box.capacity / 4, box.push(bytes, value: value) else { return (.full, false) }
         return (.posted, !box.notified.exchange(true, ordering: .acquiringAndReleasing))
     }
-
-    /// The tag of a mail notification posted into ring `to` by ring `from`.
-    static func notificationTag(from: Int) -> RequestTag {
-        RequestTag(index: UInt32(from), generation: 1, kind: .message)
-    }
-
-    /// The tag of the sender's own completion of a `MSG_RING` to ring `to`.
-    static func sentTag(to: Int) -> RequestTag { RequestTag(index: UInt32(to), generation: 2, kind: .message) }
 }

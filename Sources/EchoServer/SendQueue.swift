@@ -79,36 +79,36 @@ struct SendQueue: ~Copyable {
 
     /// The memory of segment `id` (a session segment's is that session's buffer).
     @inline(__always)
-    func base(_ id: Int32, _ s: UnsafeMutablePointer<Session>) -> UnsafeMutableRawPointer {
+    func base(_ id: Int32, _ s: ConnectionRef) -> UnsafeMutableRawPointer {
         if id < outboundFirst { return providedAddress[Int(id)].unsafelyUnwrapped }
         if id < sessionFirst { return outboundBase + Int(id - outboundFirst) * outboundSize }
-        return s.pointee.buffer.baseAddress.unsafelyUnwrapped
+        return s.pointee.session.buffer.baseAddress.unsafelyUnwrapped
     }
 
     /// The unsent bytes of `s`'s head segment, or nil when its queue is empty.
     @inline(__always)
-    func head(_ s: UnsafeMutablePointer<Session>) -> UnsafeRawBufferPointer? {
-        let id = s.pointee.queueHead
+    func head(_ s: ConnectionRef) -> UnsafeRawBufferPointer? {
+        let id = s.pointee.output.head
         guard id >= 0 else { return nil }
-        let start = base(id, s) + Int(s.pointee.headSent)
-        return UnsafeRawBufferPointer(start: start, count: Int(length[Int(id)] - s.pointee.headSent))
+        let start = base(id, s) + Int(s.pointee.output.headSent)
+        return UnsafeRawBufferPointer(start: start, count: Int(length[Int(id)] - s.pointee.output.headSent))
     }
 
     /// Links segment `id` of `count` bytes after segment `anchor` (-1: at the front) of `s`'s queue.
     /// Inserting at the front is only valid while no send of `s` is in flight.
     @inline(__always)
-    func insert(_ id: Int32, count: Int, after anchor: Int32, in s: UnsafeMutablePointer<Session>) {
+    func insert(_ id: Int32, count: Int, after anchor: Int32, in s: ConnectionRef) {
         length[Int(id)] = Int32(count)
         if anchor < 0 {
-            next[Int(id)] = s.pointee.queueHead
-            s.pointee.queueHead = id
-            s.pointee.headSent = 0
+            next[Int(id)] = s.pointee.output.head
+            s.pointee.output.head = id
+            s.pointee.output.headSent = 0
         } else {
             next[Int(id)] = next[Int(anchor)]
             next[Int(anchor)] = id
         }
-        if next[Int(id)] < 0 { s.pointee.queueTail = id }
-        s.pointee.queuedBytes += count
+        if next[Int(id)] < 0 { s.pointee.output.tail = id }
+        s.pointee.output.bytes += count
     }
 
     /// Copies `bytes` to the end of `s`'s queue: into the room left in its last outbound segment
@@ -116,30 +116,30 @@ struct SendQueue: ~Copyable {
     /// - Returns: false (nothing queued) when the outbound buffers would run out, or `s` would hold
     ///   more than `maxHeld` of them.
     mutating func write(
-        _ bytes: UnsafeRawBufferPointer, to s: UnsafeMutablePointer<Session>, coalesce: Bool, maxHeld: Int = .max
+        _ bytes: UnsafeRawBufferPointer, to s: ConnectionRef, coalesce: Bool, maxHeld: Int = .max
     ) -> Bool {
         var remaining = bytes.count
         guard remaining > 0 else { return true }
-        let tail = s.pointee.queueTail
+        let tail = s.pointee.output.tail
         let room = tail >= 0 && coalesce && isOutbound(tail) ? outboundSize - Int(length[Int(tail)]) : 0
         let needed = (max(remaining - room, 0) + outboundSize - 1) / outboundSize
-        guard needed <= outboundAvailable, Int(s.pointee.outboundHeld) + needed <= maxHeld else { return false }
+        guard needed <= outboundAvailable, Int(s.pointee.output.outboundHeld) + needed <= maxHeld else { return false }
         var source = bytes.baseAddress.unsafelyUnwrapped
         if room > 0 {
             let n = min(room, remaining)
             (base(tail, s) + Int(length[Int(tail)])).copyMemory(from: source, byteCount: n)
             length[Int(tail)] += Int32(n)
-            s.pointee.queuedBytes += n
+            s.pointee.output.bytes += n
             source += n
             remaining -= n
         }
         while remaining > 0 {
             outboundAvailable -= 1
-            s.pointee.outboundHeld += 1
+            s.pointee.output.outboundHeld += 1
             let id = outboundFree[outboundAvailable]
             let n = min(outboundSize, remaining)
             base(id, s).copyMemory(from: source, byteCount: n)
-            insert(id, count: n, after: s.pointee.queueTail, in: s)
+            insert(id, count: n, after: s.pointee.output.tail, in: s)
             source += n
             remaining -= n
         }
@@ -148,18 +148,18 @@ struct SendQueue: ~Copyable {
 
     /// Whether more than one segment is queued (a gathering send is worth it).
     @inline(__always)
-    func hasSeveral(_ s: UnsafeMutablePointer<Session>) -> Bool {
-        s.pointee.queueHead >= 0 && next[Int(s.pointee.queueHead)] >= 0
+    func hasSeveral(_ s: ConnectionRef) -> Bool {
+        s.pointee.output.head >= 0 && next[Int(s.pointee.output.head)] >= 0
     }
 
     /// Fills `s`'s `msghdr` with up to ``maxGather`` of its queued segments, from the unsent part of
     /// the head on.
-    func gather(_ s: UnsafeMutablePointer<Session>) -> UnsafePointer<msghdr> {
-        let index = Int(s.pointee.index)
+    func gather(_ s: ConnectionRef) -> UnsafePointer<msghdr> {
+        let index = Int(s.pointee.session.lease.index)
         let iov = iovecs + index * Self.maxGather
-        var id = s.pointee.queueHead
+        var id = s.pointee.output.head
         var count = 0
-        var offset = Int(s.pointee.headSent)
+        var offset = Int(s.pointee.output.headSent)
         while id >= 0 && count < Self.maxGather {
             iov[count] = iovec(iov_base: base(id, s) + offset, iov_len: Int(length[Int(id)]) - offset)
             count += 1
@@ -175,39 +175,39 @@ struct SendQueue: ~Copyable {
     /// Takes up to `remaining` sent bytes off the head of `s`'s queue. Returns the head's id if it
     /// is now all sent (and unlinked; call again for the rest), or -1 when the bytes ended inside it.
     @inline(__always)
-    func consume(_ s: UnsafeMutablePointer<Session>, _ remaining: inout Int) -> Int32 {
-        let id = s.pointee.queueHead
+    func consume(_ s: ConnectionRef, _ remaining: inout Int) -> Int32 {
+        let id = s.pointee.output.head
         guard id >= 0 else { return -1 }
-        let left = Int(length[Int(id)] - s.pointee.headSent)
+        let left = Int(length[Int(id)] - s.pointee.output.headSent)
         if remaining < left {
-            s.pointee.headSent += Int32(remaining)
-            s.pointee.queuedBytes -= remaining
+            s.pointee.output.headSent += Int32(remaining)
+            s.pointee.output.bytes -= remaining
             remaining = 0
             return -1
         }
         remaining -= left
-        s.pointee.queuedBytes -= left
-        s.pointee.queueHead = next[Int(id)]
-        if s.pointee.queueHead < 0 { s.pointee.queueTail = -1 }
-        s.pointee.headSent = 0
+        s.pointee.output.bytes -= left
+        s.pointee.output.head = next[Int(id)]
+        if s.pointee.output.head < 0 { s.pointee.output.tail = -1 }
+        s.pointee.output.headSent = 0
         return id
     }
 
     /// Empties `s`'s queue and returns its first segment; follow ``next`` from there to give
     /// each back (the links stay valid until the segments are reused).
-    func detachAll(_ s: UnsafeMutablePointer<Session>) -> Int32 {
-        let head = s.pointee.queueHead
-        s.pointee.queueHead = -1
-        s.pointee.queueTail = -1
-        s.pointee.queuedBytes = 0
-        s.pointee.headSent = 0
+    func detachAll(_ s: ConnectionRef) -> Int32 {
+        let head = s.pointee.output.head
+        s.pointee.output.head = -1
+        s.pointee.output.tail = -1
+        s.pointee.output.bytes = 0
+        s.pointee.output.headSent = 0
         return head
     }
 
     /// Returns an outbound segment of `s` to the free list.
     @inline(__always)
-    mutating func freeOutbound(_ id: Int32, of s: UnsafeMutablePointer<Session>) {
-        s.pointee.outboundHeld -= 1
+    mutating func freeOutbound(_ id: Int32, of s: ConnectionRef) {
+        s.pointee.output.outboundHeld -= 1
         outboundFree[outboundAvailable] = id
         outboundAvailable += 1
     }

@@ -184,7 +184,7 @@ public struct ServerConfiguration: Sendable, Hashable {
             ? IncrementalBufferReceiver.sliceCapacity(
                 sessions: connectionsPerThread, maxHeldPerConnection: min(maxBuffersPerConnection, bufferRingEntries))
                 * IncrementalBufferReceiver.bytesPerSlice : 0
-        let bookkeeping = connectionsPerThread * (MemoryLayout<Session>.stride + 512) + slices
+        let bookkeeping = connectionsPerThread * (MemoryLayout<ConnectionRecord>.stride + 512) + slices
         let mailboxes = threads * threads * mailboxBytes
         let total = threads * (receiveBytes + outboundBytes + bookkeeping) + mailboxes
         if total > memory {

@@ -67,6 +67,9 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var delivered: UInt64 = 0
     /// `MSG_RING` requests that failed (the eventfd woke the target instead).
     public var messageRingFailures: UInt64 = 0
+    /// Features given up at run time because the kernel refused them (each logged once; see
+    /// ``features``).
+    public var featureFallbacks: UInt64 = 0
     /// `io_uring_enter` calls that failed with `EAGAIN` or `EBUSY` and were retried after reaping.
     public var enterRetries: UInt64 = 0
     /// Times `io_uring_enter` reported dropped completions (`EBADR`).
@@ -96,7 +99,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
         completionQueueOverflows += o.completionQueueOverflows; buffersHeld += o.buffersHeld
         writesRefused += o.writesRefused; outboundBuffersInUse += o.outboundBuffersInUse; posted += o.posted
         enterRetries += o.enterRetries; droppedCompletions += o.droppedCompletions
-        postsRefused += o.postsRefused; delivered += o.delivered; messageRingFailures += o.messageRingFailures
+        postsRefused += o.postsRefused; delivered += o.delivered; messageRingFailures += o.messageRingFailures; featureFallbacks += o.featureFallbacks
         completionsPerTurn.add(o.completionsPerTurn)
         sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
         if setupFlags.isEmpty { setupFlags = o.setupFlags }

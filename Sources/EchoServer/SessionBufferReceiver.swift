@@ -13,34 +13,34 @@ struct SessionBufferReceiver: ReceivePath {
     @inline(__always) func ended(_ c: Completion) -> Bool { true }
 
     @inline(__always)
-    mutating func arm(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
-        try core.ring.prepareRecv(s.pointee.file, into: s.pointee.buffer, tag: s.pointee.tag(.recv).rawValue)
-        s.pointee.pending.insert(.recv)
+    mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
+        try core.ring.prepareRecv(s.pointee.session.file, into: s.pointee.session.buffer, tag: s.pointee.tag(.recv))
+        s.pointee.lifecycle.posted(.recv)
     }
 
     /// The session's buffer comes back when its send completes, which re-arms it.
     @inline(__always)
-    mutating func armOrWait(_ s: UnsafeMutablePointer<Session>, core: LoopCore) throws(URingError) {
+    mutating func armOrWait(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
         if s.pointee.buffersHeld == 0 { try arm(s, core: core) }
     }
 
     @inline(__always)
-    mutating func take(_ c: Completion, _ s: UnsafeMutablePointer<Session>) -> (UnsafeMutableRawBufferPointer, Int32)? {
+    mutating func take(_ c: Completion, _ s: ConnectionRef) -> (UnsafeMutableRawBufferPointer, Int32)? {
         s.pointee.buffersHeld = 1
         buffersHeld += 1
-        return (UnsafeMutableRawBufferPointer(rebasing: s.pointee.buffer[0..<Int(c.result)]),
-                sessionFirst + Int32(s.pointee.index))
+        return (UnsafeMutableRawBufferPointer(rebasing: s.pointee.session.buffer[0..<Int(c.result)]),
+                sessionFirst + Int32(s.pointee.session.lease.index))
     }
 
     @inline(__always) mutating func discard(_ c: Completion) {}
 
     @inline(__always)
-    mutating func release(_ segment: Int32, of s: UnsafeMutablePointer<Session>) {
+    mutating func release(_ segment: Int32, of s: ConnectionRef) {
         s.pointee.buffersHeld = 0
         buffersHeld -= 1
     }
 
-    mutating func waitForBuffers(_ s: UnsafeMutablePointer<Session>) {}
+    mutating func waitForBuffers(_ s: ConnectionRef) {}
 
     @inline(__always) mutating func afterBatch(core: LoopCore) throws(URingError) {}
 

@@ -1,24 +1,29 @@
 /// The mechanism every pool here shares: `capacity` indices, each with a generation, handed out
 /// LIFO (the index freed last, still cache-warm, goes out first) and taken back once per lease.
 /// Taking an index back moves its generation on, so anything still naming the old lease — a late
-/// completion's tag, an old handle — no longer matches (``isCurrent(_:_:)``).
+/// completion's tag, an old handle — no longer matches (``isCurrent(_:)``).
 ///
-/// ``ContextSlab``, ``SlotPool`` and ``SessionPool`` put their own storage beside it.
-struct GenerationalFreeList: ~Copyable {
-    let generations: UnsafeMutablePointer<UInt32>
-    let leased: UnsafeMutablePointer<Bool>
-    let freeList: UnsafeMutablePointer<UInt32>
+/// ``ContextSlab``, ``SlotPool`` and ``SessionPool`` put their own storage beside it, and free its
+/// storage in their `deinit` (``deallocate()``): it is copyable, with no `deinit` of its own, so the
+/// pools' inlinable code can mutate it (a non-copyable field with a `deinit` cannot be, across
+/// modules).
+@usableFromInline
+struct GenerationalFreeList {
+    @usableFromInline let generations: UnsafeMutablePointer<UInt32>
+    @usableFromInline let leased: UnsafeMutablePointer<Bool>
+    @usableFromInline let freeList: UnsafeMutablePointer<UInt32>
     /// Where each free index sits in ``freeList``, so ``claim(_:)`` takes one out in O(1).
-    let position: UnsafeMutablePointer<UInt32>
-    var freeCount: Int
-    let capacity: Int
-    var statistics = PoolStatistics()
+    @usableFromInline let position: UnsafeMutablePointer<UInt32>
+    @usableFromInline var freeCount: Int
+    @usableFromInline let capacity: Int
+    @usableFromInline var statistics = PoolStatistics()
 
+    @usableFromInline
     init(capacity: Int, initialGeneration: UInt32 = 0) {
         precondition(capacity > 0 && capacity <= Int(UInt32.max), "capacity out of range")
         self.capacity = capacity
         generations = .allocate(capacity: capacity)
-        generations.initialize(repeating: initialGeneration & RequestTag.generationMask, count: capacity)
+        generations.initialize(repeating: initialGeneration & Lease.generationMask, count: capacity)
         leased = .allocate(capacity: capacity)
         leased.initialize(repeating: false, count: capacity)
         freeList = .allocate(capacity: capacity)
@@ -32,7 +37,9 @@ struct GenerationalFreeList: ~Copyable {
         statistics.capacity = capacity
     }
 
-    deinit {
+    /// Frees the storage: once, from the owning pool's `deinit`.
+    @usableFromInline
+    func deallocate() {
         generations.deallocate()
         leased.deallocate()
         freeList.deallocate()
@@ -40,7 +47,8 @@ struct GenerationalFreeList: ~Copyable {
     }
 
     /// Leases the index freed last; `nil` (counted as a miss) when all are leased.
-    mutating func acquire() -> (index: UInt32, generation: UInt32)? {
+    @inlinable
+    mutating func acquire() -> Lease? {
         if freeCount == 0 {
             statistics.misses &+= 1
             return nil
@@ -49,12 +57,13 @@ struct GenerationalFreeList: ~Copyable {
         let index = freeList[freeCount]
         leased[Int(index)] = true
         statistics.noteAcquire()
-        return (index, generations[Int(index)])
+        return Lease(index: index, generation: generations[Int(index)])
     }
 
     /// Leases `index`, chosen by someone else (the kernel allocating a fixed-file slot); `nil` when
     /// it is out of range or already leased.
-    mutating func claim(_ index: UInt32) -> UInt32? {
+    @usableFromInline
+    mutating func claim(_ index: UInt32) -> Lease? {
         let i = Int(index)
         guard i < capacity, !leased[i] else { return nil }
         let at = Int(position[i])
@@ -64,27 +73,34 @@ struct GenerationalFreeList: ~Copyable {
         freeCount -= 1
         leased[i] = true
         statistics.noteAcquire()
-        return generations[i]
+        return Lease(index: index, generation: generations[i])
     }
 
-    /// Whether `generation` is the current lease of `index`.
-    func isCurrent(_ index: UInt32, _ generation: UInt32) -> Bool {
-        Int(index) < capacity && leased[Int(index)] && generations[Int(index)] == generation
+    /// Whether `lease` is the current lease of its index.
+    @inlinable
+    func isCurrent(_ lease: Lease) -> Bool {
+        Int(lease.index) < capacity && leased[Int(lease.index)] && generations[Int(lease.index)] == lease.generation
     }
+
+    /// Whether `index` is leased now.
+    @inlinable
+    func isLeased(_ index: Int) -> Bool { leased[index] }
 
     /// Takes a lease back and moves the index's generation on; `false` (nothing changed) when the
     /// lease is not current, so a double release cannot corrupt the free list.
-    mutating func release(_ index: UInt32, _ generation: UInt32) -> Bool {
-        guard isCurrent(index, generation) else { return false }
-        let i = Int(index)
+    @inlinable
+    mutating func release(_ lease: Lease) -> Bool {
+        guard isCurrent(lease) else { return false }
+        let i = Int(lease.index)
         leased[i] = false
-        generations[i] = RequestTag.nextGeneration(after: generations[i])
-        freeList[freeCount] = index
+        generations[i] = Lease.nextGeneration(after: generations[i])
+        freeList[freeCount] = lease.index
         position[i] = UInt32(freeCount)
         freeCount += 1
         statistics.inUse -= 1
         return true
     }
 
+    @inlinable
     mutating func noteStale() { statistics.staleCompletions &+= 1 }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import URing
 
 /// Whether sessions and their buffers are made once and reused, or made per connection.
@@ -9,23 +8,23 @@ public enum PoolMode: String, Sendable, Hashable, CaseIterable {
     case unpooled
 }
 
-/// Sessions for up to `capacity` connections.
+/// Sessions for up to `capacity` connections, each a `Record` at a stable address.
 ///
-/// Both modes share one code path — a table of session addresses indexed by ``SessionHandle`` —
-/// and differ only in where a session comes from and where it goes: in ``PoolMode/pooled`` mode the
-/// table points into one preallocated block of sessions and one block of buffers, made at init; in
-/// ``PoolMode/unpooled`` mode ``acquire(file:slotGeneration:)`` allocates a session and its buffer and
-/// ``release(_:)`` frees them. That difference is what the benchmarks compare.
+/// Both modes share one code path — a table of record addresses indexed by the session's
+/// ``Lease`` — and differ only in where a record comes from and where it goes: in
+/// ``PoolMode/pooled`` mode the table points into one block of records and one block of buffers,
+/// made at init; in ``PoolMode/unpooled`` mode ``acquire(file:slot:)`` allocates a record and its
+/// buffer and ``release(_:)`` frees them. That difference is what the benchmarks compare.
 ///
-/// A session is recycled only when its in-flight count is zero (the IOCP `IoCount` rule):
-/// ``release(_:)`` refuses otherwise.
+/// The owner decides when a session may be recycled (the IOCP `IoCount` rule: when no request of
+/// it is in flight); the pool only refuses a lease that is not current.
 ///
 /// Confined to the ring's thread: not `Sendable`, no locks.
-public struct SessionPool: ~Copyable {
-    let table: UnsafeMutablePointer<UnsafeMutablePointer<Session>?>
-    var indices: GenerationalFreeList
-    let block: UnsafeMutablePointer<Session>?
-    let bufferBlock: UnsafeMutableRawPointer?
+public struct SessionPool<Record: SessionRecord>: ~Copyable {
+    @usableFromInline let table: UnsafeMutablePointer<UnsafeMutablePointer<Record>?>
+    @usableFromInline var indices: GenerationalFreeList
+    @usableFromInline let block: UnsafeMutablePointer<Record>?
+    @usableFromInline let bufferBlock: UnsafeMutableRawPointer?
     /// Pooled or unpooled.
     public let mode: PoolMode
     /// The most sessions at once.
@@ -34,15 +33,13 @@ public struct SessionPool: ~Copyable {
     public let bufferSize: Int
     /// Counters. In unpooled mode every hit is an allocation.
     public var statistics: PoolStatistics { indices.statistics }
-    /// Connections handed out so far: each session's ``Session/epoch``.
-    public private(set) var epochs: UInt64 = 0
-    /// Releases refused because requests were still in flight.
-    public private(set) var refusedReleases: UInt64 = 0
+    /// Sessions handed out so far: each one's ``PooledSession/epoch``.
+    @usableFromInline private(set) var epochs: UInt64 = 0
 
-    /// Creates the pool; in pooled mode, allocates every session and buffer now.
+    /// Creates the pool; in pooled mode, allocates every record and buffer now.
     /// - Parameters:
     ///   - mode: pooled or unpooled.
-    ///   - capacity: the most connections at once.
+    ///   - capacity: the most sessions at once.
     ///   - bufferSize: per-session buffer bytes (may be 0).
     public init(mode: PoolMode, capacity: Int, bufferSize: Int) {
         precondition(capacity > 0 && bufferSize >= 0)
@@ -53,15 +50,9 @@ public struct SessionPool: ~Copyable {
         table.initialize(repeating: nil, count: capacity)
         indices = GenerationalFreeList(capacity: capacity)
         if mode == .pooled {
-            let sessions = UnsafeMutablePointer<Session>.allocate(capacity: capacity)
-            let buffers = bufferSize > 0 ? UnsafeMutableRawPointer.allocate(byteCount: capacity * bufferSize, alignment: 64) : nil
-            for i in 0..<capacity {
-                let buffer = UnsafeMutableRawBufferPointer(start: buffers.map { $0 + i * bufferSize }, count: bufferSize)
-                (sessions + i).initialize(to: Session(index: UInt32(i), buffer: buffer))
-                table[i] = sessions + i
-            }
-            block = sessions
-            bufferBlock = buffers
+            block = .allocate(capacity: capacity)
+            bufferBlock = bufferSize > 0 ? .allocate(byteCount: capacity * bufferSize, alignment: 64) : nil
+            for i in 0..<capacity { table[i] = block.unsafelyUnwrapped + i }
         } else {
             block = nil
             bufferBlock = nil
@@ -69,93 +60,90 @@ public struct SessionPool: ~Copyable {
     }
 
     deinit {
-        if mode == .unpooled {
-            for i in 0..<capacity {
-                if let session = table[i] { Self.free(session) }
-            }
+        for i in 0..<capacity where indices.isLeased(i) {
+            let record = table[i].unsafelyUnwrapped
+            if mode == .unpooled { Self.free(record) } else { record.deinitialize(count: 1) }
         }
         block?.deallocate()
         bufferBlock?.deallocate()
         table.deallocate()
+        indices.deallocate()
     }
 
     @usableFromInline
-    static func free(_ session: UnsafeMutablePointer<Session>) {
-        session.pointee.buffer.baseAddress.map { UnsafeMutableRawPointer($0).deallocate() }
-        session.deinitialize(count: 1)
-        session.deallocate()
+    static func free(_ record: UnsafeMutablePointer<Record>) {
+        record.pointee.session.buffer.baseAddress.map { UnsafeMutableRawPointer($0).deallocate() }
+        record.deinitialize(count: 1)
+        record.deallocate()
     }
 
-    /// Hands out a session for a new connection on `file`, in state ``SessionState/open``.
+    /// Hands out a session for a new connection on `file`.
     /// - Parameters:
-    ///   - file: the connection's slot or fd.
-    ///   - slotGeneration: the slot lease's generation when `file` is a slot.
-    /// - Returns: its handle, or `nil` when `capacity` sessions are in use (counted as a miss).
-    public mutating func acquire(file: FileRef, slotGeneration: UInt32 = 0) -> SessionHandle? {
-        guard let (index, generation) = indices.acquire() else { return nil }
-        let session: UnsafeMutablePointer<Session>
-        if let existing = table[Int(index)] {
-            session = existing
+    ///   - file: the connection's slot or descriptor.
+    ///   - slot: the slot's lease when `file` is a fixed slot.
+    /// - Returns: its record, made with `Record(_:)`, or `nil` when `capacity` sessions are in use
+    ///   (counted as a miss).
+    @inlinable
+    public mutating func acquire(file: FileRef, slot: Lease? = nil) -> UnsafeMutablePointer<Record>? {
+        guard let lease = indices.acquire() else { return nil }
+        let i = Int(lease.index)
+        let record: UnsafeMutablePointer<Record>
+        let buffer: UnsafeMutableRawBufferPointer
+        if let bufferBlock {
+            record = table[i].unsafelyUnwrapped
+            buffer = UnsafeMutableRawBufferPointer(start: bufferBlock + i * bufferSize, count: bufferSize)
+        } else if mode == .pooled {
+            record = table[i].unsafelyUnwrapped
+            buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         } else {
-            // Unpooled: this allocation per connection is the point of the comparison.
-            session = .allocate(capacity: 1)
-            let buffer =
+            // Unpooled: these allocations per connection are the point of the comparison.
+            record = .allocate(capacity: 1)
+            buffer =
                 bufferSize > 0
-                ? UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
-                : UnsafeMutableRawBufferPointer(start: nil, count: 0)
-            session.initialize(to: Session(index: index, buffer: buffer))
-            table[Int(index)] = session
+                ? .allocate(byteCount: bufferSize, alignment: 64) : UnsafeMutableRawBufferPointer(start: nil, count: 0)
+            table[i] = record
         }
-        let buffer = session.pointee.buffer
-        session.pointee = Session(index: index, buffer: buffer)
-        session.pointee.generation = generation
         epochs &+= 1
-        session.pointee.epoch = epochs
-        session.pointee.file = file
-        session.pointee.slotGeneration = slotGeneration
-        session.pointee.state = .open
-        return SessionHandle(index: index, generation: generation)
+        record.initialize(to: Record(PooledSession(lease: lease, epoch: epochs, file: file, slot: slot, buffer: buffer)))
+        return record
     }
 
-    /// The session a handle names, or `nil` if it has been recycled since (counted as stale).
-    /// - Parameter handle: a handle from ``acquire(file:slotGeneration:)``.
-    public mutating func resolve(_ handle: SessionHandle) -> UnsafeMutablePointer<Session>? {
-        if indices.isCurrent(handle.index, handle.generation), let session = table[Int(handle.index)] {
-            return session
+    /// The record a lease names, or `nil` if that session has been recycled since (counted as
+    /// stale).
+    /// - Parameter lease: a session's ``PooledSession/lease``, as a completion's tag carries it.
+    @inlinable
+    public mutating func resolve(_ lease: Lease) -> UnsafeMutablePointer<Record>? {
+        guard indices.isCurrent(lease) else {
+            indices.noteStale()
+            return nil
         }
-        indices.noteStale()
-        return nil
+        return table[Int(lease.index)].unsafelyUnwrapped
     }
 
-    /// The session at `index` if it is in use, without a generation check (for sweeps).
-    /// - Parameter index: a pool index.
-    public func session(at index: Int) -> UnsafeMutablePointer<Session>? {
-        guard let s = table[index], s.pointee.state != .free else { return nil }
-        return s
+    /// The record at `index` if a session holds it now, without a generation check (for sweeps).
+    /// - Parameter index: `0..<capacity`.
+    @inlinable
+    public func record(at index: Int) -> UnsafeMutablePointer<Record>? {
+        indices.isLeased(index) ? table[index] : nil
     }
 
-    /// Recycles a session whose in-flight count is zero; in unpooled mode its memory is freed.
-    /// - Parameter handle: the session.
-    /// - Returns: `false` (and changes nothing) if requests are still in flight or the handle is
-    ///   stale.
+    /// Recycles a session; in unpooled mode its record and buffer are freed.
+    /// - Parameter record: a record from ``acquire(file:slot:)``.
+    /// - Returns: `false` (and changes nothing) if its lease is not current: a double release.
+    @inlinable
     @discardableResult
-    public mutating func release(_ handle: SessionHandle) -> Bool {
-        guard indices.isCurrent(handle.index, handle.generation), let session = table[Int(handle.index)] else {
-            return false
-        }
-        guard session.pointee.inFlight == 0 else {
-            refusedReleases &+= 1
-            return false
-        }
-        session.pointee.state = .free
-        _ = indices.release(handle.index, handle.generation)
+    public mutating func release(_ record: UnsafeMutablePointer<Record>) -> Bool {
+        let lease = record.pointee.session.lease
+        guard indices.release(lease) else { return false }
         if mode == .unpooled {
-            Self.free(session)
-            table[Int(handle.index)] = nil
+            Self.free(record)
+            table[Int(lease.index)] = nil
+        } else {
+            record.deinitialize(count: 1)
         }
         return true
     }
 
     /// Sessions currently free.
-    public var available: Int { indices.freeCount }
+    package var available: Int { indices.freeCount }
 }

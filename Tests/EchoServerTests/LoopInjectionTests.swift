@@ -59,16 +59,16 @@ final class LoopInjectionTests: XCTestCase {
             let (ours, theirs) = try TestSocket.pair()
             defer { theirs.close() }
             theirs.setTimeout(seconds: 2)
-            let handle = try XCTUnwrap(core.sessions.acquire(file: .fd(ours.fd)))
-            let s = try XCTUnwrap(core.sessions.resolve(handle))
+            let s = try XCTUnwrap(core.sessions.acquire(file: .fd(ours.fd)))
             // Closing, with its receive and the cancel of that receive in flight.
-            s.pointee.state = .closing
-            s.pointee.pending = [.recv, .cancelRecv]
+            s.pointee.lifecycle.posted(.recv)
+            s.pointee.lifecycle.failed()
+            XCTAssertEqual(s.pointee.lifecycle.settle(s.pointee.holdings, loop.bounds), .cancelReceive)
             // The cancel's completion comes first, then the receive ends (EOF, or a reset).
-            try loop.dispatch(Completion(tag: s.pointee.tag(.cancel).rawValue, result: -ENOENT, flags: 0))
-            XCTAssertEqual(s.pointee.pending, [.recv])
-            try loop.dispatch(Completion(tag: s.pointee.tag(.recv).rawValue, result: ending, flags: 0))
-            XCTAssertEqual(s.pointee.pending, [.close], "result \(ending): the close was posted")
+            try loop.dispatch(Completion(tag: s.pointee.tag(.cancelRecv), result: -ENOENT, flags: 0))
+            XCTAssertEqual(s.pointee.lifecycle.pending, [.recv])
+            try loop.dispatch(Completion(tag: s.pointee.tag(.recv), result: ending, flags: 0))
+            XCTAssertEqual(s.pointee.lifecycle.pending, [.close], "result \(ending): the close was posted")
             try pump(loop) { core.sessions.statistics.inUse == 0 }
             XCTAssertEqual(core.sessions.statistics.inUse, 0, "result \(ending): the close completed and the session is back")
             XCTAssertEqual(core.stats.closed, 1)
@@ -95,7 +95,7 @@ final class LoopInjectionTests: XCTestCase {
         XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 0)
         // A receive completion for a connection that is long gone (generation 5 of index 0, never
         // handed out), carrying buffer 7: counted stale, and the buffer goes straight back, once.
-        let stale = RequestTag(index: 0, generation: 5, kind: .recv)
+        let stale = RequestTag(Lease(index: 0, generation: 5), .recv)
         let flags: UInt32 = 1 | 7 << 16  // IORING_CQE_F_BUFFER, buffer id 7 (IORING_CQE_BUFFER_SHIFT is 16)
         try loop.dispatch(Completion(tag: stale.rawValue, result: 100, flags: flags))
         XCTAssertEqual(loop.core.stats.staleCompletions, 1)
@@ -132,33 +132,33 @@ final class LoopInjectionTests: XCTestCase {
             theirs.close()
         }
         theirs.setTimeout(seconds: 2)
-        let s = try XCTUnwrap(core.sessions.resolve(try XCTUnwrap(core.sessions.acquire(file: .fd(ours.fd)))))
-        s.pointee.pending = [.recv]
+        let s = try XCTUnwrap(core.sessions.acquire(file: .fd(ours.fd)))
+        s.pointee.lifecycle.posted(.recv)
         let more: UInt32 = 16  // IORING_CQE_F_BUF_MORE
         let buffer0: UInt32 = 1 | 0 << 16  // IORING_CQE_F_BUFFER, buffer id 0
 
         // 10 bytes, and the kernel keeps the buffer: echoed from its start.
-        try loop.dispatch(Completion(tag: s.pointee.tag(.recv).rawValue, result: 10, flags: buffer0 | more))
+        try loop.dispatch(Completion(tag: s.pointee.tag(.recv), result: 10, flags: buffer0 | more))
         XCTAssertEqual(loop.receiver.buffersHeld, 1)
-        try pump(loop) { s.pointee.queueHead < 0 }
+        try pump(loop) { s.pointee.output.head < 0 }
         XCTAssertEqual(try theirs.readExactly(10), Array(0..<10))
         XCTAssertEqual(loop.receiver.buffersHeld, 0)
         XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 0, "the kernel still fills buffer 0")
 
         // 54 more, to the buffer's end: the kernel is done with it. Echoed from offset 10; the
         // buffer goes back once the echo is sent.
-        XCTAssertTrue(s.pointee.pending.contains(.recv), "receiving again")
-        try loop.dispatch(Completion(tag: s.pointee.tag(.recv).rawValue, result: 54, flags: buffer0))
+        XCTAssertTrue(s.pointee.lifecycle.pending.contains(.recv), "receiving again")
+        try loop.dispatch(Completion(tag: s.pointee.tag(.recv), result: 54, flags: buffer0))
         XCTAssertEqual(loop.receiver.free, 1, "buffer 0 is out of the kernel's hands")
         XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 0, "not while its slice is held")
-        try pump(loop) { s.pointee.queueHead < 0 }
+        try pump(loop) { s.pointee.output.head < 0 }
         XCTAssertEqual(try theirs.readExactly(54), Array(10..<64))
         XCTAssertEqual(loop.receiver.buffers.returnedSinceCommit, 1, "given back, once")
         XCTAssertEqual(loop.receiver.free, 2)
         XCTAssertEqual(loop.receiver.consumed[0], 0, "it starts over")
 
         // A stale completion that used up buffer 1: nobody reads it, and the buffer goes back.
-        let stale = RequestTag(index: 1, generation: 5, kind: .recv)
+        let stale = RequestTag(Lease(index: 1, generation: 5), .recv)
         try loop.dispatch(Completion(tag: stale.rawValue, result: 30, flags: 1 | 1 << 16 | more))
         XCTAssertEqual(loop.receiver.consumed[1], 30)
         try loop.dispatch(Completion(tag: stale.rawValue, result: 34, flags: 1 | 1 << 16))

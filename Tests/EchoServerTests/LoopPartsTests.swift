@@ -4,26 +4,175 @@ import XCTest
 
 /// The loop's parts that need no ring: the connection state machine and the mailboxes.
 final class LoopPartsTests: XCTestCase {
+    typealias L = ConnectionLifecycle
+
+    /// What happens to a connection before the row's final ``ConnectionLifecycle/settle(_:_:)``.
+    enum Event {
+        case posted(PendingRequests)
+        case ended(PendingRequests)
+        case peerClosed
+        /// Reset, error, idle timeout, stalled output, stop: all are this one event.
+        case failed
+        case close
+        case abort
+        case pause(Bool)
+        case waitForBuffers(Bool)
+        /// A settle in the middle of the row (its effects are not checked).
+        case settle(L.Holdings)
+        case closeCompleted
+    }
+
+    struct Row {
+        let name: String
+        let events: [Event]
+        let holdings: L.Holdings
+        let effects: L.Effects
+        let phase: L.Phase
+        let pending: PendingRequests
+        var paused: Bool? = nil
+    }
+
+    static let bounds = L.Bounds(bytes: 65536, buffers: 16, outbound: 16)
+    static let quiet = L.Holdings(queued: false, queuedBytes: 0, buffersHeld: 0, outboundHeld: 0)
+    static let queued = L.Holdings(queued: true, queuedBytes: 100, buffersHeld: 1, outboundHeld: 0)
+    static let overBytes = L.Holdings(queued: true, queuedBytes: 70_000, buffersHeld: 4, outboundHeld: 0)
+    static let overBuffers = L.Holdings(queued: true, queuedBytes: 4096, buffersHeld: 16, outboundHeld: 0)
+    static let overOutbound = L.Holdings(queued: true, queuedBytes: 4096, buffersHeld: 0, outboundHeld: 16)
+    static let aboveHalf = L.Holdings(queued: true, queuedBytes: 40_000, buffersHeld: 2, outboundHeld: 0)
+
+    /// Every transition of a connection, as a table: the events, then one settle with the row's
+    /// holdings; its effects, the phase and the requests in flight after it.
     func testEveryLifecycleTransition() {
-        typealias L = ConnectionLifecycle
-        // open
-        XCTAssertEqual(L.next(.open, .peerClosed), .halfClosed)
-        XCTAssertEqual(L.next(.open, .closeRequested), .halfClosed)
-        XCTAssertEqual(L.next(.open, .drained), .open)
-        XCTAssertEqual(L.next(.open, .failed), .closing)
-        XCTAssertEqual(L.next(.open, .closeCompleted), .open, "a close completes only once posted")
-        // halfClosed
-        XCTAssertEqual(L.next(.halfClosed, .peerClosed), .halfClosed)
-        XCTAssertEqual(L.next(.halfClosed, .closeRequested), .halfClosed)
-        XCTAssertEqual(L.next(.halfClosed, .drained), .closing)
-        XCTAssertEqual(L.next(.halfClosed, .failed), .closing)
-        XCTAssertEqual(L.next(.halfClosed, .closeCompleted), .halfClosed)
-        // closing: nothing leaves it but the close completion
-        for event in LifecycleEvent.allCases where event != .closeCompleted {
-            XCTAssertEqual(L.next(.closing, event), .closing, "\(event)")
+        let rows: [Row] = [
+            // Open: receiving and sending.
+            Row(name: "accepted", events: [], holdings: Self.quiet, effects: [.receive], phase: .open, pending: []),
+            Row(name: "receive armed, nothing to do", events: [.posted(.recv)], holdings: Self.quiet, effects: [],
+                phase: .open, pending: [.recv]),
+            Row(name: "output queued: sent", events: [.posted(.recv)], holdings: Self.queued, effects: [.send],
+                phase: .open, pending: [.recv, .send]),
+            Row(name: "one send at a time", events: [.posted([.recv, .send])], holdings: Self.queued, effects: [],
+                phase: .open, pending: [.recv, .send]),
+            Row(name: "receive ended, received bytes in flight: receive again", events: [.posted([.recv, .send]), .ended(.recv)],
+                holdings: Self.queued, effects: [.receive], phase: .open, pending: [.send]),
+            // Bounds.
+            Row(name: "over the byte bound: pause, cancel the receive", events: [.posted([.recv, .send])],
+                holdings: Self.overBytes, effects: [.pausedAtBound, .cancelReceive], phase: .open,
+                pending: [.recv, .send, .cancelRecv], paused: true),
+            Row(name: "over the buffer bound", events: [.posted([.recv, .send])], holdings: Self.overBuffers,
+                effects: [.pausedAtBound, .cancelReceive], phase: .open, pending: [.recv, .send, .cancelRecv], paused: true),
+            Row(name: "over the outbound-buffer bound", events: [.posted([.recv, .send])], holdings: Self.overOutbound,
+                effects: [.pausedAtBound, .cancelReceive], phase: .open, pending: [.recv, .send, .cancelRecv], paused: true),
+            Row(name: "paused, above half: stays paused",
+                events: [.posted([.recv, .send]), .settle(Self.overBytes), .ended([.recv, .cancelRecv])],
+                holdings: Self.aboveHalf, effects: [], phase: .open, pending: [.send], paused: true),
+            Row(name: "paused, drained to half: receive again",
+                events: [.posted([.recv, .send]), .settle(Self.overBytes), .ended([.recv, .cancelRecv, .send])],
+                holdings: Self.quiet, effects: [.receive], phase: .open, pending: [], paused: false),
+            Row(name: "paused by the handler: cancel the receive", events: [.posted(.recv), .pause(true)],
+                holdings: Self.quiet, effects: [.cancelReceive], phase: .open, pending: [.recv, .cancelRecv]),
+            Row(name: "paused by the handler, receive gone: nothing",
+                events: [.posted(.recv), .pause(true), .settle(Self.quiet), .ended([.recv, .cancelRecv])],
+                holdings: Self.quiet, effects: [], phase: .open, pending: []),
+            Row(name: "resumed: receive again",
+                events: [.posted(.recv), .pause(true), .settle(Self.quiet), .ended([.recv, .cancelRecv]), .pause(false)],
+                holdings: Self.quiet, effects: [.receive], phase: .open, pending: []),
+            // Buffer waits.
+            Row(name: "waiting for buffers: no receive", events: [.waitForBuffers(true)], holdings: Self.quiet,
+                effects: [], phase: .open, pending: []),
+            Row(name: "buffers back: receive", events: [.waitForBuffers(true), .waitForBuffers(false)],
+                holdings: Self.quiet, effects: [.receive], phase: .open, pending: []),
+            Row(name: "close while waiting for buffers: closes", events: [.waitForBuffers(true), .close],
+                holdings: Self.quiet, effects: [.close], phase: .closing, pending: [.close]),
+            // Peer EOF.
+            Row(name: "peer EOF with output in flight: finish sending", events: [.posted(.send), .peerClosed],
+                holdings: Self.queued, effects: [], phase: .inputClosed, pending: [.send]),
+            Row(name: "peer EOF, output queued, no send: send it", events: [.peerClosed], holdings: Self.queued,
+                effects: [.send], phase: .inputClosed, pending: [.send]),
+            Row(name: "peer EOF, drained: close", events: [.peerClosed], holdings: Self.quiet, effects: [.close],
+                phase: .closing, pending: [.close]),
+            Row(name: "peer EOF, last send done: close", events: [.posted(.send), .peerClosed, .ended(.send)],
+                holdings: Self.quiet, effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "peer EOF: no receive, even under the bound", events: [.peerClosed, .posted(.send)],
+                holdings: Self.queued, effects: [], phase: .inputClosed, pending: [.send]),
+            // Close requested by the handler.
+            Row(name: "close requested, output queued: stop receiving, send", events: [.posted(.recv), .close],
+                holdings: Self.queued, effects: [.cancelReceive, .send], phase: .inputClosed,
+                pending: [.recv, .cancelRecv, .send]),
+            Row(name: "close requested, drained: close once the receive is cancelled", events: [.posted(.recv), .close],
+                holdings: Self.quiet, effects: [.cancelReceive], phase: .closing, pending: [.recv, .cancelRecv]),
+            Row(name: "close requested, nothing in flight: close", events: [.close], holdings: Self.quiet,
+                effects: [.close], phase: .closing, pending: [.close]),
+            // Abort, errors, resets, idle timeout, stalled output, stop: all `failed` or `abort`.
+            Row(name: "abort: cancel both, drop output", events: [.posted([.recv, .send]), .abort],
+                holdings: Self.queued, effects: [.cancelReceive, .cancelSend], phase: .closing,
+                pending: [.recv, .send, .cancelRecv, .cancelSend]),
+            Row(name: "abort, nothing in flight: close", events: [.abort], holdings: Self.queued, effects: [.close],
+                phase: .closing, pending: [.close]),
+            Row(name: "failed (reset, idle, stop) with a receive: cancel it", events: [.posted(.recv), .failed],
+                holdings: Self.quiet, effects: [.cancelReceive], phase: .closing, pending: [.recv, .cancelRecv]),
+            Row(name: "stalled output: cancel the send, close without it",
+                events: [.posted([.recv, .send]), .failed, .settle(Self.queued), .ended([.recv, .cancelRecv, .send, .cancelSend])],
+                holdings: Self.queued, effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "cancel race: the cancel completes first, the receive later",
+                events: [.posted(.recv), .failed, .settle(Self.quiet), .ended(.cancelRecv)], holdings: Self.quiet,
+                effects: [], phase: .closing, pending: [.recv]),
+            Row(name: "cancel race: then the receive ends, and the close goes",
+                events: [.posted(.recv), .failed, .settle(Self.quiet), .ended(.cancelRecv), .ended(.recv)],
+                holdings: Self.quiet, effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "a second failure changes nothing", events: [.failed, .settle(Self.quiet), .failed, .abort],
+                holdings: Self.quiet, effects: [], phase: .closing, pending: [.close]),
+            Row(name: "a closing connection receives nothing", events: [.failed, .settle(Self.quiet), .pause(false)],
+                holdings: Self.quiet, effects: [], phase: .closing, pending: [.close]),
+            Row(name: "close completed", events: [.failed, .settle(Self.quiet), .closeCompleted], holdings: Self.quiet,
+                effects: [], phase: .closed, pending: []),
+        ]
+        for row in rows {
+            var l = L()
+            for event in row.events {
+                switch event {
+                case .posted(let r): l.posted(r)
+                case .ended(let r): l.ended(r)
+                case .peerClosed: l.peerClosed()
+                case .failed: l.failed()
+                case .close: _ = l.closeRequested(abort: false)
+                case .abort: _ = l.closeRequested(abort: true)
+                case .pause(let paused): _ = l.pauseRequested(paused)
+                case .waitForBuffers(let waiting): l.waitingForBuffers(waiting)
+                case .settle(let holdings): _ = l.settle(holdings, Self.bounds)
+                case .closeCompleted: l.closeCompleted()
+                }
+            }
+            let effects = l.settle(row.holdings, Self.bounds)
+            XCTAssertEqual(effects, row.effects, "\(row.name): effects")
+            XCTAssertEqual(l.phase, row.phase, "\(row.name): phase")
+            XCTAssertEqual(l.pending, row.pending, "\(row.name): in flight")
+            if let paused = row.paused { XCTAssertEqual(l.flags.contains(.pausedForBound), paused, "\(row.name): paused") }
         }
-        XCTAssertEqual(L.next(.closing, .closeCompleted), .free)
-        for event in LifecycleEvent.allCases { XCTAssertEqual(L.next(.free, event), .free) }
+    }
+
+    func testWhatEachPhaseAcceptsAndWritableIsDeliveredOnce() {
+        var l = L()
+        XCTAssertTrue(l.acceptsInput && l.acceptsOutput && l.sendsReplies && l.wantsReceive)
+        l.writableRequested()
+        XCTAssertTrue(l.takeWritable())
+        XCTAssertFalse(l.takeWritable(), "once per request")
+        l.peerClosed()
+        XCTAssertFalse(l.acceptsInput, "after EOF nothing reaches the handler")
+        XCTAssertTrue(l.acceptsOutput, "but it may still write")
+        XCTAssertFalse(l.wantsReceive)
+        XCTAssertTrue(l.closeRequested(abort: false))
+        l.failed()
+        XCTAssertFalse(l.acceptsOutput || l.sendsReplies)
+        l.writableRequested()
+        XCTAssertFalse(l.takeWritable(), "a closing connection hears of no room")
+        XCTAssertFalse(l.closeRequested(abort: true), "nothing to ask of a closing connection")
+        var aborted = L()
+        _ = aborted.closeRequested(abort: true)
+        XCTAssertFalse(aborted.acceptsOutput || aborted.acceptsInput || aborted.sendsReplies, "an abort takes effect at once")
+        XCTAssertEqual(PendingRequests(RequestKind.cancelSend), .cancelSend)
+        for kind in RequestKind.allCases {
+            if let request = PendingRequests(kind) { XCTAssertEqual(request.kind, kind, "\(kind) round trips") }
+        }
     }
 
     func testMailboxKeepsOrderAcrossWrapAndRefusesWhenFull() throws {

@@ -22,7 +22,7 @@ final class PoolTests: XCTestCase {
     func testSlotPoolLeasesLIFOWithGenerationsAndRefusesWhenFull() throws {
         let ring = try Ring()
         var pool = try SlotPool(ring: ring, capacity: 4)
-        var leases: [SlotLease] = []
+        var leases: [Lease] = []
         for _ in 0..<4 { leases.append(try XCTUnwrap(pool.acquire())) }
         XCTAssertEqual(Set(leases.map(\.index)), [0, 1, 2, 3], "every slot handed out once")
         XCTAssertNil(pool.acquire(), "a full table refuses")
@@ -34,9 +34,8 @@ final class PoolTests: XCTestCase {
         XCTAssertEqual(again.index, leases[2].index, "LIFO: the slot freed last goes out first")
         XCTAssertNotEqual(again.generation, leases[2].generation, "a new lease has a new generation")
         XCTAssertFalse(pool.isCurrent(leases[2]))
-        XCTAssertNil(pool.resolve(pool.tag(for: leases[2], .recv)), "the old lease's tag is stale")
+        XCTAssertNil(pool.resolve(RequestTag(leases[2], kind: 1)), "the old lease's tag is stale")
         XCTAssertEqual(pool.statistics.staleCompletions, 1)
-        XCTAssertEqual(SlotLease(packed: again.packed), again, "a lease packs into a context's user bits")
         do {
             _ = try SlotPool(ring: ring, capacity: 0)
             XCTFail("zero slots must be refused")
@@ -63,8 +62,8 @@ final class PoolTests: XCTestCase {
             ring.forEachCompletion { accepted = $0.result }
             XCTAssertEqual(accepted, 0, "accept \(i) went into the slot")
             try client.writeAll([UInt8(i & 0xFF)])
-            try ring.prepareRecv(lease.file, into: UnsafeMutableRawBufferPointer(start: nil, count: 0), tag: 2)
-            try ring.prepareClose(lease.file, tag: 3)
+            try ring.prepareRecv(.slot(lease.index), into: UnsafeMutableRawBufferPointer(start: nil, count: 0), tag: 2)
+            try ring.prepareClose(.slot(lease.index), tag: 3)
             try ring.submitAndWait(2)
             var results: [UInt64: Int32] = [:]
             while results.count < 2 {
@@ -80,27 +79,41 @@ final class PoolTests: XCTestCase {
         XCTAssertEqual(openDescriptorCount(), baseline, "slots are not process descriptors")
     }
 
-    func testSessionPoolRecyclesOnlyAtZeroInFlight() {
+    /// A record of the owner's: the pool's part and a counter.
+    struct Record: SessionRecord {
+        let session: PooledSession
+        var uses = 0
+        init(_ session: PooledSession) { self.session = session }
+    }
+
+    func testSessionPoolHandsOutRecordsAndRefusesStaleLeases() {
         for mode in PoolMode.allCases {
-            var pool = SessionPool(mode: mode, capacity: 2, bufferSize: 128)
+            var pool = SessionPool<Record>(mode: mode, capacity: 2, bufferSize: 128)
             let a = pool.acquire(file: .fd(10))!
-            let b = pool.acquire(file: .fd(11))!
+            let b = pool.acquire(file: .slot(3), slot: Lease(index: 3, generation: 5))!
             XCTAssertNil(pool.acquire(file: .fd(12)), "\(mode): capacity is enforced")
-            let s = pool.resolve(a)!
-            XCTAssertEqual(s.pointee.buffer.count, 128)
-            XCTAssertEqual(s.pointee.state, .open)
-            s.pointee.pending = [.recv]
-            XCTAssertEqual(s.pointee.inFlight, 1)
-            XCTAssertFalse(pool.release(a), "\(mode): not recycled while a request is in flight")
-            XCTAssertEqual(pool.refusedReleases, 1)
-            s.pointee.pending = []
+            XCTAssertEqual(pool.statistics.misses, 1)
+            XCTAssertEqual(a.pointee.session.buffer.count, 128)
+            XCTAssertEqual(a.pointee.session.file, .fd(10))
+            XCTAssertNil(a.pointee.session.slot)
+            XCTAssertEqual(b.pointee.session.slot, Lease(index: 3, generation: 5))
+            XCTAssertEqual(b.pointee.session.epoch, a.pointee.session.epoch + 1, "epochs count sessions")
+            a.pointee.uses = 7
+            let oldLease = a.pointee.session.lease
+            let oldEpoch = a.pointee.session.epoch
+            XCTAssertEqual(pool.resolve(oldLease)?.pointee.uses, 7)
             XCTAssertTrue(pool.release(a))
-            XCTAssertNil(pool.resolve(a), "\(mode): the old handle is stale")
+            XCTAssertNil(pool.resolve(oldLease), "\(mode): the old lease is stale")
+            XCTAssertEqual(pool.statistics.staleCompletions, 1)
             let c = pool.acquire(file: .fd(13))!
-            XCTAssertEqual(c.index, a.index)
-            XCTAssertNotEqual(c.generation, a.generation)
-            XCTAssertEqual(pool.resolve(c)?.pointee.file, .fd(13))
+            XCTAssertEqual(c.pointee.session.lease.index, oldLease.index, "LIFO: the place freed last")
+            XCTAssertNotEqual(c.pointee.session.lease.generation, oldLease.generation)
+            XCTAssertGreaterThan(c.pointee.session.epoch, oldEpoch, "an epoch never repeats")
+            XCTAssertEqual(c.pointee.uses, 0, "a new record, not the old one's state")
+            XCTAssertEqual(pool.resolve(c.pointee.session.lease)?.pointee.session.file, .fd(13))
+            XCTAssertNotNil(pool.record(at: c.pointee.session.index))
             XCTAssertTrue(pool.release(b))
+            XCTAssertNil(pool.record(at: 1 - c.pointee.session.index), "a free place has no record")
             XCTAssertTrue(pool.release(c))
             XCTAssertEqual(pool.statistics.inUse, 0)
         }

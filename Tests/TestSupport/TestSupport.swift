@@ -394,3 +394,17 @@ public func runClients(
     for i in scripts.indices where !states[i].done { finish(i, ok: false) }
     return outcome
 }
+
+/// Submits and harvests until `count` completions arrived or `timeout` passed (each wait bounded).
+public func collectCompletions(_ ring: borrowing Ring, count: Int, timeout: Duration = .seconds(5)) throws
+    -> [Completion]
+{
+    var seen: [Completion] = []
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while seen.count < count && clock.now < deadline {
+        try ring.submitAndWait(1, timeout: .milliseconds(50))
+        ring.forEachCompletion { seen.append($0) }
+    }
+    return seen
+}

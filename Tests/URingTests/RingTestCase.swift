@@ -11,14 +11,7 @@ class RingTestCase: XCTestCase {
 
     /// Submits and harvests until `count` completions arrived or `timeout` passed.
     func collect(_ ring: borrowing Ring, count: Int, timeout: Duration = .seconds(5)) throws -> [Completion] {
-        var seen: [Completion] = []
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
-        while seen.count < count && clock.now < deadline {
-            try ring.submitAndWait(1, timeout: .milliseconds(50))
-            ring.forEachCompletion { seen.append($0) }
-        }
-        return seen
+        try collectCompletions(ring, count: count, timeout: timeout)
     }
 
     /// Collects exactly one completion with `tag`, failing the test if none arrives.

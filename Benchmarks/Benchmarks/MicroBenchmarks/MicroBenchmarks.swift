@@ -43,17 +43,17 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     Benchmark("context acquire+release") { benchmark in
-        var slab = ContextSlab(capacity: 1024)
+        var slab = ContextSlab(capacity: 1024, empty: 0)
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
-            let tag = slab.acquire(.recv, session: 1)!
+            let tag = slab.acquire(kind: 1, 1)!
             blackHole(slab.release(tag))
         }
     }
 
     Benchmark("tag resolve") { benchmark in
-        var slab = ContextSlab(capacity: 1024)
-        let tag = slab.acquire(.recv, session: 1)!
+        var slab = ContextSlab(capacity: 1024, empty: 0)
+        let tag = slab.acquire(kind: 1, 1)!
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
             blackHole(slab.resolve(tag))

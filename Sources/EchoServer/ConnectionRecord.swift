@@ -1,0 +1,60 @@
+import SocketPool
+import URing
+
+/// Everything a ring's loop knows of one connection, in one record at a stable address: the
+/// pool's part (``PooledSession``: its lease, epoch, socket and buffer), its life
+/// (``ConnectionLifecycle``), its send queue's links, what it holds, and its counters.
+///
+/// Kept by the ring's ``SessionPool``; the loop reaches it through a ``ConnectionRef``: by a
+/// completion's tag (the session lease), by a ``ConnectionID`` (index and epoch), or by index in a
+/// sweep.
+struct ConnectionRecord: SessionRecord {
+    let session: PooledSession
+    var lifecycle = ConnectionLifecycle()
+    /// Its send queue (segments in the ring's ``SendQueue``).
+    var output = OutputQueue()
+    /// Provided buffers held (received and not yet sent or given back); with an incremental ring,
+    /// the buffers its slices' bytes would fill (at least one per slice).
+    var buffersHeld: Int32 = 0
+    /// Which of the server's listeners accepted it: 0 for the main one.
+    var listener: UInt8 = 0
+    /// Monotonic time of the last received byte, in nanoseconds.
+    var lastActivity: UInt64 = 0
+    /// Monotonic time the send queue last moved (a send posted or completed), in nanoseconds.
+    var lastProgress: UInt64 = 0
+    /// Total bytes received.
+    var bytesIn: UInt64 = 0
+    /// Total bytes sent.
+    var bytesOut: UInt64 = 0
+
+    init(_ session: PooledSession) { self.session = session }
+
+    /// The `user_data` of its own request `request`.
+    @inline(__always)
+    func tag(_ request: PendingRequests) -> UInt64 { RequestTag(session.lease, request.kind).rawValue }
+
+    /// What ``ConnectionLifecycle/settle(_:_:)`` weighs.
+    @inline(__always)
+    var holdings: ConnectionLifecycle.Holdings {
+        .init(
+            queued: output.head >= 0, queuedBytes: output.bytes, buffersHeld: buffersHeld,
+            outboundHeld: output.outboundHeld)
+    }
+}
+
+/// A connection's record, where its pool keeps it. Valid until the session is released.
+typealias ConnectionRef = UnsafeMutablePointer<ConnectionRecord>
+
+/// A connection's send queue: a singly linked list of segments of the ring's ``SendQueue``.
+struct OutputQueue {
+    /// First segment to send, or -1.
+    var head: Int32 = -1
+    /// Last segment, or -1.
+    var tail: Int32 = -1
+    /// Bytes of the head segment already sent.
+    var headSent: Int32 = 0
+    /// Bytes queued and not yet sent.
+    var bytes = 0
+    /// Outbound buffers the queue holds.
+    var outboundHeld: Int32 = 0
+}
