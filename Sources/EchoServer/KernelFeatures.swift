@@ -44,10 +44,38 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static let defaults: KernelFeatures = all.subtracting(.incrementalBuffers)
 
     /// Every feature.
-    public static let all: KernelFeatures = [
-        .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .messageRing, .registeredRing,
-        .directMultishotAccept, .recvBundles, .incrementalBuffers,
+    public static let all = KernelFeatures(named.map(\.feature))
+
+    /// Every feature and its name: the one list that ``description``, ``all``, ``init(named:)`` and
+    /// the executable's `--enable`/`--disable` names (``optionName``) come from.
+    public static let named: [(feature: KernelFeatures, name: String)] = [
+        (.multishotAccept, "multishotAccept"), (.bufferRing, "bufferRing"), (.fixedFiles, "fixedFiles"),
+        (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
+        (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
+        (.incrementalBuffers, "incrementalBuffers"),
     ]
+
+    /// A feature's name in kebab case, as command lines spell it: `recvBundles` → `recv-bundles`.
+    /// - Parameter name: a name from ``named``.
+    public static func optionName(_ name: String) -> String {
+        name.reduce(into: "") { out, c in
+            if c.isUppercase { out += "-" + c.lowercased() } else { out.append(c) }
+        }
+    }
+
+    /// The feature called `name`, in either spelling (`recvBundles`, `recv-bundles`), or every
+    /// feature for `all`; nil for an unknown name.
+    /// - Parameter name: the name.
+    public init?(named name: String) {
+        if name == "all" {
+            self = .all
+            return
+        }
+        guard let entry = Self.named.first(where: { $0.name == name || Self.optionName($0.name) == name }) else {
+            return nil
+        }
+        self = entry.feature
+    }
 
     /// The features a kernel can run, read from its opcode probe rather than its version string
     /// (distribution kernels backport): `IORING_OP_MSG_RING` (5.18) means MSG_RING;
@@ -72,13 +100,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
 
     /// `multishotAccept,bufferRing`, or `none`.
     public var description: String {
-        let names: [(KernelFeatures, String)] = [
-            (.multishotAccept, "multishotAccept"), (.bufferRing, "bufferRing"), (.fixedFiles, "fixedFiles"),
-            (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
-            (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
-            (.incrementalBuffers, "incrementalBuffers"),
-        ]
-        let on = names.filter { contains($0.0) }.map(\.1)
+        let on = Self.named.filter { contains($0.feature) }.map(\.name)
         return on.isEmpty ? "none" : on.joined(separator: ",")
     }
 }

@@ -24,11 +24,10 @@ struct RingSetup: ~Copyable {
     ///   - index: the ring's index.
     ///   - logger: where fallbacks are logged.
     ///   - extraSessions: sessions beyond the ring's share of the cap (the metrics endpoint's).
-    ///   - extraRingFlags: registration flags added to the incremental ring's (tests pass one the
-    ///     kernel does not know, so the registration is refused as an older kernel refuses it).
+    ///   - faults: faults to meet (tests).
     init(
         _ configuration: ServerConfiguration, ring index: Int, logger: Logger, extraSessions: Int = 0,
-        extraRingFlags: BufferRing.Flags = []
+        faults: FaultInjection = FaultInjection()
     ) throws(URingError) {
         // The setup flags are a trial down the chain; the rest comes from the kernel's opcode probe,
         // so what it cannot do is dropped before it is tried.
@@ -40,6 +39,7 @@ struct RingSetup: ~Copyable {
                 entries: configuration.ringEntries, flagPreference: chain,
                 registerRingDescriptor: features.contains(.registeredRing)))
         if !ring.setupFlags.contains(.deferTaskrun) { features.remove(.deferTaskrun) }
+        if faults.refuseMessageRing { ring.refuseMessages() }
         if features.contains(.registeredRing) && !ring.ringDescriptorRegistered {
             logger.notice("registering the ring descriptor failed; io_uring_enter uses the plain descriptor")
             features.remove(.registeredRing)
@@ -84,7 +84,7 @@ struct RingSetup: ~Copyable {
             do {
                 buffers = try BufferRing(
                     registeringWith: ring, group: 1, count: shape.count, bufferSize: shape.bufferSize,
-                    flags: BufferRing.Flags.incremental.union(extraRingFlags))
+                    flags: faults.refuseIncrementalBufferRing ? [.incremental, BufferRing.Flags(rawValue: 1 << 15)] : .incremental)
             } catch {
                 logger.notice("incremental buffer ring refused (\(error)); using the ordinary buffer ring")
                 features.remove(.incrementalBuffers)

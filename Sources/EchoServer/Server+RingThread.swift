@@ -21,9 +21,8 @@ extension Server {
             // The ring serving the metrics endpoint has sessions of its own for it (one more than
             // its connection cap: the newest replaces the oldest).
             let extra = secondary != nil ? (metricsEndpoint?.maxConnections ?? 0) + 1 : 0
-            let extraRingFlags = state.withLock { $0.extraRingFlags }
-            var setup = try RingSetup(
-                configuration, ring: i, logger: logger, extraSessions: extra, extraRingFlags: extraRingFlags)
+            let faults = state.withLock { $0.faults }
+            var setup = try RingSetup(configuration, ring: i, logger: logger, extraSessions: extra, faults: faults)
             let buffers = setup.buffers.take()
             let incremental = setup.features.contains(.incrementalBuffers)
             let maxHeld = min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries)

@@ -41,9 +41,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         var boundAddress: SocketAddress?
         var metricsAddress: SocketAddress?
         var setupErrors: [URingError] = []
-        /// Added to the incremental buffer ring's registration flags (fault injection for tests).
-        var extraRingFlags: BufferRing.Flags = []
-        var whileStarting: (@Sendable () -> Void)?
+        var faults = FaultInjection()
     }
 
     /// Creates a server; nothing is bound until ``start()``.
@@ -108,7 +106,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         case .throwAlreadyStarted: throw .alreadyStarted
         case .throwStopped: throw .stopped
         }
-        state.withLock { $0.whileStarting }?()
+        state.withLock { $0.faults.whileStarting }?()
         let threads = configuration.threads
         var listeners: [Int32] = []
         var wakes: [Int32] = []
@@ -219,17 +217,9 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         }
     }
 
-    /// Makes every ring's registration of an incremental buffer ring carry a flag no kernel knows,
-    /// so the kernel refuses it with `EINVAL` as a kernel older than 6.12 refuses
-    /// `IOU_PBUF_RING_INC` (fault injection for tests). Call before ``start()``.
-    package func refuseIncrementalBufferRing() {
-        state.withLock { $0.extraRingFlags = BufferRing.Flags(rawValue: 1 << 15) }
-    }
-
-    /// Runs `body` inside ``start()``, once the start is claimed and before the rings exist
-    /// (tests of a stop that races the start).
-    package func whileStarting(_ body: @escaping @Sendable () -> Void) {
-        state.withLock { $0.whileStarting = body }
+    /// Sets the faults this server meets (tests). Call before ``start()``.
+    package func inject(_ faults: FaultInjection) {
+        state.withLock { $0.faults = faults }
     }
 
     /// Asks every ring to stop: no new accepts, every connection cancelled and closed, the ring

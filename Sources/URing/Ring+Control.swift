@@ -93,7 +93,7 @@ extension Ring {
         options: SubmissionOptions = []
     ) throws(URingError) {
         let sqe = try nextSQE()
-        io_uring_prep_msg_ring(sqe, ringDescriptor, UInt32(bitPattern: result), targetTag, 0)
+        io_uring_prep_msg_ring(sqe, ringDescriptor, UInt32(bitPattern: result), targetTag, counters.pointee.injectedMessageFlags)
         finish(sqe, tag, options, fixed: false)
     }
 }

@@ -209,6 +209,13 @@ extension Ring {
         counters.pointee.injectedEnterFailure = errno.rawValue
     }
 
+    /// Makes every later ``prepareMessage(toRing:result:targetTag:tag:options:)`` carry a
+    /// `MSG_RING` flag no kernel knows, so the kernel refuses it with `EINVAL` as one without
+    /// `IORING_OP_MSG_RING` would (fault injection for the fallback to eventfd wake-ups).
+    package func refuseMessages() {
+        counters.pointee.injectedMessageFlags = 1 << 31
+    }
+
     @usableFromInline
     func failInjected(_ operation: String) throws(URingError) -> Int {
         let errno = Errno(rawValue: counters.pointee.injectedEnterFailure)
@@ -227,6 +234,8 @@ public struct RingCounters: Sendable, Equatable {
     public var submitsForFullQueue: UInt64 = 0
     /// A fault to report from the next wait instead of entering the kernel (tests only).
     @usableFromInline package var injectedEnterFailure: Int32 = 0
+    /// `MSG_RING` flags added to every message (tests only: an unknown flag makes it fail).
+    @usableFromInline package var injectedMessageFlags: UInt32 = 0
     /// Submits that failed with `EAGAIN` or `EBUSY` while the SQ was full and were tried again.
     public var submitRetries: UInt64 = 0
     /// Harvests that found completions waiting in the kernel's overflow list

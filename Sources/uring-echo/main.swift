@@ -48,7 +48,8 @@ struct UringEcho: ParsableCommand {
     var metrics: String? = nil
     @Option(
         name: .customLong("disable"), parsing: .upToNextOption,
-        help: "Kernel features to leave unused: multishot-accept, buffer-ring, fixed-files, defer-taskrun, message-ring, registered-ring, direct-multishot-accept, recv-bundles, incremental-buffers, or all (what Linux 5.15 offers).")
+        help: ArgumentHelp(
+            "Kernel features to leave unused: \(featureOptionNames.joined(separator: ", ")), or all (what Linux 5.15 offers)."))
     var disabled: [String] = []
     @Option(
         name: .customLong("enable"), parsing: .upToNextOption,
@@ -76,13 +77,13 @@ struct UringEcho: ParsableCommand {
             throw ValidationError(
                 "--metrics must be HOST:PORT with a numeric IPv4 or IPv6 host ([::1]:9100 for IPv6) and a port 0...65535, got '\(metrics)'")
         }
-        for name in enabled where Self.featureNames[name] == nil {
+        for name in enabled where KernelFeatures(named: name) == nil {
             throw ValidationError(
-                "unknown feature '\(name)' for --enable; known: \(Self.featureNames.keys.sorted().joined(separator: ", "))")
+                "unknown feature '\(name)' for --enable; known: \((Self.featureOptionNames + ["all"]).joined(separator: ", "))")
         }
-        for name in disabled where Self.featureNames[name] == nil {
+        for name in disabled where KernelFeatures(named: name) == nil {
             throw ValidationError(
-                "unknown feature '\(name)' for --disable; known: \(Self.featureNames.keys.sorted().joined(separator: ", "))")
+                "unknown feature '\(name)' for --disable; known: \((Self.featureOptionNames + ["all"]).joined(separator: ", "))")
         }
         do { try serverConfiguration().validate() } catch {
             // The library names its settings; say which flag sets the one at fault.
@@ -105,12 +106,8 @@ struct UringEcho: ParsableCommand {
         return (host, port)
     }
 
-    static let featureNames: [String: KernelFeatures] = [
-        "multishot-accept": .multishotAccept, "buffer-ring": .bufferRing, "fixed-files": .fixedFiles,
-        "defer-taskrun": .deferTaskrun, "message-ring": .messageRing, "registered-ring": .registeredRing,
-        "direct-multishot-accept": .directMultishotAccept, "recv-bundles": .recvBundles,
-        "incremental-buffers": .incrementalBuffers, "all": .all,
-    ]
+    /// The `--enable`/`--disable` names: each feature's, in kebab case.
+    static let featureOptionNames = KernelFeatures.named.map { KernelFeatures.optionName($0.name) }
 
     func serverConfiguration() -> ServerConfiguration {
         var c = ServerConfiguration()
@@ -125,8 +122,8 @@ struct UringEcho: ParsableCommand {
         c.acceptDepth = acceptDepth
         if batchWait > 0 { c.batchWait = BatchWait(completions: batchWait, timeout: .microseconds(batchTimeout)) }
         c.bufferRingEntries = bufferRingEntries
-        for name in enabled { c.features.formUnion(Self.featureNames[name]!) }
-        for name in disabled { c.features.remove(Self.featureNames[name]!) }
+        for name in enabled { c.features.formUnion(KernelFeatures(named: name)!) }
+        for name in disabled { c.features.remove(KernelFeatures(named: name)!) }
         return c
     }
 

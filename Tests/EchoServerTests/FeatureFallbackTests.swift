@@ -33,16 +33,63 @@ final class FeatureFallbackTests: ServerTestCase {
         }
     }
 
-    func testEchoWithEachFeatureSwitchedOff() throws {
-        let off: [KernelFeatures] = [
-            .multishotAccept, .bufferRing, .fixedFiles, .deferTaskrun, .registeredRing, .incrementalBuffers,
-        ]
-        for feature in off {
+    /// Whether `feature` is in use when asked for in `mode` on a kernel that has everything:
+    /// fixed slots (and the multishot accept into them) are pooled mode's, plain multishot accept
+    /// unpooled mode's.
+    static func expectedOn(_ feature: KernelFeatures, _ mode: PoolMode) -> Bool {
+        switch (feature, mode) {
+        case (.multishotAccept, .pooled), (.fixedFiles, .unpooled), (.directMultishotAccept, .unpooled): false
+        default: true
+        }
+    }
+
+    /// Every feature, in both modes: on when asked (so the check that it is off can fail), off when
+    /// switched off, and echo, half-close and reset work either way. Incremental buffers are
+    /// opt-in; asking for them turns bundles off (their receiver takes one slice per completion).
+    func testEachFeatureIsOnWhenAskedOffWhenSwitchedOffAndEchoesEitherWay() throws {
+        try requireKernel(.all)
+        for (feature, name) in KernelFeatures.named {
             for mode in PoolMode.allCases {
-                var c = config(mode, .bufferRing)
-                c.features.remove(feature)
-                try exercise(c, expectOff: feature)
+                var on = config(mode, .bufferRing)
+                on.features.insert(feature)
+                try withServer(on) { server, port in
+                    let f = server.statistics.features
+                    XCTAssertEqual(f.contains(feature), Self.expectedOn(feature, mode), "\(name) asked for, \(mode): \(f)")
+                    XCTAssertEqual(try Self.roundTrip(port: port, [7]), [7])
+                }
+                var off = config(mode, .bufferRing)
+                off.features.remove(feature)
+                try exercise(off, expectOff: feature)
             }
+        }
+    }
+
+    /// A feature the kernel refuses while the server runs (here `MSG_RING`, made to fail with
+    /// `EINVAL`) leaves the published features, is counted once, and the fallback serves.
+    func testAFeatureRefusedAtRunTimeLeavesTheFeaturesAndIsCounted() throws {
+        try requireKernel(.messageRing)
+        var faults = FaultInjection()
+        faults.refuseMessageRing = true
+        let relay = Relay()
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        try withServer(c, handler: { RingTrip(relay: relay) }, faults: faults) { server, port in
+            XCTAssertTrue(server.statistics.features.contains(.messageRing), "in use until the kernel refuses it")
+            parallel(4) { i in
+                guard let s = try? TestSocket.connect(port: port) else { return XCTFail("connect") }
+                defer { s.close() }
+                s.setTimeout(seconds: 10)
+                for n in 0..<50 {
+                    let line = Array("client \(i) line \(n)\n".utf8)
+                    guard (try? s.writeAll(line)) != nil else { return XCTFail("write") }
+                    XCTAssertEqual(try? s.readExactly(line.count), line, "client \(i) line \(n): delivered by eventfd")
+                }
+            }
+            XCTAssertTrue(eventually { server.statistics.delivered == 2 * 4 * 50 })
+            let s = server.statistics
+            XCTAssertFalse(s.features.contains(.messageRing), "refused at run time: \(s.features)")
+            XCTAssertGreaterThanOrEqual(s.messageRingFailures, 1)
+            XCTAssertTrue((1...2).contains(s.featureFallbacks), "one fallback per ring that sent: \(s.featureFallbacks)")
         }
     }
 

@@ -162,30 +162,15 @@ final class IncrementalBufferTests: ServerTestCase {
         }
     }
 
-    /// Switched off (`--disable incremental-buffers`), the ordinary ring serves, and the feature
-    /// is not listed.
-    func testSwitchedOffTheOrdinaryRingServes() throws {
-        for mode in PoolMode.allCases {
-            var c = configINC(mode, .bufferRing)
-            c.features.remove(.incrementalBuffers)
-            try withServer(c) { server, port in
-                let f = server.statistics.features
-                XCTAssertTrue(f.contains(.bufferRing), "\(mode): \(f)")
-                XCTAssertFalse(f.contains(.incrementalBuffers), "\(mode): \(f)")
-                XCTAssertFalse(f.description.contains("incrementalBuffers"))
-                let bytes = patternBytes(seed: 4, count: 300_000)
-                XCTAssertTrue(try Self.roundTrip(port: port, bytes) == bytes)
-            }
-        }
-    }
-
     /// A kernel that refuses the incremental ring (as one older than 6.12 refuses
     /// `IOU_PBUF_RING_INC` with EINVAL; here the registration carries a flag no kernel knows)
     /// gets the ordinary ring: the feature is dropped and the server serves.
     func testRefusedRegistrationFallsBackToTheOrdinaryRing() throws {
         for mode in PoolMode.allCases {
             let server = EchoServer(configuration: configINC(mode, .bufferRing))
-            server.refuseIncrementalBufferRing()
+            var faults = FaultInjection()
+            faults.refuseIncrementalBufferRing = true
+            server.inject(faults)
             try server.start()
             defer {
                 server.stop()

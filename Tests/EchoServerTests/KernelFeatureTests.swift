@@ -40,30 +40,6 @@ final class KernelFeatureTests: ServerTestCase {
         }
     }
 
-    func testEachNewFeatureOffFallsBackAndStillEchoes() throws {
-        for feature in [KernelFeatures.directMultishotAccept, .registeredRing, .recvBundles] {
-            var c = config(.pooled, .bufferRing)
-            c.features.remove(feature)
-            try withServer(c) { server, port in
-                XCTAssertFalse(server.statistics.features.contains(feature))
-                let bytes = patternBytes(seed: 5, count: 300_000)
-                XCTAssertTrue(try Self.roundTrip(port: port, bytes) == bytes)
-                let ok = Locked(0)
-                parallel(4) { t in
-                    for i in 0..<25 where (try? Self.roundTrip(port: port, [UInt8(t), UInt8(i)])) == [UInt8(t), UInt8(i)] {
-                        ok.with { $0 += 1 }
-                    }
-                }
-                XCTAssertEqual(ok.get, 100, "\(feature) off")
-            }
-        }
-        // Unpooled sockets are plain descriptors: no slots to choose.
-        try withServer(config(.unpooled, .bufferRing)) { server, port in
-            XCTAssertFalse(server.statistics.features.contains(.directMultishotAccept))
-            XCTAssertEqual(try Self.roundTrip(port: port, [1]), [1])
-        }
-    }
-
     /// Batched waiting (off by default): light load still gets every answer, each within about the
     /// timeout; a bad setting is a named error.
     func testBatchedWaitingServesLightLoadWithinItsTimeout() throws {

@@ -68,7 +68,12 @@ final class LifecycleTests: ServerTestCase {
                 usleep(300_000)
                 let held = Int(server.statistics.bytesIn - server.statistics.bytesOut)
                 print("stalled reader, \(mode)/\(receive): server holds \(held) bytes (bound 65536)")
-                XCTAssertLessThanOrEqual(held, 64 * 1024 + 2 * 4096, "\(mode)/\(receive): server holds a bounded amount")
+                // The bound is checked as each completion is handled; a multishot receive's completions
+                // already harvested in the same loop turn still land. With bundles each carries up to
+                // half a connection's buffer share (8 of 16 buffers): seen here up to 64 KiB + 19 KiB,
+                // about 1 run in 10. Allow one more bundle and a partly filled buffer.
+                XCTAssertLessThanOrEqual(
+                    held, 64 * 1024 + 32 * 1024 + 4096, "\(mode)/\(receive): server holds a bounded amount")
                 if receive == .bufferRing {
                     XCTAssertGreaterThanOrEqual(server.statistics.receivePauses, 1)
                 }

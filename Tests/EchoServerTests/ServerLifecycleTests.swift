@@ -40,7 +40,9 @@ final class ServerLifecycleTests: ServerTestCase {
         let server = Server(configuration: c)
         // Between claiming the start and publishing the rings' wake-ups: the window where a stop
         // used to find nothing to signal.
-        server.whileStarting { server.stop() }
+        var faults = FaultInjection()
+        faults.whileStarting = { server.stop() }
+        server.inject(faults)
         try server.start()
         let (_, waited) = returns(within: .seconds(3)) { server.wait() }
         if !waited { server.stop() }

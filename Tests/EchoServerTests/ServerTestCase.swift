@@ -61,12 +61,13 @@ class ServerTestCase: XCTestCase {
     /// ``withServer(_:file:line:_:)`` for any handler.
     func withServer<H: ConnectionHandler>(
         _ configuration: ServerConfiguration, handler: @escaping @Sendable () -> H, metrics: MetricsEndpoint? = nil,
-        metricsFactory: (any MetricsFactory)? = nil, file: StaticString = #filePath,
+        metricsFactory: (any MetricsFactory)? = nil, faults: FaultInjection? = nil, file: StaticString = #filePath,
         line: UInt = #line, _ body: (Server<H>, UInt16) throws -> Void
     ) throws {
         let baseline = openDescriptorCount()
         let server = Server(
             configuration: configuration, metrics: metrics, metricsFactory: metricsFactory, makeHandler: handler)
+        if let faults { server.inject(faults) }
         try server.start()
         let port = server.boundAddress!.port
         var failure: Error?
