@@ -12,7 +12,7 @@ import URing
 ///
 /// When the ring runs dry, a receive ends with `ENOBUFS` (the data, or the EOF, stays in the
 /// socket) and its session waits in a FIFO list until buffers come back.
-struct BufferRingReceiver: ~Copyable, ReceivePath {
+struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     var buffers: BufferRing
     let maxHeldPerConnection: Int32
     /// Multishot receives take several buffers per completion (``KernelFeatures/recvBundles``),
@@ -53,17 +53,10 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
         s.pointee.lifecycle.posted(.recv)
     }
 
-    /// At its own bound, a session is re-armed when its sends give buffers back; with the ring
-    /// empty, it waits in the list.
-    @inline(__always)
-    mutating func armOrWait(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
-        guard s.pointee.buffersHeld < maxHeldPerConnection else { return }
-        if free > 0 {
-            try arm(s, core: core)
-        } else {
-            waitForBuffers(s)
-        }
-    }
+    @inline(__always) var canArm: Bool { free > 0 }
+    @inline(__always) var wakeBudget: Int { free }
+    @inline(__always) mutating func commitReturned() { buffers.commit() }
+    @inline(__always) mutating func nextWaiter(_ core: LoopCore) -> ConnectionRef? { waiting.popToRearm(core) }
 
     @inline(__always)
     mutating func take(_ c: Completion, _ s: ConnectionRef) -> (UnsafeMutableRawBufferPointer, Int32)? {
@@ -124,16 +117,6 @@ struct BufferRingReceiver: ~Copyable, ReceivePath {
     }
 
     mutating func waitForBuffers(_ s: ConnectionRef) { waiting.add(s) }
-
-    mutating func afterBatch(core: LoopCore) throws(URingError) {
-        buffers.commit()
-        // Wake at most as many waiters as there are buffers: the rest would only hit ENOBUFS again.
-        var budget = free
-        while budget > 0, let s = waiting.popToRearm(core) {
-            budget -= 1
-            try armOrWait(s, core: core)
-        }
-    }
 
     mutating func teardown(core: LoopCore) {
         try? buffers.unregister(from: core.ring)

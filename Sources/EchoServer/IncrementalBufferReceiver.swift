@@ -28,7 +28,7 @@ import URing
 ///
 /// **Shortage.** When every buffer is used up the receive ends with `ENOBUFS`, and the session
 /// waits (``BufferWaitList``) until buffers come back, as with the ordinary ring.
-struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
+struct IncrementalBufferReceiver: ~Copyable, ProvidedBufferPath {
     var buffers: BufferRing
     /// In ``unitSize`` units (see the type's description).
     let maxHeldPerConnection: Int32
@@ -148,17 +148,13 @@ struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
         s.pointee.lifecycle.posted(.recv)
     }
 
-    /// At its own bound, a session is re-armed when its sends give slices back; with every buffer
-    /// used up (or the slice table down to its reserve), it waits in the list.
-    @inline(__always)
-    mutating func armOrWait(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
-        guard s.pointee.buffersHeld < maxHeldPerConnection else { return }
-        if free > 0 && freeSliceCount > reserve {
-            try arm(s, core: core)
-        } else {
-            waitForBuffers(s)
-        }
-    }
+    /// Buffers left, and the slice table above its reserve for the receives in flight.
+    @inline(__always) var canArm: Bool { free > 0 && freeSliceCount > reserve }
+    /// A buffer serves several receives: as many waiters as the free buffers hold ordinary-sized
+    /// receives.
+    @inline(__always) var wakeBudget: Int { free * receivesPerBuffer }
+    @inline(__always) mutating func commitReturned() { buffers.commit() }
+    @inline(__always) mutating func nextWaiter(_ core: LoopCore) -> ConnectionRef? { waiting.popToRearm(core) }
 
     /// Places a data completion's bytes: buffer `id`, from where its previous completion ended.
     /// - Returns: the start of the bytes, or nil when the completion does not fit the buffer
@@ -231,18 +227,6 @@ struct IncrementalBufferReceiver: ~Copyable, ReceivePath {
     }
 
     mutating func waitForBuffers(_ s: ConnectionRef) { waiting.add(s) }
-
-    mutating func afterBatch(core: LoopCore) throws(URingError) {
-        buffers.commit()
-        // A buffer serves several receives: wake as many waiters as the free buffers hold
-        // ordinary-sized receives; the rest would likely hit ENOBUFS again.
-        guard free > 0 && freeSliceCount > reserve else { return }
-        var budget = free * receivesPerBuffer
-        while budget > 0, let s = waiting.popToRearm(core) {
-            budget -= 1
-            try armOrWait(s, core: core)
-        }
-    }
 
     mutating func teardown(core: LoopCore) {
         try? buffers.unregister(from: core.ring)

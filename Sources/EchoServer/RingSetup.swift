@@ -9,7 +9,9 @@ struct RingSetup: ~Copyable {
     let ring: Ring
     var features: KernelFeatures
     var slots: SlotPool?
-    /// The provided-buffer ring; incremental when ``features`` has ``KernelFeatures/incrementalBuffers``.
+    /// How the ring receives.
+    let plan: ReceivePlan
+    /// The plan's provided-buffer ring (none for ``ReceivePlan/sessionBuffers``).
     var buffers: BufferRing?
     /// Sessions: the ring's share of the connection cap, plus those reserved for the metrics
     /// endpoint's connections when this ring serves it.
@@ -73,38 +75,33 @@ struct RingSetup: ~Copyable {
             slots = nil
         }
 
+        // The receive plan: the buffer ring it needs, registered here; a refusal falls back to the
+        // next plan (incremental → ordinary ring → per-session buffers).
         buffers = nil
-        if configuration.receive != .bufferRing || !features.contains(.bufferRing) {
-            features.remove([.bufferRing, .incrementalBuffers])
-        }
-        if features.contains(.incrementalBuffers) {
-            // Incremental consumption (Linux 6.12): a kernel without it refuses with EINVAL, and
-            // gets the ordinary ring below.
-            let shape = configuration.incrementalRing
+        let bundles = ring.features.contains(.recvSendBundle) && features.contains(.recvBundles)
+        var plan = ReceivePlan(configuration, features: features, bundlesGranted: bundles)
+        while buffers == nil && plan != .sessionBuffers {
             do {
-                buffers = try BufferRing(
-                    registeringWith: ring, group: 1, count: shape.count, bufferSize: shape.bufferSize,
-                    flags: faults.refuseIncrementalBufferRing ? [.incremental, BufferRing.Flags(rawValue: 1 << 15)] : .incremental)
+                if plan == .incremental {
+                    let shape = configuration.incrementalRing
+                    buffers = try BufferRing(
+                        registeringWith: ring, group: 1, count: shape.count, bufferSize: shape.bufferSize,
+                        flags: faults.refuseIncrementalBufferRing
+                            ? [.incremental, BufferRing.Flags(rawValue: 1 << 15)] : .incremental)
+                } else {
+                    buffers = try BufferRing(
+                        registeringWith: ring, group: 1, count: configuration.bufferRingEntries,
+                        bufferSize: configuration.bufferSize)
+                }
             } catch {
-                logger.notice("incremental buffer ring refused (\(error)); using the ordinary buffer ring")
-                features.remove(.incrementalBuffers)
+                // Incremental consumption is Linux 6.12: a kernel without it refuses with EINVAL.
+                let next = plan.fallback(bundles: bundles)
+                logger.notice("\(plan == .incremental ? "incremental " : "")buffer ring refused (\(error)); using \(next)")
+                plan = next
             }
         }
-        if features.contains(.bufferRing) && !features.contains(.incrementalBuffers) {
-            do {
-                buffers = try BufferRing(
-                    registeringWith: ring, group: 1, count: configuration.bufferRingEntries,
-                    bufferSize: configuration.bufferSize)
-            } catch {
-                logger.warning("buffer ring unavailable (\(error)); falling back to per-session buffers")
-                features.remove(.bufferRing)
-            }
-        }
-        // Bundles: a kernel feature bit (6.10), and only over a buffer ring.
-        // (The incremental receiver takes one slice per completion: no bundles.)
-        if buffers == nil || features.contains(.incrementalBuffers) || !ring.features.contains(.recvSendBundle) {
-            features.remove(.recvBundles)
-        }
+        self.plan = plan
+        features.subtract(ReceivePlan.receiveFeatures.subtracting(plan.features))
         // Slots are filled by one multishot accept into kernel-chosen slots, or by pre-posted
         // single-shot accepts (see Acceptor); plain multishot accept serves plain descriptors.
         if slots != nil { features.remove(.multishotAccept) } else { features.remove(.directMultishotAccept) }

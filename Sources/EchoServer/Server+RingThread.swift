@@ -23,36 +23,36 @@ extension Server {
             let extra = secondary != nil ? (metricsEndpoint?.maxConnections ?? 0) + 1 : 0
             let faults = state.withLock { $0.faults }
             var setup = try RingSetup(configuration, ring: i, logger: logger, extraSessions: extra, faults: faults)
+            let plan = setup.plan
             let buffers = setup.buffers.take()
-            let incremental = setup.features.contains(.incrementalBuffers)
-            let maxHeld = min(configuration.maxBuffersPerConnection, configuration.bufferRingEntries)
-            var provided = ProvidedSegments.none
-            if let base = buffers?.buffer(0).baseAddress {
-                provided =
-                    incremental
-                    ? .slices(
-                        count: IncrementalBufferReceiver.sliceCapacity(
-                            sessions: setup.capacity, maxHeldPerConnection: maxHeld))
-                    : .buffers(base: base, count: configuration.bufferRingEntries, size: configuration.bufferSize)
-            }
+            let maxHeld = ReceivePlan.maxHeldPerConnection(configuration)
+            let provided: ProvidedSegments =
+                switch plan {
+                case .sessionBuffers: .none
+                case .bufferRing:
+                    .buffers(
+                        base: buffers!.buffer(0).baseAddress!, count: configuration.bufferRingEntries,
+                        size: configuration.bufferSize)
+                case .incremental:
+                    .slices(
+                        count: IncrementalBufferReceiver.sliceCapacity(sessions: setup.capacity, maxHeldPerConnection: maxHeld))
+                }
             let core = LoopCore(
                 configuration: configuration, setup: setup, provided: provided, ringIndex: i, mailboxes: mailboxes,
                 logger: logger)
             mailboxes.ports[i].descriptor.store(core.ring.descriptor, ordering: .releasing)
-            if let buffers {
-                if incremental {
-                    let receiver = IncrementalBufferReceiver(
-                        buffers: buffers, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
-                        unitSize: configuration.bufferSize, queue: core.queue)
-                    serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
-                } else {
-                    let receiver = BufferRingReceiver(
-                        buffers: buffers, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
-                        bundles: core.features.contains(.recvBundles))
-                    serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
-                }
-            } else {
+            switch plan {
+            case .sessionBuffers:
                 let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
+                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+            case .bufferRing(let bundles):
+                let receiver = BufferRingReceiver(
+                    buffers: buffers!, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld, bundles: bundles)
+                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+            case .incremental:
+                let receiver = IncrementalBufferReceiver(
+                    buffers: buffers!, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
+                    unitSize: configuration.bufferSize, queue: core.queue)
                 serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
             }
         } catch {

@@ -167,24 +167,15 @@ public struct ServerConfiguration: Sendable, Hashable {
         }
 
         // What start() allocates up front must fit the machine: a request beyond memory is this
-        // error, not an abort in the allocator. Per ring: the receive buffers (the buffer ring, or in
-        // pooled mode a buffer per session; the larger of the two, as a ring the kernel refuses a
-        // buffer ring falls back to per-session buffers; an incremental ring is never larger), the
-        // outbound buffers, and about 0.5 KiB plus a session record of bookkeeping per connection,
-        // with an incremental ring its slice table too; then one mailbox per ordered pair of rings.
+        // error, not an abort in the allocator. Per ring: the receive plan's buffers (and slice
+        // table), the outbound buffers, and about 0.5 KiB plus a connection record of bookkeeping
+        // per connection; then one mailbox per ordered pair of rings.
         // With the bounds above the sum stays below 2^52: no overflow.
         guard let memory = Posix.physicalMemoryBytes else { return }
-        let sessionBuffers = mode == .pooled ? connectionsPerThread * bufferSize : 0
-        let ringBuffers = receive == .bufferRing && features.contains(.bufferRing) ? bufferRingEntries * bufferSize : 0
-        let receiveBytes = max(sessionBuffers, ringBuffers)
+        let (receiveBytes, sliceBytes) = ReceivePlan(self, features: features).preallocatedBytes(
+            self, sessions: connectionsPerThread)
         let outboundBytes = outboundBuffers * bufferSize
-        let incremental = receive == .bufferRing && features.isSuperset(of: [.bufferRing, .incrementalBuffers])
-        let slices =
-            incremental
-            ? IncrementalBufferReceiver.sliceCapacity(
-                sessions: connectionsPerThread, maxHeldPerConnection: min(maxBuffersPerConnection, bufferRingEntries))
-                * IncrementalBufferReceiver.bytesPerSlice : 0
-        let bookkeeping = connectionsPerThread * (MemoryLayout<ConnectionRecord>.stride + 512) + slices
+        let bookkeeping = connectionsPerThread * (MemoryLayout<ConnectionRecord>.stride + 512) + sliceBytes
         let mailboxes = threads * threads * mailboxBytes
         let total = threads * (receiveBytes + outboundBytes + bookkeeping) + mailboxes
         if total > memory {

@@ -3,55 +3,48 @@ import Metrics
 // What the server reports to swift-metrics (per ring), and what it renders itself for the
 // metrics endpoint.
 
-/// One ring's swift-metrics instruments, labelled `ring="N"`; with no backend bootstrapped they are
-/// no-ops. Recorded from the statistics each ring publishes once per tick.
+/// A swift-metrics backend that shows a help text beside each metric (Prometheus's `# HELP`). The
+/// server makes its counters and gauges through these calls when its factory has them, and through
+/// the plain ones otherwise (the `EchoServerPrometheus` module has one over swift-prometheus).
+public protocol MetricsFactoryWithHelp: MetricsFactory {
+    /// The counter `label` with `dimensions`, described by `help`.
+    func makeCounter(label: String, dimensions: [(String, String)], help: String) -> any CounterHandler
+    /// The gauge (a recorder that does not aggregate) `label` with `dimensions`, described by `help`.
+    func makeGauge(label: String, dimensions: [(String, String)], help: String) -> any RecorderHandler
+}
+
+/// One ring's swift-metrics instruments, labelled `ring="N"`, one per entry of
+/// ``ServerStatistics/counters`` and ``ServerStatistics/gauges``; with no backend bootstrapped they
+/// are no-ops. Recorded from the statistics each ring publishes once per tick.
 struct ServerMetrics: Sendable {
-    let accepted, closed, rejected, bytesIn, bytesOut, completions, stale, errors: Counter
-    let idleClosed, stalledClosed, bufferShortages, acceptPauses, receivePauses, writesRefused: Counter
-    let endpointConnections: Counter
-    let active: Gauge
+    let counters: [Counter]
+    let gauges: [Gauge]
 
     init(ring: Int, factory: any MetricsFactory) {
         let labels = [("ring", String(ring))]
-        func counter(_ name: String) -> Counter { Counter(label: name, dimensions: labels, factory: factory) }
-        accepted = counter("uring_echo_accepted_total")
-        closed = counter("uring_echo_closed_total")
-        rejected = counter("uring_echo_rejected_total")
-        bytesIn = counter("uring_echo_bytes_in_total")
-        bytesOut = counter("uring_echo_bytes_out_total")
-        completions = counter("uring_echo_completions_total")
-        stale = counter("uring_echo_stale_completions_total")
-        errors = counter("uring_echo_errors_total")
-        idleClosed = counter("uring_echo_idle_closed_total")
-        stalledClosed = counter("uring_echo_stalled_closed_total")
-        bufferShortages = counter("uring_echo_buffer_shortages_total")
-        acceptPauses = counter("uring_echo_accept_pauses_total")
-        receivePauses = counter("uring_echo_receive_pauses_total")
-        writesRefused = counter("uring_echo_writes_refused_total")
-        endpointConnections = counter("uring_echo_metrics_connections_total")
-        active = Gauge(label: "uring_echo_active_connections", dimensions: labels, factory: factory)
+        if let described = factory as? any MetricsFactoryWithHelp {
+            counters = ServerStatistics.counters.map {
+                Counter(
+                    label: $0.name, dimensions: labels,
+                    handler: described.makeCounter(label: $0.name, dimensions: labels, help: $0.help), factory: factory)
+            }
+            gauges = ServerStatistics.gauges.map {
+                Gauge(
+                    label: $0.name, dimensions: labels, aggregate: false,
+                    handler: described.makeGauge(label: $0.name, dimensions: labels, help: $0.help), factory: factory)
+            }
+        } else {
+            counters = ServerStatistics.counters.map { Counter(label: $0.name, dimensions: labels, factory: factory) }
+            gauges = ServerStatistics.gauges.map { Gauge(label: $0.name, dimensions: labels, factory: factory) }
+        }
     }
 
     func record(previous p: ServerStatistics, current c: ServerStatistics) {
-        func add(_ counter: Counter, _ a: UInt64, _ b: UInt64) {
-            if b > a { counter.increment(by: Int64(truncatingIfNeeded: b - a)) }
+        for (counter, metric) in zip(counters, ServerStatistics.counters) {
+            let (before, now) = (p[keyPath: metric.field], c[keyPath: metric.field])
+            if now > before { counter.increment(by: Int64(truncatingIfNeeded: now - before)) }
         }
-        add(accepted, p.accepted, c.accepted)
-        add(closed, p.closed, c.closed)
-        add(rejected, p.rejected, c.rejected)
-        add(bytesIn, p.bytesIn, c.bytesIn)
-        add(bytesOut, p.bytesOut, c.bytesOut)
-        add(completions, p.completions, c.completions)
-        add(stale, p.staleCompletions, c.staleCompletions)
-        add(errors, p.errors, c.errors)
-        add(idleClosed, p.idleClosed, c.idleClosed)
-        add(stalledClosed, p.stalledClosed, c.stalledClosed)
-        add(bufferShortages, p.bufferShortages, c.bufferShortages)
-        add(acceptPauses, p.acceptPauses, c.acceptPauses)
-        add(receivePauses, p.receivePauses, c.receivePauses)
-        add(writesRefused, p.writesRefused, c.writesRefused)
-        add(endpointConnections, p.endpointConnections, c.endpointConnections)
-        active.record(c.active)
+        for (gauge, metric) in zip(gauges, ServerStatistics.gauges) { gauge.record(c[keyPath: metric.field]) }
     }
 }
 

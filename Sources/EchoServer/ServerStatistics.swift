@@ -90,16 +90,10 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     /// Zero.
     public init() {}
 
+    /// Adds another ring's counters and gauges (every one in ``counters`` and ``gauges``) and pools.
     mutating func add(_ o: ServerStatistics) {
-        accepted += o.accepted; endpointConnections += o.endpointConnections; active += o.active; closed += o.closed; rejected += o.rejected
-        idleClosed += o.idleClosed; stalledClosed += o.stalledClosed; errors += o.errors; bytesIn += o.bytesIn; bytesOut += o.bytesOut
-        completions += o.completions; staleCompletions += o.staleCompletions; submits += o.submits
-        acceptPauses += o.acceptPauses; acceptErrors += o.acceptErrors; acceptRearms += o.acceptRearms; receiveRearms += o.receiveRearms
-        bufferShortages += o.bufferShortages; receiveBundles += o.receiveBundles; receivePauses += o.receivePauses
-        completionQueueOverflows += o.completionQueueOverflows; buffersHeld += o.buffersHeld
-        writesRefused += o.writesRefused; outboundBuffersInUse += o.outboundBuffersInUse; posted += o.posted
-        enterRetries += o.enterRetries; droppedCompletions += o.droppedCompletions
-        postsRefused += o.postsRefused; delivered += o.delivered; messageRingFailures += o.messageRingFailures; featureFallbacks += o.featureFallbacks
+        for counter in Self.counters { self[keyPath: counter.field] &+= o[keyPath: counter.field] }
+        for gauge in Self.gauges { self[keyPath: gauge.field] += o[keyPath: gauge.field] }
         completionsPerTurn.add(o.completionsPerTurn)
         sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
         if setupFlags.isEmpty { setupFlags = o.setupFlags }
