@@ -46,6 +46,14 @@ static inline void curing_sqe_add_ioprio(struct io_uring_sqe *sqe, unsigned shor
     sqe->ioprio |= bits;
 }
 
+/* A multishot receive's total byte limit (Linux 6.17: the request ends, without
+ * IORING_CQE_F_MORE, once it has received this many bytes). The kernel reads it from
+ * sqe->optlen, which shares its place with file_index, the only name liburing 2.3 has for it;
+ * older kernels refuse a receive with it set (EINVAL). */
+static inline void curing_sqe_set_receive_limit(struct io_uring_sqe *sqe, unsigned int bytes) {
+    sqe->file_index = bytes;
+}
+
 static inline unsigned int curing_sqe_index(struct io_uring *ring, struct io_uring_sqe *sqe) {
     return (unsigned int)(sqe - ring->sq.sqes);
 }

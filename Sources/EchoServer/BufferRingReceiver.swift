@@ -21,15 +21,25 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     let bundleBytes: UInt32
     /// A bundle has completed: a later `EINVAL` is not the kernel refusing bundles.
     var bundleWorked = false
+    /// Each multishot receive ends after a connection's share of the ring in bytes
+    /// (``KernelFeatures/receiveLimit``; 0 without).
+    var limitBytes: UInt32
+    /// A limited multishot receive has delivered bytes: a later `EINVAL` is not the kernel
+    /// refusing the limit.
+    var limitWorked = false
     /// The ring position of the current bundle's first buffer, read when it is taken: giving that
     /// buffer back (which can happen before the next part is taken) moves its recorded position.
     var bundleStart: UInt16 = 0
     private(set) var free: Int
     var waiting: BufferWaitList
 
-    init(buffers: consuming BufferRing, sessions: Int, maxHeldPerConnection: Int, bundles: Bool = false) {
+    init(
+        buffers: consuming BufferRing, sessions: Int, maxHeldPerConnection: Int, bundles: Bool = false,
+        limit: Bool = false
+    ) {
         free = buffers.count
         self.bundles = bundles
+        limitBytes = limit ? UInt32(min(maxHeldPerConnection, buffers.count) * buffers.bufferSize) : 0
         // A bundle takes at most half a connection's share of buffers: one socket with a lot
         // queued cannot empty the ring in one completion.
         bundleBytes = UInt32(max(1, min(maxHeldPerConnection, buffers.count) / 2) * buffers.bufferSize)
@@ -45,11 +55,12 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     @inline(__always)
     mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
         // Behind a queue, one buffer per request (and no bundle): the connection's share holds.
+        // A multishot receive stops at the share (where the kernel allows a limit).
         let multishot = s.pointee.output.head < 0 && s.pointee.buffersHeld == 0
         let bundle = bundles && multishot
         try core.ring.prepareRecv(
             s.pointee.session.file, bufferGroup: buffers.group, multishot: multishot, bundle: bundle,
-            maxLength: bundle ? bundleBytes : 0, tag: s.pointee.tag(.recv))
+            maxLength: bundle ? bundleBytes : 0, limit: limitBytes, tag: s.pointee.tag(.recv))
         s.pointee.lifecycle.posted(.recv)
     }
 
@@ -62,6 +73,7 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     mutating func take(_ c: Completion, _ s: ConnectionRef) -> (UnsafeMutableRawBufferPointer, Int32)? {
         let id = c.bufferID.unsafelyUnwrapped
         if bundles { bundleStart = buffers.position(of: id) }
+        if limitBytes != 0 { limitWorked = true }
         free -= 1
         s.pointee.buffersHeld += 1
         // A bundle's first buffer is full; the rest follow (take(_:_:part:)).
@@ -102,8 +114,17 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
 
     /// A kernel with bundles but without a per-completion limit on multishot receives refuses
     /// the request with `EINVAL`: receive without bundles from then on.
+    /// A kernel without them refuses a receive limit (before 6.17) or bundles (a kernel with
+    /// bundles but without a per-completion limit on multishot receives) with `EINVAL`: receive
+    /// without the newer first, then without bundles.
     mutating func fallBack(after error: Errno, core: LoopCore) -> Bool {
-        guard error == .invalidArgument && bundles && !bundleWorked else { return false }
+        guard error == .invalidArgument else { return false }
+        if limitBytes != 0 && !limitWorked {
+            limitBytes = 0
+            core.fallBack(from: .receiveLimit, "multishot receive limit refused (EINVAL); the buffer share is a soft bound")
+            return true
+        }
+        guard bundles && !bundleWorked else { return false }
         bundles = false
         core.fallBack(from: .recvBundles, "recv bundles refused (EINVAL); receiving one buffer per completion")
         return true

@@ -37,6 +37,11 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// fewer, larger buffers (``ServerConfiguration/incrementalRing``); a kernel that refuses the
     /// registration gets the ordinary ring. Needs ``bufferRing``.
     public static let incrementalBuffers = KernelFeatures(rawValue: 1 << 8)
+    /// A multishot receive ends once it has taken a connection's share of the buffer ring
+    /// (a total byte limit, Linux 6.17), so completions already on their way cannot carry a
+    /// connection past its share before its receive is cancelled; the loop re-arms it. Without
+    /// it the share is a soft bound: a batch of completions may overshoot it by about a bundle.
+    public static let receiveLimit = KernelFeatures(rawValue: 1 << 9)
 
     /// What a server uses by default where the kernel has it: everything but
     /// ``incrementalBuffers``, which is opt-in (it receives single-shot, and saves memory only with
@@ -52,7 +57,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         (.multishotAccept, "multishotAccept"), (.bufferRing, "bufferRing"), (.fixedFiles, "fixedFiles"),
         (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
         (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
-        (.incrementalBuffers, "incrementalBuffers"),
+        (.incrementalBuffers, "incrementalBuffers"), (.receiveLimit, "receiveLimit"),
     ]
 
     /// A feature's name in kebab case, as command lines spell it: `recvBundles` → `recv-bundles`.
@@ -95,8 +100,8 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     }
 
     /// Features no opcode reveals: ring setup tries them (flags, feature bits, a trial
-    /// registration) and falls back.
-    public static let triedAtSetup: KernelFeatures = [.deferTaskrun, .recvBundles, .incrementalBuffers]
+    /// registration), or the first request that uses one does (a receive limit), and falls back.
+    public static let triedAtSetup: KernelFeatures = [.deferTaskrun, .recvBundles, .incrementalBuffers, .receiveLimit]
 
     /// `multishotAccept,bufferRing`, or `none`.
     public var description: String {

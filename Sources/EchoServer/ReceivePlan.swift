@@ -7,8 +7,8 @@ enum ReceivePlan: Hashable {
     /// Each session's own buffer, one receive at a time (``SessionBufferReceiver``).
     case sessionBuffers
     /// Multishot receives over a shared provided-buffer ring (``BufferRingReceiver``), with or
-    /// without bundles.
-    case bufferRing(bundles: Bool)
+    /// without bundles, and with or without a total limit per multishot receive.
+    case bufferRing(bundles: Bool, limit: Bool)
     /// Capped receives sharing the large buffers of an incremental ring
     /// (``IncrementalBufferReceiver``).
     case incremental
@@ -21,28 +21,31 @@ enum ReceivePlan: Hashable {
         } else if features.contains(.incrementalBuffers) {
             self = .incremental
         } else {
-            self = .bufferRing(bundles: bundlesGranted && features.contains(.recvBundles))
+            self = .bufferRing(
+                bundles: bundlesGranted && features.contains(.recvBundles), limit: features.contains(.receiveLimit))
         }
     }
 
     /// The plan to use when the kernel refuses this one's buffer ring: the ordinary ring (with
-    /// `bundles` if they are available) after the incremental one, per-session buffers after that.
-    func fallback(bundles: Bool) -> ReceivePlan {
+    /// `bundles` and `limit` if they are available) after the incremental one, per-session buffers
+    /// after that.
+    func fallback(bundles: Bool, limit: Bool) -> ReceivePlan {
         switch self {
-        case .incremental: .bufferRing(bundles: bundles)
+        case .incremental: .bufferRing(bundles: bundles, limit: limit)
         case .bufferRing, .sessionBuffers: .sessionBuffers
         }
     }
 
     /// The features a plan may use.
-    static let receiveFeatures: KernelFeatures = [.bufferRing, .recvBundles, .incrementalBuffers]
+    static let receiveFeatures: KernelFeatures = [.bufferRing, .recvBundles, .incrementalBuffers, .receiveLimit]
 
     /// The receive features this plan uses (the others of ``KernelFeatures/bufferRing``,
     /// ``KernelFeatures/incrementalBuffers`` and ``KernelFeatures/recvBundles`` are not in use).
     var features: KernelFeatures {
         switch self {
         case .sessionBuffers: []
-        case .bufferRing(let bundles): bundles ? [.bufferRing, .recvBundles] : .bufferRing
+        case .bufferRing(let bundles, let limit):
+            KernelFeatures.bufferRing.union(bundles ? .recvBundles : []).union(limit ? .receiveLimit : [])
         case .incremental: [.bufferRing, .incrementalBuffers]
         }
     }

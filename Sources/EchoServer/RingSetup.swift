@@ -95,7 +95,7 @@ struct RingSetup: ~Copyable {
                 }
             } catch {
                 // Incremental consumption is Linux 6.12: a kernel without it refuses with EINVAL.
-                let next = plan.fallback(bundles: bundles)
+                let next = plan.fallback(bundles: bundles, limit: features.contains(.receiveLimit))
                 logger.notice("\(plan == .incremental ? "incremental " : "")buffer ring refused (\(error)); using \(next)")
                 plan = next
             }

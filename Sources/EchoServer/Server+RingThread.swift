@@ -45,9 +45,10 @@ extension Server {
             case .sessionBuffers:
                 let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
                 serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
-            case .bufferRing(let bundles):
+            case .bufferRing(let bundles, let limit):
                 let receiver = BufferRingReceiver(
-                    buffers: buffers!, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld, bundles: bundles)
+                    buffers: buffers!, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld, bundles: bundles,
+                    limit: limit)
                 serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
             case .incremental:
                 let receiver = IncrementalBufferReceiver(

@@ -19,9 +19,16 @@ public protocol MetricsFactoryWithHelp: MetricsFactory {
 struct ServerMetrics: Sendable {
     let counters: [Counter]
     let gauges: [Gauge]
+    /// Where each counter and gauge lies in a ``ServerStatistics``: ``record(previous:current:)``
+    /// runs on the ring thread once per tick, and reads through a key path allocate (in debug
+    /// builds, on every access), so the fields are read at their offsets instead.
+    let counterOffsets: [Int]
+    let gaugeOffsets: [Int]
 
     init(ring: Int, factory: any MetricsFactory) {
         let labels = [("ring", String(ring))]
+        counterOffsets = ServerStatistics.counters.map { MemoryLayout<ServerStatistics>.offset(of: $0.field)! }
+        gaugeOffsets = ServerStatistics.gauges.map { MemoryLayout<ServerStatistics>.offset(of: $0.field)! }
         if let described = factory as? any MetricsFactoryWithHelp {
             counters = ServerStatistics.counters.map {
                 Counter(
@@ -40,11 +47,16 @@ struct ServerMetrics: Sendable {
     }
 
     func record(previous p: ServerStatistics, current c: ServerStatistics) {
-        for (counter, metric) in zip(counters, ServerStatistics.counters) {
-            let (before, now) = (p[keyPath: metric.field], c[keyPath: metric.field])
-            if now > before { counter.increment(by: Int64(truncatingIfNeeded: now - before)) }
+        withUnsafeBytes(of: p) { before in
+            withUnsafeBytes(of: c) { now in
+                for i in 0..<counters.count {
+                    let old = before.load(fromByteOffset: counterOffsets[i], as: UInt64.self)
+                    let new = now.load(fromByteOffset: counterOffsets[i], as: UInt64.self)
+                    if new > old { counters[i].increment(by: Int64(truncatingIfNeeded: new - old)) }
+                }
+                for i in 0..<gauges.count { gauges[i].record(now.load(fromByteOffset: gaugeOffsets[i], as: Int.self)) }
+            }
         }
-        for (gauge, metric) in zip(gauges, ServerStatistics.gauges) { gauge.record(c[keyPath: metric.field]) }
     }
 }
 

@@ -206,17 +206,22 @@ extension Ring {
     ///   - maxLength: the most bytes to take (0: as many as the buffer, or with `bundle` the
     ///     buffers, hold). With an incremental ring it bounds what the receive consumes; with
     ///     multishot it bounds each completion and needs a kernel that allows that.
+    ///   - limit: with `multishot`, the most bytes the whole request takes before it ends without
+    ///     `IORING_CQE_F_MORE` (0: no limit). Linux 6.17; older kernels refuse it with `EINVAL`.
     ///   - tag: the request's `user_data`.
     ///   - options: `IOSQE_*` flags.
     /// - Throws: ``URingError`` if no SQE could be had.
     @inlinable
     public func prepareRecv(
         _ socket: FileRef, bufferGroup group: UInt16, multishot: Bool, bundle: Bool = false, maxLength: UInt32 = 0,
-        tag: UInt64, options: SubmissionOptions = []
+        limit: UInt32 = 0, tag: UInt64, options: SubmissionOptions = []
     ) throws(URingError) {
         let sqe = try nextSQE()
         io_uring_prep_recv(sqe, socket.raw, nil, Int(maxLength), 0)
-        if multishot { curing_sqe_add_ioprio(sqe, recvMultishotFlag) }
+        if multishot {
+            curing_sqe_add_ioprio(sqe, recvMultishotFlag)
+            if limit > 0 { curing_sqe_set_receive_limit(sqe, limit) }
+        }
         if bundle { curing_sqe_add_ioprio(sqe, UInt16(CURING_RECVSEND_BUNDLE)) }
         curing_sqe_set_buffer_group(sqe, group)
         finish(sqe, tag, options, fixed: socket.isFixed)

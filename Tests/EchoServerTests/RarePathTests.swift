@@ -60,7 +60,10 @@ final class RarePathTests: ServerTestCase {
                 XCTAssertTrue(eventually { server.statistics.receivePauses > 0 || server.statistics.bytesIn > 4 << 20 })
                 usleep(500_000)
                 let held = server.statistics.buffersHeld
-                XCTAssertLessThanOrEqual(held, 16 + 2, "\(mode): the attacker holds at most its share of the ring")
+                // Exact with a receive limit; without one, completions already harvested in the turn
+                // that crossed the share still land (up to a bundle, half the share).
+                let slack = server.statistics.features.contains(.receiveLimit) || incremental ? 2 : 2 + 8
+                XCTAssertLessThanOrEqual(held, 16 + slack, "\(mode): the attacker holds at most its share of the ring")
                 // Other clients are served at once, while the attack goes on.
                 var fast = 0
                 for i in 0..<5 {
