@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "URing", targets: ["URing"]),
         .library(name: "SocketPool", targets: ["SocketPool"]),
         .library(name: "EchoServer", targets: ["EchoServer"]),
+        .library(name: "EchoServerMetrics", targets: ["EchoServerMetrics"]),
         .executable(name: "uring-echo", targets: ["uring-echo"]),
     ],
     dependencies: [
@@ -33,6 +34,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The Prometheus side: a /metrics endpoint served by the server's own loop, and a factory
+        // that gives the server's metrics their help texts. Apart, so that the core does not
+        // build swift-prometheus.
+        .target(
+            name: "EchoServerMetrics",
+            dependencies: [
+                "EchoServer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -40,6 +52,7 @@ let package = Package(
             name: "uring-echo",
             dependencies: [
                 "EchoServer",
+                "EchoServerMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -53,7 +66,7 @@ let package = Package(
         .testTarget(
             name: "EchoServerTests",
             dependencies: [
-                "EchoServer", "TestSupport", .product(name: "MetricsTestKit", package: "swift-metrics"),
+                "EchoServer", "EchoServerMetrics", "TestSupport", .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),

@@ -11,14 +11,14 @@ extension CompletionLoop where Receiver: ~Copyable {
         let (accepted, ended) =
             listener == 0
             ? try acceptor.onAccept(completion, tag, into: into, core)
-            : try secondary!.onAccept(completion, tag, into: into, core)
+            : try sides[side(listener)].onAccept(completion, tag, into: into, core)
         if let accepted {
             if core.stopping {
                 try Acceptor.closeRejected(accepted, core)
             } else if core.admits(listener), let c = core.sessions.acquire(file: accepted.file, slot: accepted.slot) {
                 c.pointee.lastActivity = core.now
                 c.pointee.listener = listener
-                if listener != 0 { core.endpointSessions.append(c.pointee.session.lease.index) }
+                if listener != 0 { core.opened(listener, c) }
                 handler.opened(Connection(core.connectionID(c), core))
                 try afterCallback(c)
             } else {
@@ -26,13 +26,13 @@ extension CompletionLoop where Receiver: ~Copyable {
                 try Acceptor.closeRejected(accepted, core)
             }
         }
-        if listener == 0 { try acceptor.rearmIfEnded(ended, core) } else { try secondary!.rearmIfEnded(ended, core) }
+        if listener == 0 { try acceptor.rearmIfEnded(ended, core) } else { try sides[side(listener)].rearmIfEnded(ended, core) }
     }
 
     /// After a close or on a tick: post the accepts a pause or a full slot table held back.
     func resumeAccepting() throws(URingError) {
         try acceptor.resumeIfPaused(core)
-        try secondary?.resumeIfPaused(core)
+        for i in 0..<sideCount { try sides[i].resumeIfPaused(core) }
     }
 
     func onReceive(_ completion: Completion, _ c: ConnectionRef) throws(URingError) {
@@ -172,10 +172,8 @@ extension CompletionLoop where Receiver: ~Copyable {
         // Before the release: unpooled, it frees the record.
         if c.pointee.listener == 0 {
             core.stats.closed &+= 1
-        } else if let i = core.endpointSessions.firstIndex(of: c.pointee.session.lease.index) {
-            core.endpointSessions.remove(at: i)
-            core.endpointClosedBytesIn &+= c.pointee.bytesIn
-            core.endpointClosedBytesOut &+= c.pointee.bytesOut
+        } else {
+            core.closed(c.pointee.listener, c)
         }
         let pending = c.pointee.lifecycle.pending
         if !pending.isEmpty || !core.sessions.release(c) {

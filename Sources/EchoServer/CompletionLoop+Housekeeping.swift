@@ -35,7 +35,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             throw URingError("read wake-up eventfd", errno: errno)
         }
         if core.mailboxes.stopRequested.load(ordering: .acquiring),
-            try housekeeping.beginStop(core, acceptor: acceptor, secondary: secondary)
+            try housekeeping.beginStop(core, acceptor: acceptor, sides: sides, sideCount: sideCount)
         {
             for i in 0..<core.sessions.capacity {
                 guard let c = core.sessions.record(at: i) else { continue }

@@ -16,8 +16,9 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     @exclusivity(unchecked) var handler: Handler
     @exclusivity(unchecked) var receiver: Receiver
     @exclusivity(unchecked) var acceptor: Acceptor
-    /// Accepts on a secondary listener (a metrics endpoint): its connections carry listener 1.
-    @exclusivity(unchecked) var secondary: Acceptor?
+    /// Accepts on the server's other listeners that this ring serves (usually none): made once.
+    let sides: UnsafeMutablePointer<Acceptor>
+    let sideCount: Int
     @exclusivity(unchecked) var housekeeping: Housekeeping
     /// Where a connection's receiving pauses (``ConnectionLifecycle/settle(_:_:)``).
     let bounds: ConnectionLifecycle.Bounds
@@ -26,20 +27,36 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     let waitTimeout: Duration?
 
     init(
-        core: LoopCore, handler: Handler, receiver: consuming Receiver, listener: Int32,
-        secondaryListener: Int32? = nil, publish: @escaping (ServerStatistics, Bool) -> Void
+        core: LoopCore, handler: Handler, receiver: consuming Receiver,
+        listeners: RingListeners, publish: @escaping (ServerStatistics, Bool) -> Void
     ) {
         self.core = core
         self.handler = handler
         self.receiver = receiver
-        acceptor = Acceptor(listener: listener, core: core)
-        secondary = secondaryListener.map { Acceptor(listener: $0, core: core, number: 1, maxDepth: 1) }
+        acceptor = Acceptor(listener: listeners.main, core: core)
+        sideCount = listeners.sides.count
+        sides = .allocate(capacity: max(sideCount, 1))
+        for (i, side) in listeners.sides.enumerated() {
+            (sides + i).initialize(to: Acceptor(listener: side.fd, core: core, number: side.number, maxDepth: 1))
+        }
         housekeeping = Housekeeping(core: core, publish: publish)
         waitCount = UInt32(core.configuration.batchWait?.completions ?? 1)
         waitTimeout = core.configuration.batchWait?.timeout
         bounds = .init(
             bytes: core.maxPending, buffers: self.receiver.maxHeldPerConnection, outbound: core.maxOutboundHeld)
         self.handler.start(capacity: core.sessions.capacity)
+    }
+
+    deinit {
+        sides.deinitialize(count: sideCount)
+        sides.deallocate()
+    }
+
+    /// Where the acceptor of other listener `number` is in ``sides``.
+    func side(_ number: UInt8) -> Int {
+        var i = 0
+        while sides[i].number != number { i += 1 }
+        return i
     }
 
     // MARK: The loop
@@ -49,7 +66,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         try housekeeping.armWake(core)
         try housekeeping.armTick(core)
         try acceptor.arm(core)
-        try secondary?.arm(core)
+        for i in 0..<sideCount { try sides[i].arm(core) }
         while true {
             if core.stopping {
                 if core.sessions.statistics.inUse == 0 && core.contexts.statistics.inUse == 0 { break }

@@ -54,13 +54,13 @@ struct Housekeeping {
     /// stop deadline is checked even when nothing else completes.
     /// - Returns: false if the ring was stopping already.
     mutating func beginStop(
-        _ core: LoopCore, acceptor: borrowing Acceptor, secondary: borrowing Acceptor?
+        _ core: LoopCore, acceptor: borrowing Acceptor, sides: UnsafeMutablePointer<Acceptor>, sideCount: Int
     ) throws(URingError) -> Bool {
         guard !core.stopping else { return false }
         core.stopping = true
         stopDeadline = core.now &+ UInt64(core.configuration.stopTimeout.nanoseconds)
         try acceptor.cancelAll(core)
-        try secondary?.cancelAll(core)
+        for i in 0..<sideCount { try sides[i].cancelAll(core) }
         return true
     }
 
@@ -68,10 +68,10 @@ struct Housekeeping {
     @discardableResult
     func publishStatistics(_ core: LoopCore, buffersHeld: Int, report: Bool = true) -> ServerStatistics {
         var snapshot = core.stats
-        snapshot.active = core.sessions.statistics.inUse - core.endpointSessions.count
-        var endpointIn = core.endpointClosedBytesIn
-        var endpointOut = core.endpointClosedBytesOut
-        for index in core.endpointSessions {
+        snapshot.active = core.sessions.statistics.inUse - core.sideSessions.count
+        var endpointIn = core.sideClosedBytesIn
+        var endpointOut = core.sideClosedBytesOut
+        for index in core.sideSessions {
             guard let s = core.sessions.record(at: Int(index)) else { continue }
             endpointIn &+= s.pointee.bytesIn
             endpointOut &+= s.pointee.bytesOut

@@ -20,12 +20,16 @@ final class LoopCore {
     @exclusivity(unchecked) var slots: SlotPool?
     @exclusivity(unchecked) var queue: SendQueue
     @exclusivity(unchecked) var stats = ServerStatistics()
-    /// The sessions of the secondary listener's (the metrics endpoint's) connections open now, and
-    /// the bytes its closed ones moved: kept out of `active`, `bytesIn` and `bytesOut` when
-    /// statistics are published, so the hot path never asks which listener a connection came from.
-    @exclusivity(unchecked) var endpointSessions: [UInt32] = []
-    @exclusivity(unchecked) var endpointClosedBytesIn: UInt64 = 0
-    @exclusivity(unchecked) var endpointClosedBytesOut: UInt64 = 0
+    /// The sessions of the other listeners' connections open now, and the bytes their closed ones
+    /// moved: kept out of `active`, `bytesIn` and `bytesOut` when statistics are published, so the
+    /// hot path never asks which listener a connection came from.
+    @exclusivity(unchecked) var sideSessions: [UInt32] = []
+    @exclusivity(unchecked) var sideClosedBytesIn: UInt64 = 0
+    @exclusivity(unchecked) var sideClosedBytesOut: UInt64 = 0
+    /// By listener number: the other listeners' connections open now, and the sessions each may
+    /// take (its cap plus one).
+    @exclusivity(unchecked) var sideOpen: [Int]
+    let sideCapacity: [Int]
     @exclusivity(unchecked) var features: KernelFeatures
     @exclusivity(unchecked) var now: UInt64 = 0
     @exclusivity(unchecked) var stopping = false
@@ -54,8 +58,13 @@ final class LoopCore {
 
     init(
         configuration: ServerConfiguration, setup: consuming RingSetup, provided: ProvidedSegments,
-        ringIndex: Int, mailboxes: Mailboxes, logger: Logger
+        ringIndex: Int, mailboxes: Mailboxes, logger: Logger, listeners: RingListeners
     ) {
+        let numbers = listeners.sides.map { Int($0.number) }
+        var caps = Array(repeating: 0, count: (numbers.max() ?? 0) + 1)
+        for side in listeners.sides { caps[Int(side.number)] = side.maxConnections + 1 }
+        sideCapacity = caps
+        sideOpen = Array(repeating: 0, count: caps.count)
         self.configuration = configuration
         self.ringIndex = ringIndex
         self.mailboxes = mailboxes
@@ -99,12 +108,27 @@ final class LoopCore {
     var useSlots: Bool { slots != nil }
 
     /// Whether a connection of `listener` fits: the main listener's within the ring's share of
-    /// the cap, the metrics endpoint's within the sessions reserved for it.
+    /// the cap, another listener's within the sessions reserved for it.
     @inline(__always)
     func admits(_ listener: UInt8) -> Bool {
         listener == 0
-            ? sessions.statistics.inUse - endpointSessions.count < mainCapacity
-            : endpointSessions.count < sessions.capacity - mainCapacity
+            ? sessions.statistics.inUse - sideSessions.count < mainCapacity
+            : sideOpen[Int(listener)] < sideCapacity[Int(listener)]
+    }
+
+    /// Another listener's connection opened.
+    func opened(_ listener: UInt8, _ c: ConnectionRef) {
+        sideSessions.append(c.pointee.session.lease.index)
+        sideOpen[Int(listener)] += 1
+    }
+
+    /// Another listener's connection closed: its bytes are kept apart from the main listener's.
+    func closed(_ listener: UInt8, _ c: ConnectionRef) {
+        guard let i = sideSessions.firstIndex(of: c.pointee.session.lease.index) else { return }
+        sideSessions.remove(at: i)
+        sideOpen[Int(listener)] -= 1
+        sideClosedBytesIn &+= c.pointee.bytesIn
+        sideClosedBytesOut &+= c.pointee.bytesOut
     }
 
     /// The live connection an ID names, or nil for a stale ID (its epoch is not the session's).

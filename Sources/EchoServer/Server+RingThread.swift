@@ -15,14 +15,12 @@ extension Server {
     // time, no witness-table call per completion); other handlers run the generic loop.
     @_specialize(where Handler == EchoHandler)
     func runRing(
-        _ i: Int, listener: Int32, secondary: Int32?, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup
+        _ i: Int, _ listeners: RingListeners, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup
     ) {
         do throws(URingError) {
-            // The ring serving the metrics endpoint has sessions of its own for it (one more than
-            // its connection cap: the newest replaces the oldest).
-            let extra = secondary != nil ? (metricsEndpoint?.maxConnections ?? 0) + 1 : 0
             let faults = state.withLock { $0.faults }
-            var setup = try RingSetup(configuration, ring: i, logger: logger, extraSessions: extra, faults: faults)
+            var setup = try RingSetup(
+                configuration, ring: i, logger: logger, extraSessions: listeners.extraSessions, faults: faults)
             let plan = setup.plan
             let buffers = setup.buffers.take()
             let maxHeld = ReceivePlan.maxHeldPerConnection(configuration)
@@ -39,22 +37,22 @@ extension Server {
                 }
             let core = LoopCore(
                 configuration: configuration, setup: setup, provided: provided, ringIndex: i, mailboxes: mailboxes,
-                logger: logger)
+                logger: logger, listeners: listeners)
             mailboxes.ports[i].descriptor.store(core.ring.descriptor, ordering: .releasing)
             switch plan {
             case .sessionBuffers:
                 let receiver = SessionBufferReceiver(sessionFirst: core.queue.sessionFirst)
-                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                serve(core, receiver, listeners, ready: ready, go: go)
             case .bufferRing(let bundles, let limit):
                 let receiver = BufferRingReceiver(
                     buffers: buffers!, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld, bundles: bundles,
                     limit: limit)
-                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                serve(core, receiver, listeners, ready: ready, go: go)
             case .incremental:
                 let receiver = IncrementalBufferReceiver(
                     buffers: buffers!, sessions: core.sessions.capacity, maxHeldPerConnection: maxHeld,
                     unitSize: configuration.bufferSize, queue: core.queue)
-                serve(core, receiver, listener: listener, secondary: secondary, ready: ready, go: go)
+                serve(core, receiver, listeners, ready: ready, go: go)
             }
         } catch {
             state.withLock { $0.setupErrors.append(error) }
@@ -63,31 +61,24 @@ extension Server {
         }
     }
 
-    /// Makes the ring's loop: with the handler alone, or, on the ring serving the metrics
-    /// endpoint, with the handler and the endpoint's, each for its own listener's connections.
+    /// Makes the ring's loop: with the handler alone, or, on a ring that serves other listeners,
+    /// with a router to each listener's handler.
     func serve<R: ReceivePath & ~Copyable>(
-        _ core: LoopCore, _ receiver: consuming R, listener: Int32, secondary: Int32?, ready: DispatchSemaphore,
+        _ core: LoopCore, _ receiver: consuming R, _ listeners: RingListeners, ready: DispatchSemaphore,
         go: DispatchGroup
     ) {
         let ring = core.ringIndex
         let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
             self.publish(thread: ring, snapshot, report: report)
         }
-        if let secondary, let endpoint = metricsEndpoint {
-            let metrics = MetricsHTTPHandler(
-                maxConnections: endpoint.maxConnections, maxRequestBytes: endpoint.maxRequestBytes
-            ) { [self] buffer in
-                endpoint.exposition(&buffer)
-                appendServerMetrics(to: &buffer)
-            }
-            let handler = ListenerRouter(main: makeHandler(), side: metrics)
-            run(
-                CompletionLoop(
-                    core: core, handler: handler, receiver: receiver, listener: listener, secondaryListener: secondary,
-                    publish: publisher), ring: ring, ready: ready, go: go)
+        if listeners.sides.isEmpty {
+            run(CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listeners: listeners, publish: publisher),
+                ring: ring, ready: ready, go: go)
         } else {
-            run(
-                CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listener: listener, publish: publisher),
+            var sides: [(any ConnectionHandler)?] = Array(repeating: nil, count: self.listeners.count + 1)
+            for side in listeners.sides { sides[Int(side.number)] = self.listeners[Int(side.number) - 1].makeHandler() }
+            let handler = ListenerRouter(main: makeHandler(), sides: sides)
+            run(CompletionLoop(core: core, handler: handler, receiver: receiver, listeners: listeners, publish: publisher),
                 ring: ring, ready: ready, go: go)
         }
     }

@@ -32,14 +32,15 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     /// all have left, so another ring's `MSG_RING` never reaches a closed or reused number.
     let ringsRunning = DispatchGroup()
     let metrics: [ServerMetrics]
-    let metricsEndpoint: MetricsEndpoint?
+    /// The server's other listeners: number `i + 1` is `listeners[i]` (``Connection/listener``).
+    let listeners: [Listener]
 
     struct State {
         var lifecycle = ServerLifecycle()
         var perThread: [ServerStatistics] = []
         var reported: [ServerStatistics] = []
         var boundAddress: SocketAddress?
-        var metricsAddress: SocketAddress?
+        var listenerAddresses: [SocketAddress] = []
         var setupErrors: [URingError] = []
         var faults = FaultInjection()
     }
@@ -48,20 +49,19 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     /// - Parameters:
     ///   - configuration: what to serve and how.
     ///   - logger: where episodes (accept pauses, fallbacks, errors) and statistics are logged.
-    ///   - metrics: an HTTP endpoint serving the metrics exposition, on a ring of this server
-    ///     (see ``MetricsEndpoint``); `nil` for none.
+    ///   - listeners: other addresses to serve, each with its own handler on one of the rings
+    ///     (see ``Listener``); its connections' ``Connection/listener`` is its place here plus one.
     ///   - metricsFactory: the swift-metrics backend the server's counters go to (labelled per
     ///     ring); `nil` for the one bootstrapped with `MetricsSystem.bootstrap` (by default a no-op).
-    ///   - makeHandler: makes one handler per ring thread.
+    ///   - makeHandler: makes one handler per ring thread, for the main listener's connections.
     public init(
-        configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo"),
-        metrics: MetricsEndpoint? = nil, metricsFactory: (any MetricsFactory)? = nil,
-        makeHandler: @escaping @Sendable () -> Handler
+        configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo"), listeners: [Listener] = [],
+        metricsFactory: (any MetricsFactory)? = nil, makeHandler: @escaping @Sendable () -> Handler
     ) {
         self.configuration = configuration
         self.logger = logger
         self.makeHandler = makeHandler
-        self.metricsEndpoint = metrics
+        self.listeners = listeners
         let factory = metricsFactory ?? MetricsSystem.factory
         // Within validated bounds; an invalid thread count fails in start(), before any ring runs.
         self.metrics = (0..<max(1, min(configuration.threads, 256))).map { ServerMetrics(ring: $0, factory: factory) }
@@ -76,9 +76,16 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     /// Where the server listens, once started (the real port when configured with port 0).
     public var boundAddress: SocketAddress? { state.withLock { $0.boundAddress } }
 
-    /// Where the metrics endpoint listens, once started with one (the real port when configured
-    /// with port 0).
-    public var metricsAddress: SocketAddress? { state.withLock { $0.metricsAddress } }
+    /// Where each of the other ``Listener``s listens, in their order, once started (the real port
+    /// when configured with port 0).
+    public var listenerAddresses: [SocketAddress] { state.withLock { $0.listenerAddresses } }
+
+    /// Where the other listener called `name` listens, once started.
+    /// - Parameter name: a ``Listener/name``.
+    public func address(ofListener name: String) -> SocketAddress? {
+        guard let i = listeners.firstIndex(where: { $0.name == name }) else { return nil }
+        return state.withLock { i < $0.listenerAddresses.count ? $0.listenerAddresses[i] : nil }
+    }
 
     /// Ring `ring`'s own counters, as of its last tick (`nil` for a ring that does not exist).
     /// - Parameter ring: `0..<configuration.threads`.
@@ -100,7 +107,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     ///   registration that could not be set up (then nothing is left running).
     public func start() throws(ServerError) {
         try configuration.validate()
-        try metricsEndpoint?.validate(configuration)
+        guard listeners.count <= 254 else { throw .invalidConfiguration("at most 254 other listeners, got \(listeners.count)") }
+        for listener in listeners { try listener.validate(configuration) }
         switch state.withLock({ $0.lifecycle.startRequested() }) {
         case .proceed: break
         case .throwAlreadyStarted: throw .alreadyStarted
@@ -108,34 +116,32 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         }
         state.withLock { $0.faults.whileStarting }?()
         let threads = configuration.threads
-        var listeners: [Int32] = []
+        var mains: [Int32] = []
+        var sides: [SideListener] = []
         var wakes: [Int32] = []
-        var metricsListener: Int32? = nil
         func cleanup() {
-            for fd in listeners { _ = try? Sockets.close(fd) }
-            for fd in wakes { _ = try? Sockets.close(fd) }
-            if let fd = metricsListener { _ = try? Sockets.close(fd) }
+            for fd in mains + sides.map(\.fd) + wakes { _ = try? Sockets.close(fd) }
         }
         var bound: SocketAddress
-        var metricsBound: SocketAddress? = nil
+        var sideBound: [SocketAddress] = []
         do throws(URingError) {
             var address = SocketAddress(host: configuration.host, port: configuration.port)!
             for i in 0..<threads {
                 let fd = try Sockets.listen(
                     on: address, backlog: configuration.backlog, reusePort: threads > 1, noDelay: true)
-                listeners.append(fd)
+                mains.append(fd)
                 if i == 0 {
                     address = try Sockets.localAddress(fd)
                 }
                 wakes.append(try Sockets.makeEventFD())
             }
             bound = address
-            if let endpoint = metricsEndpoint {
+            for (i, listener) in listeners.enumerated() {
                 let fd = try Sockets.listen(
-                    on: SocketAddress(host: endpoint.host, port: endpoint.port)!, backlog: 64, reusePort: false,
-                    noDelay: true)
-                metricsListener = fd
-                metricsBound = try Sockets.localAddress(fd)
+                    on: SocketAddress(host: listener.host, port: listener.port)!, backlog: listener.backlog,
+                    reusePort: false, noDelay: true)
+                sides.append(SideListener(fd: fd, number: UInt8(i + 1), ring: listener.ring, maxConnections: listener.maxConnections))
+                sideBound.append(try Sockets.localAddress(fd))
             }
         } catch {
             cleanup()
@@ -148,7 +154,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             $0.perThread = Array(repeating: ServerStatistics(), count: threads)
             $0.reported = Array(repeating: ServerStatistics(), count: threads)
             $0.boundAddress = bound
-            $0.metricsAddress = metricsBound
+            $0.listenerAddresses = sideBound
             return $0.lifecycle.ringsCreated(mailboxes, threads: threads)
         }
         if case .wake = stopWhileStarting { stop() }
@@ -158,18 +164,15 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         go.enter()
         for i in 0..<threads {
             ringsRunning.enter()
-            let listener = listeners[i]
-            let secondary = i == metricsEndpoint?.ring ? metricsListener : nil
+            let ringListeners = RingListeners(main: mains[i], sides: sides.filter { $0.ring == i })
             do throws(URingError) {
                 try Posix.startThread(name: "uring-ring-\(i)") { [self] in
-                    runRing(i, listener: listener, secondary: secondary, mailboxes: mailboxes, ready: ready, go: go)
-                    _ = try? Sockets.close(listener)
-                    if let secondary { _ = try? Sockets.close(secondary) }
+                    runRing(i, ringListeners, mailboxes: mailboxes, ready: ready, go: go)
+                    ringListeners.close()
                     ringThreadEnded()
                 }
             } catch {
-                _ = try? Sockets.close(listener)
-                if let secondary { _ = try? Sockets.close(secondary) }
+                ringListeners.close()
                 ringsRunning.leave()
                 state.withLock { $0.setupErrors.append(error) }
                 ready.signal()
@@ -296,5 +299,30 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             return p
         }
         if let previous { metrics[thread].record(previous: previous, current: snapshot) }
+    }
+}
+
+/// One of the server's other listeners, as its ring sees it.
+struct SideListener: Sendable {
+    let fd: Int32
+    /// Its ``Connection/listener`` number, 1...
+    let number: UInt8
+    let ring: Int
+    let maxConnections: Int
+}
+
+/// The listening sockets one ring accepts on: its share of the main listener (`SO_REUSEPORT`), and
+/// the other listeners it serves.
+struct RingListeners: Sendable {
+    let main: Int32
+    let sides: [SideListener]
+
+    /// Sessions beyond the ring's share of the cap: each other listener's own, one more than its
+    /// cap (a handler that evicts can still take a new connection when full).
+    var extraSessions: Int { sides.reduce(0) { $0 + $1.maxConnections + 1 } }
+
+    func close() {
+        _ = try? Sockets.close(main)
+        for side in sides { _ = try? Sockets.close(side.fd) }
     }
 }

@@ -5,7 +5,7 @@ import Metrics
 
 /// A swift-metrics backend that shows a help text beside each metric (Prometheus's `# HELP`). The
 /// server makes its counters and gauges through these calls when its factory has them, and through
-/// the plain ones otherwise (the `EchoServerPrometheus` module has one over swift-prometheus).
+/// the plain ones otherwise (the `EchoServerMetrics` module has one over swift-prometheus: `PrometheusMetricsFactoryWithHelp`).
 public protocol MetricsFactoryWithHelp: MetricsFactory {
     /// The counter `label` with `dimensions`, described by `help`.
     func makeCounter(label: String, dimensions: [(String, String)], help: String) -> any CounterHandler
@@ -57,27 +57,5 @@ struct ServerMetrics: Sendable {
                 for i in 0..<gauges.count { gauges[i].record(now.load(fromByteOffset: gaugeOffsets[i], as: Int.self)) }
             }
         }
-    }
-}
-
-extension Server {
-    /// The metrics the server renders itself, in the Prometheus text format: the histogram of
-    /// completions harvested per loop turn, per ring (a swift-metrics recorder would take a lock
-    /// per turn; the loop counts into fixed buckets instead).
-    func appendServerMetrics(to buffer: inout [UInt8]) {
-        let rings = state.withLock { $0.perThread.map(\.completionsPerTurn) }
-        let name = "uring_echo_completions_per_turn"
-        var text = "# HELP \(name) Completions harvested per completion-loop turn.\n# TYPE \(name) histogram\n"
-        for (ring, histogram) in rings.enumerated() {
-            var cumulative: UInt64 = 0
-            for (bucket, bound) in TurnHistogram.upperBounds.enumerated() {
-                cumulative &+= histogram[bucket]
-                text += "\(name)_bucket{ring=\"\(ring)\",le=\"\(bound)\"} \(cumulative)\n"
-            }
-            text += "\(name)_bucket{ring=\"\(ring)\",le=\"+Inf\"} \(histogram.count)\n"
-            text += "\(name)_sum{ring=\"\(ring)\"} \(histogram.sum)\n"
-            text += "\(name)_count{ring=\"\(ring)\"} \(histogram.count)\n"
-        }
-        buffer.append(contentsOf: text.utf8)
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import EchoServer
+import EchoServerMetrics
 import Glibc
 import Logging
 import Metrics
@@ -139,10 +140,10 @@ struct UringEcho: ParsableCommand {
             // The swift-metrics backend: the server's counters land in this registry, which the
             // endpoint (served on ring 0 by the server's own loop) renders.
             let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            MetricsSystem.bootstrap(PrometheusMetricsFactoryWithHelp(registry: registry))
             endpoint = MetricsEndpoint(host: host, port: port, registry: registry)
         }
-        let server = EchoServer(configuration: config, metrics: endpoint)
+        let server = Server(configuration: config, metrics: endpoint)
         // SIGINT/SIGTERM: stop gracefully. Set up before any thread starts so every thread inherits
         // the dispositions; the handlers run on a dispatch queue, not in signal context.
         var sources: [DispatchSourceSignal] = []

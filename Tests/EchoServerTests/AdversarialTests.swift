@@ -15,7 +15,7 @@ final class AdversarialTests: ServerTestCase {
     /// Runs `scenario` against each mode (buffer ring), then checks the server is back to baseline.
     func scenario(
         _ name: String, receive: ReceiveStrategy = .bufferRing, configure: (inout ServerConfiguration) -> Void = { _ in },
-        _ body: (EchoServer, UInt16) throws -> Void
+        _ body: (Server<EchoHandler>, UInt16) throws -> Void
     ) throws {
         for mode in PoolMode.allCases {
             var c = config(mode, receive)

@@ -165,7 +165,7 @@ final class ConfigurationTests: XCTestCase {
         let huge = perSessionMiB(connections: 1_000_000)
         assertPreallocationRefused(huge, "1 MiB x 1000000 sessions")
         // start() validates before it allocates anything: the same error, no abort.
-        XCTAssertThrowsError(try EchoServer(configuration: huge).start()) { error in
+        XCTAssertThrowsError(try Server(configuration: huge).start()) { error in
             guard case .invalidConfiguration(let why) = error as? ServerError else { return XCTFail("\(error)") }
             XCTAssertTrue(why.contains("total preallocation"), why)
         }
@@ -215,17 +215,13 @@ final class ConfigurationTests: XCTestCase {
 
     // MARK: The CLI
 
-    func binary() throws -> URL {
-        try XCTUnwrap(uringEchoBinary(), "uring-echo must be built next to the tests (make test builds it)")
-    }
-
     /// Runs `executable` with `arguments`; returns how it ended and its standard error.
     func run(_ executable: URL, _ arguments: [String]) throws -> (Process, String) {
         try runToExit(executable, arguments)
     }
 
     func testHugeIdleTimeoutExits64NamingTheFlagInsteadOfTrapping() throws {
-        let (process, message) = try run(try binary(), ["--idle-timeout", "9223372037"])
+        let (process, message) = try run(try uringEcho(), ["--idle-timeout", "9223372037"])
         XCTAssertEqual(process.terminationReason, .exit, "no signal (it was SIGILL): \(message)")
         XCTAssertEqual(process.terminationStatus, 64, message)
         XCTAssertTrue(message.contains("--idle-timeout must be 0...604800 seconds"), message)
@@ -243,7 +239,7 @@ final class ConfigurationTests: XCTestCase {
             (["--accept-depth", "4096"], "--accept-depth: invalid configuration: acceptDepth must be"),
         ]
         for (arguments, expected) in cases {
-            let (process, message) = try run(try binary(), arguments)
+            let (process, message) = try run(try uringEcho(), arguments)
             XCTAssertEqual(process.terminationReason, .exit, "\(arguments): \(message)")
             XCTAssertEqual(process.terminationStatus, 64, "\(arguments): \(message)")
             XCTAssertTrue(message.contains(expected), "\(arguments): \(message)")
@@ -257,7 +253,7 @@ final class ConfigurationTests: XCTestCase {
         let arguments = [
             "--buffer-size", "65536", "--max-connections", "1000000", "--mode", "pooled", "--recv", "buffer",
         ]
-        let (process, message) = try run(try binary(), arguments)
+        let (process, message) = try run(try uringEcho(), arguments)
         XCTAssertEqual(process.terminationStatus, 64, message)
         XCTAssertTrue(message.contains("exceeds this machine's physical memory"), message)
     }
@@ -281,7 +277,7 @@ final class ConfigurationTests: XCTestCase {
                 sys.exit(77)
             os.execv(sys.argv[1], sys.argv[1:])
             """
-        let path = try binary().path
+        let path = try uringEcho().path
         let (process, message) = try run(
             URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", script, path, "--port", "0"])
         try XCTSkipIf(

@@ -11,12 +11,8 @@ final class ExecutableTests: XCTestCase {
         if let reason = ioUringUnavailableReason() { throw XCTSkip(reason) }
     }
 
-    func binary() throws -> URL {
-        try XCTUnwrap(uringEchoBinary(), "uring-echo must be built next to the tests (make test builds it)")
-    }
-
     func testStartsPrintsListeningLineEchoesAndStopsOnSIGTERM() throws {
-        let (process, out, firstLine) = try launchServer(try binary(), ["--port", "0", "--mode", "pooled", "--recv", "ring"])
+        let (process, out, firstLine) = try launchServer(try uringEcho(), ["--port", "0", "--mode", "pooled", "--recv", "ring"])
         defer { if process.isRunning { process.terminate() } }
         let reader = out.fileHandleForReading
         let line = firstLine.split(separator: "\n").first.map(String.init) ?? ""
@@ -39,7 +35,7 @@ final class ExecutableTests: XCTestCase {
 
     func testARingThatFailsStopsTheServerAndTheCLIExits70NamingTheError() throws {
         let (process, message) = try runToExit(
-            try binary(), ["--port", "0"], environment: ["URING_ECHO_INJECT_ENTER_ERRNO": "\(EINVAL)"])
+            try uringEcho(), ["--port", "0"], environment: ["URING_ECHO_INJECT_ENTER_ERRNO": "\(EINVAL)"])
         XCTAssertEqual(process.terminationStatus, 70, message)
         XCTAssertTrue(message.contains("ring 0 failed: io_uring_submit_and_wait failed: EINVAL"), message)
     }
@@ -50,7 +46,7 @@ final class ExecutableTests: XCTestCase {
             ["--metrics", "9100"], ["--metrics", "localhost:9100"], ["--metrics", "127.0.0.1:70000"],
         ] {
             let process = Process()
-            process.executableURL = try binary()
+            process.executableURL = try uringEcho()
             process.arguments = args
             let err = Pipe()
             process.standardError = err
@@ -67,7 +63,7 @@ final class ExecutableTests: XCTestCase {
     /// urllib after echo connections shows them; a port taken is a clear error.
     func testTheMetricsFlagServesPrometheusTextAfterTheListeningLine() throws {
         let (process, out, first) = try launchServer(
-            try binary(), ["--port", "0", "--threads", "2", "--metrics", "127.0.0.1:0"])
+            try uringEcho(), ["--port", "0", "--threads", "2", "--metrics", "127.0.0.1:0"])
         defer { if process.isRunning { process.terminate() } }
         var printed = first
         while printed.split(separator: "\n").count < 2 {
@@ -95,12 +91,12 @@ final class ExecutableTests: XCTestCase {
             let (status, text) = try httpGet(port: metricsPort)
             XCTAssertEqual(status, 200)
             body = text
-            if Self.sum(body, "uring_echo_closed_total") == 7 { break }
+            if Exposition(text: body).sum("uring_echo_closed_total") == 7 { break }
             usleep(100_000)
         } while Date() < deadline
-        XCTAssertEqual(Self.sum(body, "uring_echo_accepted_total"), 7, body)
-        XCTAssertEqual(Self.sum(body, "uring_echo_closed_total"), 7, body)
-        XCTAssertEqual(Self.sum(body, "uring_echo_bytes_in_total"), 21, body)
+        XCTAssertEqual(Exposition(text: body).sum("uring_echo_accepted_total"), 7, body)
+        XCTAssertEqual(Exposition(text: body).sum("uring_echo_closed_total"), 7, body)
+        XCTAssertEqual(Exposition(text: body).sum("uring_echo_bytes_in_total"), 21, body)
         XCTAssertTrue(body.contains("uring_echo_accepted_total{ring=\"1\"}"), "labelled per ring: \(body)")
         XCTAssertTrue(body.contains("uring_echo_buffer_shortages_total{ring=\"0\"}"), body)
         XCTAssertTrue(body.contains("uring_echo_accept_pauses_total{ring=\"0\"}"), body)
@@ -108,7 +104,7 @@ final class ExecutableTests: XCTestCase {
         XCTAssertEqual(try httpGet(port: metricsPort, path: "/other").status, 404)
 
         // A second server asking for the same metrics port fails clearly.
-        let (second, message) = try runToExit(try binary(), ["--port", "0", "--metrics", "127.0.0.1:\(metricsPort)"])
+        let (second, message) = try runToExit(try uringEcho(), ["--port", "0", "--metrics", "127.0.0.1:\(metricsPort)"])
         XCTAssertEqual(second.terminationStatus, 1, message)
         XCTAssertTrue(message.contains("EADDRINUSE"), message)
 
@@ -117,9 +113,46 @@ final class ExecutableTests: XCTestCase {
         XCTAssertEqual(process.terminationStatus, 0)
     }
 
-    /// The sum of a counter's values over its labels.
-    static func sum(_ exposition: String, _ name: String) -> Double {
-        exposition.split(separator: "\n").filter { $0.hasPrefix(name + "{") }
-            .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+    /// `promtool check metrics` (Prometheus's own linter) accepts the exposition: every counter and
+    /// gauge has its `# HELP`, counters end in `_total`, the histogram is well formed.
+    func testTheExpositionPassesPromtool() throws {
+        guard let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].first(where: FileManager.default.isExecutableFile)
+        else { throw XCTSkip("promtool is not installed (apt-get install prometheus; .ci/install-deps.sh tries)") }
+        let (process, out, first) = try launchServer(
+            try uringEcho(), ["--port", "0", "--threads", "2", "--metrics", "127.0.0.1:0"])
+        defer {
+            if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+            XCTAssertTrue(waitForExit(process))
+        }
+        var printed = first
+        while printed.split(separator: "\n").count < 2 {
+            let data = out.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            printed += String(decoding: data, as: UTF8.self)
+        }
+        let lines = printed.split(separator: "\n").map(String.init)
+        let port = try XCTUnwrap(UInt16(lines[0].dropFirst("listening on 127.0.0.1:".count).prefix { $0.isNumber }))
+        let metricsPort = try XCTUnwrap(
+            UInt16(lines[1].dropFirst("metrics on http://127.0.0.1:".count).prefix { $0.isNumber }))
+        XCTAssertEqual(try ServerTestCase.roundTrip(port: port, [1, 2, 3]), [1, 2, 3])
+        usleep(300_000)  // a tick: the counters have values
+        let (status, body) = try httpGet(port: metricsPort)
+        XCTAssertEqual(status, 200)
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: promtool)
+        check.arguments = ["check", "metrics"]
+        let input = Pipe()
+        let output = Pipe()
+        check.standardInput = input
+        check.standardOutput = output
+        check.standardError = output
+        try check.run()
+        input.fileHandleForWriting.write(Data(body.utf8))
+        try input.fileHandleForWriting.close()
+        XCTAssertTrue(waitForExit(check), "promtool ended")
+        let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(check.terminationStatus, 0, "promtool check metrics: \(said)")
+        XCTAssertEqual(body.components(separatedBy: "# HELP ").count - 1, body.components(separatedBy: "# TYPE ").count - 1,
+                       "a HELP line for every TYPE line")
     }
 }

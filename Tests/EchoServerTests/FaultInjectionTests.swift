@@ -38,7 +38,7 @@ final class FaultInjectionTests: ServerTestCase {
     func testStopUnderFullLoadLeavesNothingBehind() throws {
         for (mode, receive) in Self.variants {
             let baseline = openDescriptorCount()
-            let server = EchoServer(configuration: config(mode, receive))
+            let server = Server(configuration: config(mode, receive))
             try server.start()
             let port = server.boundAddress!.port
             let finished = DispatchGroup()

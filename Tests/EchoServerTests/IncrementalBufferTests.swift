@@ -167,7 +167,7 @@ final class IncrementalBufferTests: ServerTestCase {
     /// gets the ordinary ring: the feature is dropped and the server serves.
     func testRefusedRegistrationFallsBackToTheOrdinaryRing() throws {
         for mode in PoolMode.allCases {
-            let server = EchoServer(configuration: configINC(mode, .bufferRing))
+            let server = Server(configuration: configINC(mode, .bufferRing))
             var faults = FaultInjection()
             faults.refuseIncrementalBufferRing = true
             server.inject(faults)

@@ -231,7 +231,7 @@ final class LifecycleTests: ServerTestCase {
     func testGracefulStopWithThousandLiveConnectionsLeavesNothingBehind() throws {
         for (mode, receive) in Self.variants {
             let baseline = openDescriptorCount()
-            let server = EchoServer(configuration: config(mode, receive))
+            let server = Server(configuration: config(mode, receive))
             try server.start()
             let port = server.boundAddress!.port
             let clients = try (0..<1000).map { _ in try TestSocket.connect(port: port) }
@@ -273,7 +273,7 @@ final class LifecycleTests: ServerTestCase {
             // A single-thread server (no SO_REUSEPORT) on the same port is refused clearly.
             var other = ServerConfiguration()
             other.port = port
-            let second = EchoServer(configuration: other)
+            let second = Server(configuration: other)
             XCTAssertThrowsError(try second.start()) { error in
                 guard case .setup(let e) = error as? ServerError else { return XCTFail("\(error)") }
                 XCTAssertEqual(e.errno, .addressInUse)
@@ -282,7 +282,7 @@ final class LifecycleTests: ServerTestCase {
     }
 
     func testStopFromAnotherThreadEndsBlockingRun() throws {
-        let server = EchoServer(configuration: config(.pooled, .bufferRing))
+        let server = Server(configuration: config(.pooled, .bufferRing))
         let stopped = Locked(false)
         Thread {
             try? server.run()
@@ -295,7 +295,7 @@ final class LifecycleTests: ServerTestCase {
     }
 
     func testServiceGroupGracefulShutdownStopsTheServer() async throws {
-        let server = EchoServer(configuration: config(.unpooled, .perSessionBuffer))
+        let server = Server(configuration: config(.unpooled, .perSessionBuffer))
         let group = ServiceGroup(services: [server], logger: Logger(label: "test"))
         let running = Task { try await group.run() }
         for _ in 0..<500 where server.boundAddress == nil { try await Task.sleep(for: .milliseconds(10)) }
@@ -344,7 +344,7 @@ final class LifecycleTests: ServerTestCase {
     func testInvalidConfigurationIsAClearError() {
         var c = ServerConfiguration()
         c.host = "not-an-address"
-        XCTAssertThrowsError(try EchoServer(configuration: c).start()) { error in
+        XCTAssertThrowsError(try Server(configuration: c).start()) { error in
             XCTAssertTrue("\(error)".contains("not-an-address"), "\(error)")
         }
         c = ServerConfiguration()

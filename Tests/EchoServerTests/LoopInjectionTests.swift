@@ -36,9 +36,10 @@ final class LoopInjectionTests: XCTestCase {
         }
         let core = LoopCore(
             configuration: configuration, setup: setup, provided: provided, ringIndex: 0, mailboxes: mailboxes,
-            logger: Logger(label: "test"))
+            logger: Logger(label: "test"), listeners: RingListeners(main: -1, sides: []))
         return CompletionLoop(
-            core: core, handler: EchoHandler(), receiver: receiver(core, buffers), listener: -1, publish: { _, _ in })
+            core: core, handler: EchoHandler(), receiver: receiver(core, buffers),
+            listeners: RingListeners(main: -1, sides: []), publish: { _, _ in })
     }
 
     /// Harvests until `condition` holds (bounded).

@@ -1,4 +1,5 @@
 import EchoServer
+import EchoServerMetrics
 import Foundation
 import Glibc
 import Prometheus
@@ -15,7 +16,7 @@ final class MetricsEndpointTests: ServerTestCase {
     func withEndpointServer(
         threads: Int = 1, _ mode: PoolMode = .pooled, _ receive: ReceiveStrategy = .bufferRing,
         endpoint: (inout MetricsEndpoint) -> Void = { _ in },
-        _ body: (EchoServer, UInt16, UInt16) throws -> Void
+        _ body: (Server<EchoHandler>, UInt16, UInt16) throws -> Void
     ) throws {
         // Foundation opens descriptors of its own (an eventfd, a timerfd, an epoll and a socket
         // pair) the first time it runs a process: do that before withServer takes its baseline.
@@ -35,13 +36,6 @@ final class MetricsEndpointTests: ServerTestCase {
     }
 
     /// The value of `name{labels}` in an exposition, if present.
-    func value(_ exposition: String, _ series: String) -> Double? {
-        for line in exposition.split(separator: "\n") where line.hasPrefix(series + " ") {
-            return Double(line.dropFirst(series.count + 1))
-        }
-        return nil
-    }
-
     /// Sends raw bytes, reads until the peer closes or `timeout`: what came back.
     func exchange(_ port: UInt16, _ request: String, timeout: Int = 5) throws -> String {
         let s = try TestSocket.connect(port: port)
@@ -64,21 +58,21 @@ final class MetricsEndpointTests: ServerTestCase {
                 XCTAssertTrue(
                     eventually(.seconds(3)) {
                         exposition = (try? httpGet(port: metricsPort).body) ?? ""
-                        let accepted = (0..<2).compactMap { value(exposition, "uring_echo_accepted_total{ring=\"\($0)\"}") }
-                        let bytesIn = (0..<2).compactMap { value(exposition, "uring_echo_bytes_in_total{ring=\"\($0)\"}") }
+                        let accepted = (0..<2).compactMap { Exposition(text: exposition).value("uring_echo_accepted_total{ring=\"\($0)\"}") }
+                        let bytesIn = (0..<2).compactMap { Exposition(text: exposition).value("uring_echo_bytes_in_total{ring=\"\($0)\"}") }
                         return accepted.count == 2 && accepted.reduce(0, +) == Double(n)
                             && bytesIn.reduce(0, +) == Double(5 * n)
                     }, "accepted and bytes in, summed over both rings' labels, match:\n\(exposition)")
                 for ring in 0..<2 {
-                    XCTAssertEqual(value(exposition, "uring_echo_active_connections{ring=\"\(ring)\"}"), 0, exposition)
-                    XCTAssertNotNil(value(exposition, "uring_echo_buffer_shortages_total{ring=\"\(ring)\"}"), exposition)
-                    XCTAssertNotNil(value(exposition, "uring_echo_accept_pauses_total{ring=\"\(ring)\"}"), exposition)
+                    XCTAssertEqual(Exposition(text: exposition).value("uring_echo_active_connections{ring=\"\(ring)\"}"), 0, exposition)
+                    XCTAssertNotNil(Exposition(text: exposition).value("uring_echo_buffer_shortages_total{ring=\"\(ring)\"}"), exposition)
+                    XCTAssertNotNil(Exposition(text: exposition).value("uring_echo_accept_pauses_total{ring=\"\(ring)\"}"), exposition)
                     let turns = try XCTUnwrap(
-                        value(exposition, "uring_echo_completions_per_turn_count{ring=\"\(ring)\"}"), exposition)
+                        Exposition(text: exposition).value("uring_echo_completions_per_turn_count{ring=\"\(ring)\"}"), exposition)
                     XCTAssertGreaterThan(turns, 0)
                     XCTAssertEqual(
-                        value(exposition, "uring_echo_completions_per_turn_bucket{ring=\"\(ring)\",le=\"+Inf\"}"), turns)
-                    let sum = try XCTUnwrap(value(exposition, "uring_echo_completions_per_turn_sum{ring=\"\(ring)\"}"))
+                        Exposition(text: exposition).value("uring_echo_completions_per_turn_bucket{ring=\"\(ring)\",le=\"+Inf\"}"), turns)
+                    let sum = try XCTUnwrap(Exposition(text: exposition).value("uring_echo_completions_per_turn_sum{ring=\"\(ring)\"}"))
                     XCTAssertGreaterThanOrEqual(sum, turns, "each counted turn harvested at least one completion")
                 }
                 XCTAssertTrue(exposition.contains("# TYPE uring_echo_completions_per_turn histogram"), exposition)
@@ -249,18 +243,18 @@ final class MetricsEndpointTests: ServerTestCase {
         ] as [((inout MetricsEndpoint) -> Void, String)] {
             var endpoint = MetricsEndpoint(port: 0) { _ in }
             change(&endpoint)
-            let server = EchoServer(configuration: c, metrics: endpoint)
+            let server = Server(configuration: c, metrics: endpoint)
             XCTAssertThrowsError(try server.start()) { error in
                 XCTAssertTrue("\(error)".contains(fragment), "\(error)")
             }
         }
         var small = c
         small.maxOutputBytesPerConnection = 1000
-        XCTAssertThrowsError(try EchoServer(configuration: small, metrics: MetricsEndpoint(port: 0) { _ in }).start()) {
+        XCTAssertThrowsError(try Server(configuration: small, metrics: MetricsEndpoint(port: 0) { _ in }).start()) {
             XCTAssertTrue("\($0)".contains("maxOutputBytesPerConnection must be at least 65536"), "\($0)")
         }
         c.tickInterval = .seconds(2)
-        XCTAssertThrowsError(try EchoServer(configuration: c, metrics: MetricsEndpoint(port: 0) { _ in }).start()) {
+        XCTAssertThrowsError(try Server(configuration: c, metrics: MetricsEndpoint(port: 0) { _ in }).start()) {
             XCTAssertTrue("\($0)".contains("at most a second old"), "\($0)")
         }
         // A port already taken: a setup error naming it, and nothing left running.
@@ -271,7 +265,7 @@ final class MetricsEndpointTests: ServerTestCase {
         let baseline = openDescriptorCount()
         c.tickInterval = .milliseconds(50)
         XCTAssertThrowsError(
-            try EchoServer(configuration: c, metrics: MetricsEndpoint(port: takenPort) { _ in }).start()
+            try Server(configuration: c, metrics: MetricsEndpoint(port: takenPort) { _ in }).start()
         ) { XCTAssertTrue("\($0)".contains("EADDRINUSE"), "\($0)") }
         XCTAssertEqual(openDescriptorCount(), baseline)
     }

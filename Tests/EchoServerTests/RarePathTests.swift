@@ -134,7 +134,7 @@ final class RarePathTests: ServerTestCase {
                 silent.close()
             }
             // Stop with no client at all, within the stop timeout.
-            let idle = EchoServer(configuration: c)
+            let idle = Server(configuration: c)
             try idle.start()
             let started = ContinuousClock.now
             idle.stop()
@@ -143,7 +143,7 @@ final class RarePathTests: ServerTestCase {
             // Stop with 1,000 live clients.
             var big = c
             big.idleTimeout = nil
-            let server = EchoServer(configuration: big)
+            let server = Server(configuration: big)
             try server.start()
             let port = server.boundAddress!.port
             let clients = try (0..<1000).map { _ in try TestSocket.connect(port: port) }
@@ -172,7 +172,7 @@ final class RarePathTests: ServerTestCase {
         }
         var c = config(.pooled, .bufferRing)
         c.threads = 2
-        let server = EchoServer(configuration: c)
+        let server = Server(configuration: c)
         try server.start()
         server.injectEnterFailure(ring: 1, .invalidArgument)
         let stopped = DispatchSemaphore(value: 0)

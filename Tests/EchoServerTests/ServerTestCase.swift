@@ -1,23 +1,43 @@
 import SocketPool
 import URing
 import EchoServer
+import EchoServerMetrics
 import Foundation
 import Glibc
 import Metrics
 import TestSupport
 import XCTest
 
-/// Thread-safe box for results produced on client threads.
-final class Locked<T>: @unchecked Sendable {  // every access goes through the mutex
-    private var value: T
-    private let lock = NSLock()
-    init(_ value: T) { self.value = value }
-    func with<R>(_ body: (inout T) -> R) -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
+/// Thread-safe box for results produced on client threads: the project's own pthread lock.
+typealias Locked<T> = PthreadLock<T>
+
+extension PthreadLock {
+    func with<R>(_ body: (inout Value) -> R) -> R { withLock(body) }
+    var get: Value { withLock { $0 } }
+}
+
+/// The built `uring-echo` executable next to the test bundle (make test builds it).
+func uringEcho() throws -> URL {
+    try XCTUnwrap(uringEchoBinary(), "uring-echo must be built next to the tests (make test builds it)")
+}
+
+/// A Prometheus text exposition, read by series.
+struct Exposition {
+    let text: String
+
+    /// The value of one series (`name{labels}` exactly as written), or nil.
+    func value(_ series: String) -> Double? {
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1))
+        }
+        return nil
     }
-    var get: T { with { $0 } }
+
+    /// The sum of a metric's values over its labels.
+    func sum(_ name: String) -> Double {
+        text.split(separator: "\n").filter { $0.hasPrefix(name + "{") }
+            .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+    }
 }
 
 class ServerTestCase: XCTestCase {
@@ -53,7 +73,7 @@ class ServerTestCase: XCTestCase {
     /// behind: no descriptor, no session, no slot, no request context.
     func withServer(
         _ configuration: ServerConfiguration, file: StaticString = #filePath, line: UInt = #line,
-        _ body: (EchoServer, UInt16) throws -> Void
+        _ body: (Server<EchoHandler>, UInt16) throws -> Void
     ) throws {
         try withServer(configuration, handler: { EchoHandler() }, file: file, line: line, body)
     }

@@ -75,7 +75,7 @@ let benchmarks: @Sendable () -> Void = {
             var config = ServerConfiguration()
             config.port = 0
             config.mode = mode
-            let server = EchoServer(configuration: config)
+            let server = Server(configuration: config)
             try server.start()
             defer {
                 server.stop()

@@ -9,7 +9,7 @@ import ServiceLifecycle
 
 /// The program's own work, running beside the server: it logs the server's counters every second.
 struct Reporter: Service {
-    let server: EchoServer
+    let server: Server<EchoHandler>
     let logger: Logger
 
     func run() async throws {
@@ -32,7 +32,7 @@ struct App {
         }
         var logger = Logger(label: "concurrency-embed")
         logger.logLevel = .info
-        let server = EchoServer(configuration: config, logger: logger)
+        let server = Server(configuration: config, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server), .init(service: Reporter(server: server, logger: logger))],

@@ -5,7 +5,7 @@ import Glibc
 
 var config = ServerConfiguration()
 config.port = CommandLine.arguments.dropFirst().first.flatMap { UInt16($0) } ?? 7777
-let server = EchoServer(configuration: config)
+let server = Server(configuration: config)
 try server.start()
 print("listening on \(server.boundAddress!)")
 signal(SIGTERM, SIG_IGN)

@@ -1,4 +1,4 @@
-import SocketPool
+import EchoServer
 import URing
 
 /// Serves `GET /metrics` over HTTP/1.1 from an exposition closure: keep-alive (HTTP/1.1 by
