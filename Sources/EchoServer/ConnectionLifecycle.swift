@@ -1,59 +1,5 @@
 import SocketPool
 
-/// The requests a connection can have in flight, one bit each. A connection owns one request of
-/// each kind, as an IOCP session embeds its `OVERLAPPED`s: its tags are made from its own session
-/// lease, so running out of shared contexts can never strand it. The bits set are its `IoCount`.
-struct PendingRequests: OptionSet, Hashable, CustomStringConvertible {
-    let rawValue: UInt8
-    @inline(__always) init(rawValue: UInt8) { self.rawValue = rawValue }
-
-    /// A receive (or an armed multishot receive).
-    static let recv = PendingRequests(rawValue: 1 << 0)
-    /// A send.
-    static let send = PendingRequests(rawValue: 1 << 1)
-    /// A cancel of the receive, by its `user_data`.
-    static let cancelRecv = PendingRequests(rawValue: 1 << 2)
-    /// A cancel of the send, by its `user_data`.
-    static let cancelSend = PendingRequests(rawValue: 1 << 3)
-    /// The close (or `close_direct`).
-    static let close = PendingRequests(rawValue: 1 << 4)
-    /// A receive or its cancel.
-    static let receiving = PendingRequests(rawValue: recv.rawValue | cancelRecv.rawValue)
-
-    /// The request of a connection that a tag of `kind` names, or nil for a kind that is not a
-    /// connection's own.
-    @inline(__always)
-    init?(_ kind: RequestKind) {
-        switch kind {
-        case .recv: self = .recv
-        case .send: self = .send
-        case .cancelRecv: self = .cancelRecv
-        case .cancelSend: self = .cancelSend
-        case .close: self = .close
-        default: return nil
-        }
-    }
-
-    /// The tag kind of a single request.
-    @inline(__always)
-    var kind: RequestKind {
-        switch self {
-        case .recv: .recv
-        case .send: .send
-        case .cancelRecv: .cancelRecv
-        case .cancelSend: .cancelSend
-        default: .close
-        }
-    }
-
-    var description: String {
-        let names: [(PendingRequests, String)] = [
-            (.recv, "recv"), (.send, "send"), (.cancelRecv, "cancelRecv"), (.cancelSend, "cancelSend"), (.close, "close"),
-        ]
-        return "[" + names.filter { contains($0.0) }.map(\.1).joined(separator: ",") + "]"
-    }
-}
-
 /// One connection's life as a state machine: its phase, the requests it has in flight, and what
 /// it has been asked or is waiting for. Events (a completion, a handler's request, a tick, a stop)
 /// change it through one `mutating func` each; after every event the loop calls ``settle(_:_:)``,

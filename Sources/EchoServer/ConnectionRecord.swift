@@ -44,17 +44,3 @@ struct ConnectionRecord: SessionRecord {
 
 /// A connection's record, where its pool keeps it. Valid until the session is released.
 typealias ConnectionRef = UnsafeMutablePointer<ConnectionRecord>
-
-/// A connection's send queue: a singly linked list of segments of the ring's ``SendQueue``.
-struct OutputQueue {
-    /// First segment to send, or -1.
-    var head: Int32 = -1
-    /// Last segment, or -1.
-    var tail: Int32 = -1
-    /// Bytes of the head segment already sent.
-    var headSent: Int32 = 0
-    /// Bytes queued and not yet sent.
-    var bytes = 0
-    /// Outbound buffers the queue holds.
-    var outboundHeld: Int32 = 0
-}

@@ -101,7 +101,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
 
     /// Features no opcode reveals: ring setup tries them (flags, feature bits, a trial
     /// registration), or the first request that uses one does (a receive limit), and falls back.
-    public static let triedAtSetup: KernelFeatures = [.deferTaskrun, .recvBundles, .incrementalBuffers, .receiveLimit]
+    package static let triedAtSetup: KernelFeatures = [.deferTaskrun, .recvBundles, .incrementalBuffers, .receiveLimit]
 
     /// `multishotAccept,bufferRing`, or `none`.
     public var description: String {

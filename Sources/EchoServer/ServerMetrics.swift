@@ -3,16 +3,6 @@ import Metrics
 // What the server reports to swift-metrics (per ring), and what it renders itself for the
 // metrics endpoint.
 
-/// A swift-metrics backend that shows a help text beside each metric (Prometheus's `# HELP`). The
-/// server makes its counters and gauges through these calls when its factory has them, and through
-/// the plain ones otherwise (the `EchoServerMetrics` module has one over swift-prometheus: `PrometheusMetricsFactoryWithHelp`).
-public protocol MetricsFactoryWithHelp: MetricsFactory {
-    /// The counter `label` with `dimensions`, described by `help`.
-    func makeCounter(label: String, dimensions: [(String, String)], help: String) -> any CounterHandler
-    /// The gauge (a recorder that does not aggregate) `label` with `dimensions`, described by `help`.
-    func makeGauge(label: String, dimensions: [(String, String)], help: String) -> any RecorderHandler
-}
-
 /// One ring's swift-metrics instruments, labelled `ring="N"`, one per entry of
 /// ``ServerStatistics/counters`` and ``ServerStatistics/gauges``; with no backend bootstrapped they
 /// are no-ops. Recorded from the statistics each ring publishes once per tick.

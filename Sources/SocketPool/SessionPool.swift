@@ -1,13 +1,5 @@
 import URing
 
-/// Whether sessions and their buffers are made once and reused, or made per connection.
-public enum PoolMode: String, Sendable, Hashable, CaseIterable {
-    /// Preallocated sessions and buffers, fixed slots: nothing is allocated per connection.
-    case pooled
-    /// A session and a buffer allocated per connection and freed at close; plain descriptors.
-    case unpooled
-}
-
 /// Sessions for up to `capacity` connections, each a `Record` at a stable address.
 ///
 /// Both modes share one code path — a table of record addresses indexed by the session's

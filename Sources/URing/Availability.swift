@@ -11,18 +11,18 @@ import Glibc
 public enum IOUring {
     /// What the machine shows about io_uring's availability: the inputs of
     /// ``IOUring/explanation(for:in:)``.
-    public struct Environment: Sendable, Hashable {
+    package struct Environment: Sendable, Hashable {
         /// `/proc/sys/kernel/io_uring_disabled` (0 allowed, 1 restricted to a group, 2 disabled);
         /// `nil` where the file is absent (kernels before 6.6, or built without io_uring).
-        public var disabled: Int?
+        package var disabled: Int?
         /// `/proc/sys/kernel/io_uring_group`: the group allowed when ``disabled`` is 1 (-1: none).
-        public var group: Int?
+        package var group: Int?
         /// The `Seccomp:` field of `/proc/self/status`: 0 none, 1 strict, 2 filter; `nil` unknown.
-        public var seccompMode: Int?
+        package var seccompMode: Int?
         /// Signs that the process runs in a container, each said as found (`/.dockerenv exists`).
-        public var containerHints: [String]
+        package var containerHints: [String]
         /// The kernel release (`uname -r`).
-        public var kernelRelease: String?
+        package var kernelRelease: String?
 
         /// Inputs as given.
         /// - Parameters:
@@ -31,7 +31,7 @@ public enum IOUring {
         ///   - seccompMode: the process's seccomp mode, `nil` where unknown.
         ///   - containerHints: signs of a container, empty for none.
         ///   - kernelRelease: the kernel release.
-        public init(
+        package init(
             disabled: Int? = nil, group: Int? = nil, seccompMode: Int? = nil, containerHints: [String] = [],
             kernelRelease: String? = nil
         ) {
@@ -44,7 +44,7 @@ public enum IOUring {
 
         /// What this machine shows now: the two sysctls, `/proc/self/status`, `/.dockerenv`,
         /// `/run/.containerenv`, `/proc/1/cgroup` and `uname(2)`.
-        public static func current() -> Environment {
+        package static func current() -> Environment {
             func number(_ path: String) -> Int? { IOUring.readProcFile(path).flatMap { Int(IOUring.trimmed($0)) } }
             var environment = Environment()
             environment.disabled = number("/proc/sys/kernel/io_uring_disabled")
@@ -90,7 +90,7 @@ public enum IOUring {
     ///   - errno: what `io_uring_setup` returned.
     ///   - environment: what the machine shows.
     /// - Returns: a first line naming the failure, then `- cause` and `  Fix: ...` lines.
-    public static func explanation(for errno: Errno, in environment: Environment) -> String {
+    package static func explanation(for errno: Errno, in environment: Environment) -> String {
         var lines = ["io_uring is unavailable: io_uring_setup failed with \(errno)."]
         func cause(_ text: String, fix: String) {
             lines.append("- " + text)

@@ -146,7 +146,7 @@ public struct BufferRing: ~Copyable {
     }
 
     /// Buffers given back with ``recycle(_:)`` and not yet published by ``commit()``.
-    public var returnedSinceCommit: Int { Int(pending) }
+    package var returnedSinceCommit: Int { Int(pending) }
 
     /// Publishes the buffers queued by ``recycle(_:)`` to the kernel (`io_uring_buf_ring_advance`).
     @inlinable

@@ -20,7 +20,7 @@ public struct Completion: Sendable, Hashable {
     ///   - result: `res`.
     ///   - flags: `flags`.
     @inlinable
-    public init(tag: UInt64, result: Int32, flags: UInt32) {
+    package init(tag: UInt64, result: Int32, flags: UInt32) {
         self.tag = tag
         self.result = result
         self.flags = flags

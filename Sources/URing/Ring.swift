@@ -25,7 +25,7 @@ public struct Ring: ~Copyable {
     /// The features the kernel reported at setup (`io_uring_params.features`).
     public let features: Features
     /// The flag sets tried before ``setupFlags`` and the errno each was refused with.
-    public let refusedSetups: [(flags: SetupFlags, errno: Errno)]
+    package let refusedSetups: [(flags: SetupFlags, errno: Errno)]
     /// Submission queue size granted by the kernel.
     public let submissionEntries: UInt32
     /// Completion queue size granted by the kernel.
@@ -224,39 +224,6 @@ extension Ring {
     }
 }
 
-/// Counters a ring keeps about itself.
-public struct RingCounters: Sendable, Equatable {
-    /// Calls to the submit functions (`io_uring_submit*`): at most one `io_uring_enter` each.
-    public var submitCalls: UInt64 = 0
-    /// Completions harvested.
-    public var completions: UInt64 = 0
-    /// Times a full submission queue forced an early submit while preparing a request.
-    public var submitsForFullQueue: UInt64 = 0
-    /// A fault to report from the next wait instead of entering the kernel (tests only).
-    @usableFromInline package var injectedEnterFailure: Int32 = 0
-    /// `MSG_RING` flags added to every message (tests only: an unknown flag makes it fail).
-    @usableFromInline package var injectedMessageFlags: UInt32 = 0
-    /// Submits that failed with `EAGAIN` or `EBUSY` while the SQ was full and were tried again.
-    public var submitRetries: UInt64 = 0
-    /// Harvests that found completions waiting in the kernel's overflow list
-    /// (`IORING_SQ_CQ_OVERFLOW`): the CQ had been full. With `IORING_FEAT_NODROP` they are flushed
-    /// into the CQ, not lost.
-    public var overflowedHarvests: UInt64 = 0
-
-    /// All zero.
-    public init() {}
-}
-
-/// Per-SQE memory that a request points into until it is submitted: the kernel copies a
-/// timeout's timespec and a connect's address when it consumes the SQE, so one scratch area per
-/// SQE index suffices and nothing is allocated per request.
-@usableFromInline
-struct SubmissionScratch {
-    @usableFromInline var timespec = __kernel_timespec()
-    @usableFromInline var address = sockaddr_storage()
-    @usableFromInline init() {}
-}
-
 extension __kernel_timespec {
     @inlinable
     init(_ duration: Duration) {
@@ -264,107 +231,4 @@ extension __kernel_timespec {
         let clamped = max(seconds, 0)
         self.init(tv_sec: Int64(clamped), tv_nsec: seconds < 0 ? 0 : Int64(attoseconds / 1_000_000_000))
     }
-}
-
-/// Options for ``Ring/init(_:)``.
-public struct RingOptions: Sendable {
-    /// Submission queue entries (rounded up to a power of two by the kernel).
-    public var entries: UInt32
-    /// Completion queue entries; `nil` asks for four times ``entries``, so bursts of completions
-    /// (multishot requests post many per SQE) rarely hit the overflow path.
-    public var completionEntries: UInt32?
-    /// Flag sets to try in order; the first the kernel grants wins.
-    public var flagPreference: [SetupFlags]
-    /// Register the ring fd with the kernel (`io_uring_register_ring_fd`); saves a file lookup per
-    /// `io_uring_enter`. Failure to register is not an error.
-    public var registerRingDescriptor: Bool
-
-    /// The chain used by default: `SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL` (Linux 6.1),
-    /// then `COOP_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL` (5.19), then `SUBMIT_ALL` (5.18), then none.
-    public static let automaticFlags: [SetupFlags] = [
-        [.singleIssuer, .deferTaskrun, .submitAll],
-        [.coopTaskrun, .taskrunFlag, .submitAll],
-        [.submitAll],
-        [],
-    ]
-
-    /// Creates options.
-    /// - Parameters:
-    ///   - entries: submission queue size.
-    ///   - completionEntries: completion queue size, `nil` for 4 × `entries`.
-    ///   - flagPreference: the flag sets to try in order.
-    ///   - registerRingDescriptor: whether to register the ring fd.
-    public init(
-        entries: UInt32 = 256,
-        completionEntries: UInt32? = nil,
-        flagPreference: [SetupFlags] = RingOptions.automaticFlags,
-        registerRingDescriptor: Bool = true
-    ) {
-        self.entries = entries
-        self.completionEntries = completionEntries
-        self.flagPreference = flagPreference
-        self.registerRingDescriptor = registerRingDescriptor
-    }
-}
-
-/// `IORING_SETUP_*` flags.
-public struct SetupFlags: OptionSet, Sendable, Hashable, CustomStringConvertible {
-    /// The raw flag bits as passed in `io_uring_params.flags`.
-    public let rawValue: UInt32
-    /// Wraps raw `IORING_SETUP_*` bits.
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-
-    /// `IORING_SETUP_CQSIZE`: the completion queue size is given explicitly.
-    public static let cqSize = SetupFlags(rawValue: 1 << 3)
-    /// `IORING_SETUP_CLAMP`: clamp sizes to the maximum rather than fail.
-    public static let clamp = SetupFlags(rawValue: 1 << 4)
-    /// `IORING_SETUP_SUBMIT_ALL` (5.18): keep submitting after a request fails to prepare.
-    public static let submitAll = SetupFlags(rawValue: 1 << 7)
-    /// `IORING_SETUP_COOP_TASKRUN` (5.19): no interrupting IPI for task work.
-    public static let coopTaskrun = SetupFlags(rawValue: 1 << 8)
-    /// `IORING_SETUP_TASKRUN_FLAG` (5.19): flag pending task work in the SQ ring.
-    public static let taskrunFlag = SetupFlags(rawValue: 1 << 9)
-    /// `IORING_SETUP_SINGLE_ISSUER` (6.0): only one thread submits.
-    public static let singleIssuer = SetupFlags(rawValue: 1 << 12)
-    /// `IORING_SETUP_DEFER_TASKRUN` (6.1): run task work only when the owner waits for events.
-    public static let deferTaskrun = SetupFlags(rawValue: 1 << 13)
-
-    /// `SINGLE_ISSUER|DEFER_TASKRUN`, for example.
-    public var description: String {
-        let names: [(SetupFlags, String)] = [
-            (.cqSize, "CQSIZE"), (.clamp, "CLAMP"), (.submitAll, "SUBMIT_ALL"), (.coopTaskrun, "COOP_TASKRUN"),
-            (.taskrunFlag, "TASKRUN_FLAG"), (.singleIssuer, "SINGLE_ISSUER"), (.deferTaskrun, "DEFER_TASKRUN"),
-        ]
-        var parts = names.filter { contains($0.0) }.map(\.1)
-        let known = names.reduce(SetupFlags()) { $0.union($1.0) }
-        let unknown = subtracting(known)
-        if !unknown.isEmpty { parts.append("0x" + String(unknown.rawValue, radix: 16)) }
-        return parts.isEmpty ? "none" : parts.joined(separator: "|")
-    }
-}
-
-/// `IORING_FEAT_*` bits the kernel reports at setup.
-public struct Features: OptionSet, Sendable, Hashable {
-    /// The raw feature bits from `io_uring_params.features`.
-    public let rawValue: UInt32
-    /// Wraps raw `IORING_FEAT_*` bits.
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-
-    /// `IORING_FEAT_NODROP`: completions are never dropped when the CQ overflows.
-    public static let noDrop = Features(rawValue: 1 << 1)
-    /// `IORING_FEAT_SUBMIT_STABLE`: data for a request is consumed at submission.
-    public static let submitStable = Features(rawValue: 1 << 2)
-    /// `IORING_FEAT_FAST_POLL`: sockets are polled internally instead of punted to a worker.
-    public static let fastPoll = Features(rawValue: 1 << 5)
-    /// `IORING_FEAT_EXT_ARG`: waits take a timeout without an extra SQE.
-    public static let extArg = Features(rawValue: 1 << 8)
-    /// `IORING_FEAT_NATIVE_WORKERS`
-    public static let nativeWorkers = Features(rawValue: 1 << 9)
-    /// `IORING_FEAT_CQE_SKIP`: `IOSQE_CQE_SKIP_SUCCESS` is honoured.
-    public static let cqeSkip = Features(rawValue: 1 << 11)
-    /// `IORING_FEAT_LINKED_FILE`
-    public static let linkedFile = Features(rawValue: 1 << 12)
-    /// `IORING_FEAT_RECVSEND_BUNDLE` (Linux 6.10): receives and sends may take several provided
-    /// buffers per completion.
-    public static let recvSendBundle = Features(rawValue: 1 << 14)
 }
