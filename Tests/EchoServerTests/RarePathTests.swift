@@ -47,8 +47,10 @@ final class RarePathTests: ServerTestCase {
                 setsockopt(attacker.fd, SOL_SOCKET, SO_SNDTIMEO, &stall, socklen_t(MemoryLayout<timeval>.size))
                 let bulk = [UInt8](repeating: 0x41, count: 8 << 20)
                 let attackDone = DispatchSemaphore(value: 0)
+                let bulkStalled = Locked(false)
                 Thread {
                     try? attacker.writeAll(bulk)
+                    bulkStalled.with { $0 = true }
                     var byte: UInt8 = 0x42
                     for _ in 0..<2000 {  // then 1-byte segments, as long as the kernel takes them
                         _ = send(attacker.fd, &byte, 1, Int32(MSG_DONTWAIT))
@@ -56,8 +58,13 @@ final class RarePathTests: ServerTestCase {
                     }
                     attackDone.signal()
                 }.start()
-                // The attacker is stopped (its receiving paused), or it has pushed megabytes in.
-                XCTAssertTrue(eventually { server.statistics.receivePauses > 0 || server.statistics.bytesIn > 4 << 20 })
+                // The attacker is stopped (its receiving paused), or it has pushed megabytes in, or its
+                // own bulk write stalled first: with a receive buffer smaller than one segment, its
+                // TCP can stop sending before the server has anything to pause (seen: the attacker
+                // window-limited by the server's empty socket, 1 run in 15, before this change too).
+                XCTAssertTrue(eventually {
+                    server.statistics.receivePauses > 0 || server.statistics.bytesIn > 4 << 20 || bulkStalled.get
+                })
                 usleep(500_000)
                 let held = server.statistics.buffersHeld
                 // Exact with a receive limit; without one, completions already harvested in the turn
