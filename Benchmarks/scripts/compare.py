@@ -25,6 +25,7 @@ WORKLOADS = [
     ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "server_cpu_us_per_msg", "messages_per_sec"),
     ("pipelined 100x128B d8", ["--mode", "pipelined", "--connections", "100", "--size", "128", "--depth", "8"], "server_cpu_us_per_msg", "messages_per_sec"),
     ("churn 16x1", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128"], "server_cpu_us_per_conn", "connections_per_sec"),
+    ("churn 16x1 reuse", ["--mode", "churn", "--workers", "16", "--messages", "1", "--size", "128", "--reuse"], "server_cpu_us_per_conn", "connections_per_sec"),
     ("streaming 10000x128B", ["--mode", "streaming", "--connections", "10000", "--size", "128"], "server_cpu_us_per_msg", "messages_per_sec"),
 ]
 if os.environ.get("BENCH_WORKLOADS"):

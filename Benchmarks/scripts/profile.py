@@ -14,7 +14,7 @@ BIN = os.path.join(ROOT, "Benchmarks", ".build", "release")
 URING = os.environ.get("PROFILE_BINARY", os.path.join(ROOT, ".build", "release", "uring-echo"))
 OUT = "/tmp/uring-profile"
 MODES = {m: ["--mode", m] for m in os.environ.get("PROFILE_MODES", "pooled,unpooled").split(",")}
-COMMON = ["--recv", "ring", "--max-connections", "12000", "--idle-timeout", "0"]
+COMMON = ["--recv", "ring", "--max-connections", "12000", "--idle-timeout", "0"] + os.environ.get("PROFILE_FLAGS", "").split()
 WORKLOADS = [
     ("persistent 1000x128B", ["--mode", "persistent", "--connections", "1000", "--size", "128"], "messages"),
     ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "messages"),

@@ -112,8 +112,6 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
         }
     }
 
-    /// A kernel with bundles but without a per-completion limit on multishot receives refuses
-    /// the request with `EINVAL`: receive without bundles from then on.
     /// A kernel without them refuses a receive limit (before 6.17) or bundles (a kernel with
     /// bundles but without a per-completion limit on multishot receives) with `EINVAL`: receive
     /// without the newer first, then without bundles.

@@ -158,8 +158,25 @@ extension CompletionLoop where Receiver: ~Copyable {
     }
 
     func onClose(_ completion: Completion, _ c: ConnectionRef) throws(URingError) {
-        c.pointee.lifecycle.closeCompleted()
         if completion.result < 0 { core.logger.debug("close failed: \(completion.error!)") }
+        try recycle(c)
+    }
+
+    /// The connections whose quiet close was submitted while the last completion was handled:
+    /// recycled now that nothing on the stack holds their records. (A quiet close that fails still
+    /// posts its completion, which finds the session recycled and is counted stale.)
+    func recycleClosed() throws(URingError) {
+        while core.closedCount > 0 {
+            core.closedCount -= 1
+            guard let c = core.sessions.record(at: Int(core.closedIndices[core.closedCount])) else { continue }
+            try recycle(c)
+        }
+    }
+
+    /// The connection is closed: its queued buffers, its slot and its session go back, and the
+    /// handler hears of it.
+    func recycle(_ c: ConnectionRef) throws(URingError) {
+        c.pointee.lifecycle.closeCompleted()
         // Buffers still queued for sending go back.
         var segment = core.queue.detachAll(c)
         while segment >= 0 {

@@ -5,7 +5,7 @@ import URing
 ///
 /// Each turn submits what was prepared, waits for at least one completion, then dispatches every
 /// ready completion by its tag. A connection's own requests (receive, send, cancels, close) carry
-/// the connection's index and generation, so a completion for a connection that has since been
+/// the connection's session lease (index and generation), so a completion for a connection that has since been
 /// recycled is counted as stale and dropped; accepts and rejected closes use the shared context
 /// slab; the timer, the wake-up and mail have fixed tags.
 ///
@@ -69,7 +69,11 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         for i in 0..<sideCount { try sides[i].arm(core) }
         while true {
             if core.stopping {
-                if core.sessions.statistics.inUse == 0 && core.contexts.statistics.inUse == 0 { break }
+                if core.sessions.statistics.inUse == 0 && core.contexts.statistics.inUse == 0 {
+                    // Quiet closes are done once submitted: submit the last ones before leaving.
+                    _ = try? core.ring.submit()
+                    break
+                }
                 if core.now > housekeeping.stopDeadline {
                     core.logger.warning("stop timeout: closing \(core.sessions.statistics.inUse) connections with the ring")
                     break
@@ -77,7 +81,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             }
             try enter()
             core.now = Posix.monotonicNanoseconds()
-            let harvested = try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try dispatch(c) }
+            let harvested = try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try handle(c) }
             core.stats.completionsPerTurn.record(harvested)
             try receiver.afterBatch(core: core)
         }
@@ -108,6 +112,14 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
                 throw error
             }
         }
+    }
+
+    /// One completion: dispatched, then the connections whose quiet close it submitted are
+    /// recycled.
+    @inline(__always)
+    func handle(_ completion: Completion) throws(URingError) {
+        try dispatch(completion)
+        if core.closedCount > 0 { try recycleClosed() }
     }
 
     /// One completion, by its tag: a connection's own request, a shared context's (accepts,

@@ -16,8 +16,8 @@ public struct Connection {
     /// The session index (``ConnectionID/index``).
     public var index: Int { id.index }
 
-    /// Which of the server's listeners accepted it: 0 for the main address, 1 for the metrics
-    /// endpoint's (see ``MetricsEndpoint``).
+    /// Which of the server's listeners accepted it: 0 for the main address, `i + 1` for the server's
+    /// `i`-th other ``Listener`` (the metrics endpoint is one).
     public var listener: Int { ring.core.connection(id).map { Int($0.pointee.listener) } ?? 0 }
 
     /// Queues a copy of `bytes`, after what is already queued (and after the in-place reply of the

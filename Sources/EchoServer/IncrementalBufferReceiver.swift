@@ -20,7 +20,7 @@ import URing
 /// has been released (sent or dropped): ``outstanding`` counts its slices, ``kernelDone`` records
 /// the first condition.
 ///
-/// **Fair share.** A slice counts in ``Session/buffersHeld`` as the ordinary buffers its bytes
+/// **Fair share.** A slice counts in ``ConnectionRecord/buffersHeld`` as the ordinary buffers its bytes
 /// would have filled (``unitSize`` bytes each, at least one), and each receive asks for no more
 /// than the connection's share has room for: a connection never holds more than
 /// ``maxHeldPerConnection`` units, the bytes the ordinary ring would let it hold, and its

@@ -42,6 +42,10 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// connection past its share before its receive is cancelled; the loop re-arms it. Without
     /// it the share is a soft bound: a batch of completions may overshoot it by about a bundle.
     public static let receiveLimit = KernelFeatures(rawValue: 1 << 9)
+    /// A connection's close posts no completion when it succeeds (`IOSQE_CQE_SKIP_SUCCESS`, Linux
+    /// 5.17): the connection is recycled once the close is submitted, one completion fewer per
+    /// connection. Where the ring lacks `IORING_FEAT_CQE_SKIP`, the close's completion recycles it.
+    public static let quietClose = KernelFeatures(rawValue: 1 << 10)
 
     /// What a server uses by default where the kernel has it: everything but
     /// ``incrementalBuffers``, which is opt-in (it receives single-shot, and saves memory only with
@@ -52,12 +56,13 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static let all = KernelFeatures(named.map(\.feature))
 
     /// Every feature and its name: the one list that ``description``, ``all``, ``init(named:)`` and
-    /// the executable's `--enable`/`--disable` names (``optionName``) come from.
+    /// the executable's `--enable`/`--disable` names (``optionName(_:)``) come from.
     public static let named: [(feature: KernelFeatures, name: String)] = [
         (.multishotAccept, "multishotAccept"), (.bufferRing, "bufferRing"), (.fixedFiles, "fixedFiles"),
         (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
         (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
         (.incrementalBuffers, "incrementalBuffers"), (.receiveLimit, "receiveLimit"),
+        (.quietClose, "quietClose"),
     ]
 
     /// A feature's name in kebab case, as command lines spell it: `recvBundles` → `recv-bundles`.
@@ -87,8 +92,9 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// `IORING_OP_SOCKET` (5.19) means the release of multishot accept, sparse file tables, direct
     /// accept and provided-buffer rings; `IORING_OP_SEND_ZC` (6.0) means the release of multishot
     /// recv, which the buffer-ring path needs; `MSG_RING` (5.18) also means ring-fd registration.
-    /// The features of ``triedAtSetup`` are not opcodes: ring setup tries them and falls back. Registration and `EINVAL` at run time still fall back where the probe was
-    /// optimistic.
+    /// Some features are not opcodes (setup flags, feature bits, a trial registration, a receive
+    /// limit): they are tried at setup or at first use, and fall back. Registration and `EINVAL` at
+    /// run time still fall back where the probe was optimistic.
     /// - Parameter probe: the running kernel's probe (`Ring.probe()`).
     /// - Returns: the features that kernel supports.
     public static func supported(by probe: Probe) -> KernelFeatures {
@@ -101,7 +107,9 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
 
     /// Features no opcode reveals: ring setup tries them (flags, feature bits, a trial
     /// registration), or the first request that uses one does (a receive limit), and falls back.
-    package static let triedAtSetup: KernelFeatures = [.deferTaskrun, .recvBundles, .incrementalBuffers, .receiveLimit]
+    package static let triedAtSetup: KernelFeatures = [
+        .deferTaskrun, .recvBundles, .incrementalBuffers, .receiveLimit, .quietClose,
+    ]
 
     /// `multishotAccept,bufferRing`, or `none`.
     public var description: String {

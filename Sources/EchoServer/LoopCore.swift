@@ -42,10 +42,17 @@ final class LoopCore {
     let lowWater: Int
     /// Receiving pauses while a connection's queue holds this many outbound buffers.
     let maxOutboundHeld: Int32
-    /// The ring's share of the connection cap; sessions beyond it are the metrics endpoint's.
+    /// The ring's share of the connection cap; sessions beyond it are the other listeners'.
     let mainCapacity: Int
     /// Outbound buffers one connection's writes may take.
     let maxOutboundPerConnection: Int
+
+    /// Whether a connection's close posts a completion (``KernelFeatures/quietClose``: not).
+    let quietClose: Bool
+    /// Connections whose quiet close was submitted during the current completion: recycled once
+    /// it has been handled, when nothing on the stack still holds their record.
+    let closedIndices: UnsafeMutablePointer<Int32>
+    @exclusivity(unchecked) var closedCount = 0
 
     /// Connections a callback touched (wrote to, closed, paused), settled when it returns.
     let touchedNext: UnsafeMutablePointer<Int32>
@@ -84,6 +91,8 @@ final class LoopCore {
         queue = SendQueue(
             provided: provided, outbound: configuration.outboundBuffers, outboundSize: configuration.bufferSize,
             sessions: useRing ? 0 : capacity, capacity: capacity)
+        quietClose = features.contains(.quietClose)
+        closedIndices = .allocate(capacity: capacity)
         touchedNext = .allocate(capacity: capacity)
         touchedNext.initialize(repeating: -1, count: capacity)
         isTouched = .allocate(capacity: capacity)
@@ -103,6 +112,7 @@ final class LoopCore {
     deinit {
         touchedNext.deallocate()
         isTouched.deallocate()
+        closedIndices.deallocate()
     }
 
     var useSlots: Bool { slots != nil }
@@ -241,7 +251,14 @@ final class LoopCore {
         if effects.contains(.cancelReceive) { try ring.prepareCancel(c.pointee.tag(.recv), tag: c.pointee.tag(.cancelRecv)) }
         if effects.contains(.cancelSend) { try ring.prepareCancel(c.pointee.tag(.send), tag: c.pointee.tag(.cancelSend)) }
         if effects.contains(.send) { try postSend(c) }
-        if effects.contains(.close) { try ring.prepareClose(c.pointee.session.file, tag: c.pointee.tag(.close)) }
+        if effects.contains(.close) {
+            try ring.prepareClose(
+                c.pointee.session.file, tag: c.pointee.tag(.close), options: quietClose ? .skipSuccess : [])
+            if quietClose {
+                closedIndices[closedCount] = Int32(c.pointee.session.index)
+                closedCount += 1
+            }
+        }
         if effects.contains(.pausedAtBound) { stats.receivePauses &+= 1 }
     }
 }

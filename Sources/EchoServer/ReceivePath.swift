@@ -5,7 +5,7 @@ import URing
 /// receive may be posted. The loop is generic over it (``CompletionLoop``), so its calls
 /// specialise: no existential, no dynamic dispatch per completion.
 protocol ReceivePath: ~Copyable {
-    /// Buffers one connection may hold before its receiving pauses (counted in ``Session/buffersHeld``).
+    /// Buffers one connection may hold before its receiving pauses (counted in ``ConnectionRecord/buffersHeld``).
     var maxHeldPerConnection: Int32 { get }
     /// Buffers taken by receives and not yet given back (0 when idle).
     var buffersHeld: Int { get }

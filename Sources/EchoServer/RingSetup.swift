@@ -13,8 +13,8 @@ struct RingSetup: ~Copyable {
     let plan: ReceivePlan
     /// The plan's provided-buffer ring (none for ``ReceivePlan/sessionBuffers``).
     var buffers: BufferRing?
-    /// Sessions: the ring's share of the connection cap, plus those reserved for the metrics
-    /// endpoint's connections when this ring serves it.
+    /// Sessions: the ring's share of the connection cap, plus those reserved for the server's
+    /// other listeners this ring serves.
     let capacity: Int
     /// The ring's share of the connection cap (the main listener's connections).
     let mainCapacity: Int
@@ -25,7 +25,7 @@ struct RingSetup: ~Copyable {
     ///   - configuration: the server's configuration.
     ///   - index: the ring's index.
     ///   - logger: where fallbacks are logged.
-    ///   - extraSessions: sessions beyond the ring's share of the cap (the metrics endpoint's).
+    ///   - extraSessions: sessions beyond the ring's share of the cap (the other listeners').
     ///   - faults: faults to meet (tests).
     init(
         _ configuration: ServerConfiguration, ring index: Int, logger: Logger, extraSessions: Int = 0,
@@ -42,6 +42,7 @@ struct RingSetup: ~Copyable {
                 registerRingDescriptor: features.contains(.registeredRing)))
         if !ring.setupFlags.contains(.deferTaskrun) { features.remove(.deferTaskrun) }
         if faults.refuseMessageRing { ring.refuseMessages() }
+        if !ring.features.contains(.cqeSkip) { features.remove(.quietClose) }
         if features.contains(.registeredRing) && !ring.ringDescriptorRegistered {
             logger.notice("registering the ring descriptor failed; io_uring_enter uses the plain descriptor")
             features.remove(.registeredRing)

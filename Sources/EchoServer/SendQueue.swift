@@ -4,7 +4,7 @@ import SocketPool
 /// Every connection's send queue, over storage made once per ring.
 ///
 /// A queue is a singly linked list of **segments**, each a buffer and a length, held in the
-/// session (``Session/queueHead``…). Segment ids share one space:
+/// connection's record (``ConnectionRecord/output``). Segment ids share one space:
 ///
 /// | ids | segment |
 /// |---|---|

@@ -12,7 +12,7 @@ import URing
 /// statistics each ring publishes once per housekeeping tick.
 ///
 /// ```swift
-/// let server = EchoServer(configuration: config)
+/// let server = Server(configuration: config)   // an echo server; or Server(configuration:) { MyHandler() }
 /// try server.start()          // listening when this returns
 /// print(server.boundAddress!)
 /// server.stop()               // from any thread

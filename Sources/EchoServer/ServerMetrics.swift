@@ -1,7 +1,6 @@
 import Metrics
 
-// What the server reports to swift-metrics (per ring), and what it renders itself for the
-// metrics endpoint.
+// What the server reports to swift-metrics (per ring).
 
 /// One ring's swift-metrics instruments, labelled `ring="N"`, one per entry of
 /// ``ServerStatistics/counters`` and ``ServerStatistics/gauges``; with no backend bootstrapped they

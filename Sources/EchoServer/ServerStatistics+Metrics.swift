@@ -16,7 +16,7 @@ extension ServerStatistics {
         }
     }
 
-    /// Every counter, once: what rings sum (``add(_:)``), what the server reports to swift-metrics
+    /// Every counter, once: what rings sum, what the server reports to swift-metrics
     /// (labelled `ring="N"`) and what the docs list all come from here.
     public static let counters: [Metric<UInt64>] = [
         .init("uring_echo_accepted_total", \.accepted, "Connections accepted on the main listener, including those rejected at the connection cap."),

@@ -5,13 +5,13 @@ import URing
 /// ``Server/statistics``.
 public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     /// Connections accepted (including those rejected at the connection cap). Connections to the
-    /// metrics endpoint are counted apart, in ``endpointConnections``.
+    /// server's other listeners (a metrics endpoint, say) are counted apart, in ``endpointConnections``.
     public var accepted: UInt64 = 0
-    /// Connections open now (not counting the metrics endpoint's).
+    /// Connections open now (not counting the other listeners').
     public var active: Int = 0
-    /// Connections whose close completed (not counting the metrics endpoint's).
+    /// Connections whose close completed (not counting the other listeners').
     public var closed: UInt64 = 0
-    /// Connections accepted on the metrics endpoint. They and their bytes are not in ``accepted``,
+    /// Connections accepted on the other listeners. They and their bytes are not in ``accepted``,
     /// ``closed``, ``active``, ``bytesIn`` or ``bytesOut``; their completions are in ``completions``.
     public var endpointConnections: UInt64 = 0
     /// Connections closed at once because the connection cap was reached.

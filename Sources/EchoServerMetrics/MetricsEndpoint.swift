@@ -10,7 +10,7 @@ import URing
 ///
 /// ```swift
 /// let registry = PrometheusCollectorRegistry()
-/// MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+/// MetricsSystem.bootstrap(PrometheusMetricsFactoryWithHelp(registry: registry))
 /// let server = Server(configuration: config, metrics: MetricsEndpoint(port: 9100, registry: registry)) {
 ///     MyHandler()
 /// }
@@ -18,11 +18,11 @@ import URing
 ///
 /// The server appends its own completions-per-turn histogram (`uring_echo_completions_per_turn`,
 /// labelled per ring) to what `exposition` writes. Counters reach the backend once per tick, so
-/// ``ServerConfiguration/tickInterval`` must be at most one second: values are never older.
+/// the configuration's `tickInterval` must be at most one second: values are never older.
 public struct MetricsEndpoint: Sendable {
     /// The address to bind (numeric IPv4 or IPv6).
     public var host: String
-    /// The port; 0 picks a free one (``Server/metricsAddress`` tells which).
+    /// The port; 0 picks a free one (`Server.metricsAddress` tells which).
     public var port: UInt16
     /// The ring that serves it, `0..<threads`.
     public var ring: Int = 0
@@ -89,7 +89,7 @@ public struct MetricsEndpoint: Sendable {
 
 extension Server {
     /// A server that also serves `metrics`: a ``MetricsEndpoint`` on one of its rings, beside the
-    /// protocol `makeHandler` serves (``Listener``).
+    /// protocol `makeHandler` serves (one of the server's other listeners, `Listener`).
     /// - Parameters:
     ///   - configuration: what to serve and how.
     ///   - logger: where to log.

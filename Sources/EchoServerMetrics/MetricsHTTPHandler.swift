@@ -12,7 +12,7 @@ import URing
 /// the connection's receiving paused meanwhile. The exposition runs on the ring's thread, at
 /// most once per 100 ms (a rendering is reused for that long).
 ///
-/// Use it as a whole server's handler, or let ``Server`` serve it beside your protocol through a
+/// Use it as a whole server's handler, or let `Server` serve it beside your protocol through a
 /// ``MetricsEndpoint``.
 public struct MetricsHTTPHandler: ConnectionHandler {
     let exposition: @Sendable (inout [UInt8]) -> Void

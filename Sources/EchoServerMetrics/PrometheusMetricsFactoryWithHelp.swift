@@ -3,7 +3,7 @@ import EchoServer
 import Prometheus
 
 /// swift-prometheus's `PrometheusMetricsFactory`, with the help texts the server gives its
-/// counters and gauges (``ServerStatistics/counters``): each gets a `# HELP` line, which
+/// counters and gauges (`ServerStatistics.counters`): each gets a `# HELP` line, which
 /// `promtool check metrics` asks of every metric. Everything else is the wrapped factory's.
 ///
 /// ```swift

@@ -8,7 +8,7 @@ import URing
 /// into it (`AcceptTarget.slot(_:)`). ``release(_:)`` returns it, and must only be called once the
 /// slot's `close_direct` has completed — a slot handed out again before then would race with the
 /// pending close. Each lease has a generation, so a completion that names a released lease is
-/// recognised as stale (``resolve(_:)``).
+/// recognised as stale.
 ///
 /// Confined to the ring's thread: not `Sendable`, no locks.
 public struct SlotPool: ~Copyable {

@@ -5,12 +5,11 @@ import Glibc
 /// `io_uring_setup` fails with `EPERM` where io_uring is switched off by `kernel.io_uring_disabled`
 /// (Linux 6.6) or blocked by a seccomp filter (Docker's and containerd's default profiles block
 /// it), and with `ENOSYS` where the kernel was built without it. ``unavailableReason(for:)`` reads
-/// what the machine shows about each cause and says which apply and what to change;
-/// ``explanation(for:in:)`` builds the same text from given inputs, so every branch can be tested
-/// without changing the machine.
+/// what the machine shows about each cause and says which apply and what to change (tests build
+/// the same text from given inputs, so every branch is tested without changing the machine).
 public enum IOUring {
     /// What the machine shows about io_uring's availability: the inputs of
-    /// ``IOUring/explanation(for:in:)``.
+    /// the explanation (tests build it from given inputs).
     package struct Environment: Sendable, Hashable {
         /// `/proc/sys/kernel/io_uring_disabled` (0 allowed, 1 restricted to a group, 2 disabled);
         /// `nil` where the file is absent (kernels before 6.6, or built without io_uring).

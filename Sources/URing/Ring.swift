@@ -10,7 +10,7 @@ import Glibc
 /// will submit to it.
 ///
 /// Setup tries a chain of flag sets (``RingOptions/flagPreference``) and keeps the first one the
-/// kernel grants; ``setupFlags`` and ``refusedSetups`` say what happened.
+/// kernel grants; ``setupFlags`` says which.
 public struct Ring: ~Copyable {
     @usableFromInline let ring: UnsafeMutablePointer<io_uring>
     @usableFromInline let cqeBatch: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
