@@ -21,9 +21,11 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     let bundleBytes: UInt32
     /// A bundle has completed: a later `EINVAL` is not the kernel refusing bundles.
     var bundleWorked = false
-    /// Each multishot receive ends after a connection's share of the ring in bytes
-    /// (``KernelFeatures/receiveLimit``; 0 without).
+    /// Each multishot receive ends after a connection's share of the ring in bytes, less what it
+    /// holds (``KernelFeatures/receiveLimit``; 0 without).
     var limitBytes: UInt32
+    /// Bytes of one buffer.
+    let bufferBytes: UInt32
     /// A limited multishot receive has delivered bytes: a later `EINVAL` is not the kernel
     /// refusing the limit.
     var limitWorked = false
@@ -40,6 +42,7 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
         free = buffers.count
         self.bundles = bundles
         limitBytes = limit ? UInt32(min(maxHeldPerConnection, buffers.count) * buffers.bufferSize) : 0
+        bufferBytes = UInt32(buffers.bufferSize)
         // A bundle takes at most half a connection's share of buffers: one socket with a lot
         // queued cannot empty the ring in one completion.
         bundleBytes = UInt32(max(1, min(maxHeldPerConnection, buffers.count) / 2) * buffers.bufferSize)
@@ -54,13 +57,17 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
 
     @inline(__always)
     mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
-        // Behind a queue, one buffer per request (and no bundle): the connection's share holds.
-        // A multishot receive stops at the share (where the kernel allows a limit).
-        let multishot = s.pointee.output.head < 0 && s.pointee.buffersHeld == 0
+        // With a receive limit, always multishot: it stops at what is left of the connection's
+        // share, so the share holds whatever the connection already holds. Without one, multishot
+        // only while nothing is held or queued; behind a queue, one buffer per request (and no
+        // bundle), so the share holds.
+        let room = limitBytes != 0 ? UInt32(maxHeldPerConnection - s.pointee.buffersHeld) * bufferBytes : 0
+        let multishot = limitBytes != 0 || (s.pointee.output.head < 0 && s.pointee.buffersHeld == 0)
         let bundle = bundles && multishot
         try core.ring.prepareRecv(
             s.pointee.session.file, bufferGroup: buffers.group, multishot: multishot, bundle: bundle,
-            maxLength: bundle ? bundleBytes : 0, limit: limitBytes, tag: s.pointee.tag(.recv))
+            maxLength: bundle ? min(bundleBytes, limitBytes != 0 ? room : bundleBytes) : 0, limit: room,
+            tag: s.pointee.tag(.recv))
         s.pointee.lifecycle.posted(.recv)
     }
 

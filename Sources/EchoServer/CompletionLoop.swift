@@ -126,11 +126,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     /// rejected closes), or one of the loop's control requests.
     func dispatch(_ completion: Completion) throws(URingError) {
         let tag = RequestTag(rawValue: completion.tag)
-        guard let kind = tag.requestKind else {
-            core.stats.staleCompletions &+= 1
-            return
-        }
-        if let request = PendingRequests(kind) {
+        if let request = PendingRequests(tagKind: tag.kind) {
             // A connection's own request: its session lease names the connection, and a completion
             // for a recycled session (or for a request no longer in flight) is stale.
             guard let c = core.sessions.resolve(tag.lease), c.pointee.lifecycle.pending.contains(request) else {

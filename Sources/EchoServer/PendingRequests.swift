@@ -34,6 +34,16 @@ struct PendingRequests: OptionSet, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The request of a connection that a tag's kind byte names, or nil: kinds `recv...close` are
+    /// numbered in the order of these bits, so the bit is `1 << (kind - recv)` (no table, no
+    /// switch, on every completion).
+    @inline(__always)
+    init?(tagKind kind: UInt8) {
+        let offset = kind &- RequestKind.recv.rawValue
+        guard offset <= RequestKind.close.rawValue - RequestKind.recv.rawValue else { return nil }
+        self.init(rawValue: 1 << offset)
+    }
+
     /// The tag kind of a single request.
     @inline(__always)
     var kind: RequestKind {

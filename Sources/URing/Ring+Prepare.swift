@@ -20,12 +20,13 @@ public struct SubmissionOptions: OptionSet, Sendable, Hashable {
     public static let skipSuccess = SubmissionOptions(rawValue: 1 << 6)
 }
 
-@usableFromInline let fixedFileFlag: UInt8 = 1 << 0  // IOSQE_FIXED_FILE
-@usableFromInline let acceptMultishotFlag: UInt16 = 1 << 0  // IORING_ACCEPT_MULTISHOT
-@usableFromInline let recvMultishotFlag: UInt16 = 1 << 1  // IORING_RECV_MULTISHOT
-@usableFromInline let cancelAll: Int32 = 1 << 0  // IORING_ASYNC_CANCEL_ALL
-@usableFromInline let cancelFixedFD: UInt32 = 1 << 3  // IORING_ASYNC_CANCEL_FD_FIXED
-@usableFromInline let fileIndexAlloc: UInt32 = ~0  // IORING_FILE_INDEX_ALLOC
+// Computed, so that inlined callers fold them (a global `let` is read through its lazy addressor).
+@inlinable var fixedFileFlag: UInt8 { 1 << 0 }  // IOSQE_FIXED_FILE
+@inlinable var acceptMultishotFlag: UInt16 { 1 << 0 }  // IORING_ACCEPT_MULTISHOT
+@inlinable var recvMultishotFlag: UInt16 { 1 << 1 }  // IORING_RECV_MULTISHOT
+@inlinable var cancelAll: Int32 { 1 << 0 }  // IORING_ASYNC_CANCEL_ALL
+@inlinable var cancelFixedFD: UInt32 { 1 << 3 }  // IORING_ASYNC_CANCEL_FD_FIXED
+@inlinable var fileIndexAlloc: UInt32 { ~0 }  // IORING_FILE_INDEX_ALLOC
 
 // Typed preparation of every request the project uses. Each method takes a free SQE (submitting
 // first when the queue is full), fills it through liburing's `io_uring_prep_*`, and sets

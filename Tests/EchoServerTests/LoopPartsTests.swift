@@ -173,6 +173,11 @@ final class LoopPartsTests: XCTestCase {
         for kind in RequestKind.allCases {
             if let request = PendingRequests(kind) { XCTAssertEqual(request.kind, kind, "\(kind) round trips") }
         }
+        for byte in 0...255 {
+            let kind = RequestKind(rawValue: UInt8(byte))
+            XCTAssertEqual(
+                PendingRequests(tagKind: UInt8(byte)), kind.flatMap { PendingRequests($0) }, "kind byte \(byte)")
+        }
     }
 
     func testMailboxKeepsOrderAcrossWrapAndRefusesWhenFull() throws {
