@@ -106,8 +106,10 @@ extension Server {
             listeners: metrics.map { [$0.listener(histograms: histograms)] } ?? [], metricsFactory: metricsFactory,
             makeHandler: makeHandler)
         let rings = configuration.threads
+        // The exposition runs only on a ring of this server, which holds the server while it runs:
+        // no weak reference is needed (and none is kept, so no cycle through the listener either).
         histograms.source.withLock {
-            $0 = { [weak self] in (0..<rings).compactMap { self?.statistics(ring: $0)?.completionsPerTurn } }
+            $0 = { [unowned(unsafe) self] in (0..<rings).compactMap { self.statistics(ring: $0)?.completionsPerTurn } }
         }
     }
 
