@@ -18,6 +18,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             } else if core.admits(listener), let c = core.sessions.acquire(file: accepted.file, slot: accepted.slot) {
                 c.pointee.lastActivity = core.now
                 c.pointee.listener = listener
+                core.remote.opened(c.pointee.session.index, epoch: c.pointee.session.epoch, maxOutput: core.maxOutput)
                 if listener != 0 { core.opened(listener, c) }
                 handler.opened(Connection(core.connectionID(c), core))
                 try afterCallback(c)
@@ -97,9 +98,11 @@ extension CompletionLoop where Receiver: ~Copyable {
     /// End of stream, an error, or a receive that simply ended (cancelled, out of buffers).
     func onReceiveEnded(_ completion: Completion, _ c: ConnectionRef) throws(URingError) {
         if completion.result == 0 {
-            // Peer half-closed: send what is queued, then close.
+            // The peer finished sending: the handler hears of it (by default it closes once what
+            // is queued is sent).
             c.pointee.lifecycle.peerClosed()
-            return try settle(c)
+            handler.inputEnded(Connection(core.connectionID(c), core))
+            return try afterCallback(c)
         }
         switch completion.error! {
         case .noBufferSpace:
@@ -134,6 +137,11 @@ extension CompletionLoop where Receiver: ~Copyable {
         let sent = Int(completion.result)
         core.stats.bytesOut &+= UInt64(sent)
         c.pointee.bytesOut &+= UInt64(sent)
+        if c.pointee.remoteQueued > 0 {
+            let returned = min(sent, c.pointee.remoteQueued)
+            c.pointee.remoteQueued -= returned
+            core.remote.returnRoom(c.pointee.session.index, returned)
+        }
         var remaining = sent  // a short send continues where it stopped
         while remaining > 0 {
             let finished = core.queue.consume(c, &remaining)
@@ -185,6 +193,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             segment = following
         }
         let id = core.connectionID(c)
+        core.remote.closed(c.pointee.session.index)
         if let slot = c.pointee.session.slot { core.slots?.release(slot) }
         // Before the release: unpooled, it frees the record.
         if c.pointee.listener == 0 {

@@ -67,7 +67,17 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         try housekeeping.armTick(core)
         try acceptor.arm(core)
         for i in 0..<sideCount { try sides[i].arm(core) }
+        let executor = core.mailboxes.ports[core.ringIndex].executor
+        executor.attach()
+        defer { executor.detach() }
+        var jobs: [UnownedJob] = []
+        jobs.reserveCapacity(256)
         while true {
+            if core.inboxNotified {
+                try core.drainInbox()
+                try settleTouched()
+            }
+            if executor.hasJobs { try runJobs(executor, &jobs) }
             if core.stopping {
                 if core.sessions.statistics.inUse == 0 && core.contexts.statistics.inUse == 0 {
                     // Quiet closes are done once submitted: submit the last ones before leaving.
@@ -79,7 +89,8 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
                     break
                 }
             }
-            try enter()
+            // Jobs that the last ones enqueued run before the ring blocks: reap without waiting.
+            try enter(wait: !executor.hasJobs)
             core.now = Posix.monotonicNanoseconds()
             let harvested = try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try handle(c) }
             core.stats.completionsPerTurn.record(harvested)
@@ -92,9 +103,11 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     /// up) mean: reap what is there and try again; `EBADR` means the kernel dropped completions,
     /// which is logged and counted. Anything else ends the ring (and stops the server).
     @inline(__always)
-    func enter() throws(URingError) {
+    func enter(wait: Bool = true) throws(URingError) {
         do {
-            if let timeout = waitTimeout {
+            if !wait {
+                try core.ring.submitAndGetEvents()
+            } else if let timeout = waitTimeout {
                 try core.ring.submitAndWait(waitCount, timeout: timeout)
             } else {
                 try core.ring.submitAndWait(1)
@@ -112,6 +125,14 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
                 throw error
             }
         }
+    }
+
+    /// Runs the tasks' jobs queued for this ring, then carries out what they asked of its
+    /// connections (writes, closes, consumed input), as after a callback.
+    func runJobs(_ executor: RingExecutor, _ jobs: inout [UnownedJob]) throws(URingError) {
+        executor.runJobs(into: &jobs)
+        try settleTouched()
+        if core.closedCount > 0 { try recycleClosed() }
     }
 
     /// One completion: dispatched, then the connections whose quiet close it submitted are

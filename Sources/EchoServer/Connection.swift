@@ -20,6 +20,10 @@ public struct Connection {
     /// `i`-th other ``Listener`` (the metrics endpoint is one).
     public var listener: Int { ring.core.connection(id).map { Int($0.pointee.listener) } ?? 0 }
 
+    /// A handle to this connection for any thread or task: keep it to write, close or abort later,
+    /// after this callback (``ConnectionHandle``).
+    public var handle: ConnectionHandle { ring.handle(id) }
+
     /// Queues a copy of `bytes`, after what is already queued (and after the in-place reply of the
     /// current ``ConnectionHandler/received(_:connection:)`` call).
     /// - Parameter bytes: what to send.

@@ -30,6 +30,12 @@ public protocol ConnectionHandler: SendableMetatype {
     /// (``WriteResult/full``) or the queue passed its high-water mark: write more now.
     /// - Parameter connection: the connection.
     mutating func writable(_ connection: Connection)
+    /// The peer finished sending (its FIN: a receive returned 0). Nothing more will be received;
+    /// writing may go on. The connection closes once the handler closes it (``Connection/close()``,
+    /// after what is queued is sent) or aborts it. By default it closes at once, so the reply to
+    /// what was received goes out and then the connection ends.
+    /// - Parameter connection: the connection.
+    mutating func inputEnded(_ connection: Connection)
     /// A connection ended (after its close completed); its ID is stale from now on.
     /// - Parameter connection: its identity.
     mutating func closed(_ connection: ConnectionID)
@@ -47,6 +53,8 @@ extension ConnectionHandler {
     public mutating func opened(_ connection: Connection) {}
     /// Does nothing.
     public mutating func writable(_ connection: Connection) {}
+    /// Closes the connection once its queued output is sent.
+    public mutating func inputEnded(_ connection: Connection) { connection.close() }
     /// Does nothing.
     public mutating func closed(_ connection: ConnectionID) {}
     /// Does nothing.

@@ -8,13 +8,14 @@ import SocketPool
 /// those could drive it. Every transition is tested as a table, without a ring.
 ///
 /// ```
-/// open ──peer EOF / close requested──▶ inputClosed ──output sent──▶ closing ──close done──▶ closed
+/// open ──peer EOF / close requested──▶ inputClosed ──output sent, close requested──▶ closing ──close done──▶ closed
 ///   └────────────error, reset, abort, idle, stalled output, stop─────────────▶ closing
 /// ```
 ///
 /// - `open`: receiving (unless paused) and sending.
-/// - `inputClosed`: nothing more is received; queued output is still sent, then the connection
-///   closes.
+/// - `inputClosed`: nothing more is received (the peer finished, or the handler asked to close);
+///   output is still sent, and the connection closes once it is drained and a close was asked for
+///   (after a peer's FIN the handler may keep writing: ``ConnectionHandler/inputEnded(_:)``).
 /// - `closing`: what is in flight is cancelled (a close with a receive pending would leave the
 ///   socket open and the receive swallowing the peer's bytes); the close is posted once nothing is.
 /// - `closed`: the close completed; the session is recycled.
@@ -183,7 +184,7 @@ struct ConnectionLifecycle: Hashable {
     /// - an abort cancels whatever is in flight, and the close follows once nothing is;
     /// - a close request stops receiving; queued output is still sent;
     /// - output is sent whenever it is queued and no send is in flight;
-    /// - once input is closed and output drained, the connection closes;
+    /// - once input is closed, output drained and a close asked for, the connection closes;
     /// - an open connection's receiving pauses at its bounds (``Bounds``) and resumes at half of
     ///   them, or stays paused while the handler asks; otherwise a receive is wanted.
     @inline(__always)
@@ -207,8 +208,11 @@ struct ConnectionLifecycle: Hashable {
         if !pending.contains(.send) && holdings.queued {
             effects.insert(.send)
             pending.insert(.send)
-        } else if phase == .inputClosed && !holdings.queued && !pending.contains(.send) {
-            // Input closed, output drained: close (cancelling the receive if one is still armed).
+        } else if phase == .inputClosed && !holdings.queued && !pending.contains(.send)
+            && flags.contains(.closeRequested)
+        {
+            // Input closed, output drained, a close asked for: close (cancelling the receive if one
+            // is still armed).
             phase = .closing
             cancel(.recv, &effects)
             closeIfIdle(&effects)

@@ -26,6 +26,9 @@ struct ConnectionRecord: SessionRecord {
     var bytesIn: UInt64 = 0
     /// Total bytes sent.
     var bytesOut: UInt64 = 0
+    /// Bytes written from other threads (``ConnectionHandle``) queued and not yet sent: their room
+    /// goes back to the writers as bytes are sent.
+    var remoteQueued = 0
 
     init(_ session: PooledSession) { self.session = session }
 

@@ -41,6 +41,13 @@ struct Housekeeping {
         if c.pointee.output.head >= 0 {
             guard core.now &- c.pointee.lastProgress > idleNanoseconds else { return false }
             core.stats.stalledClosed &+= 1
+        } else if lifecycle.phase == .inputClosed {
+            // The peer finished and the handler keeps the connection open: idle once nothing was
+            // received or sent for the idle timeout.
+            guard core.now &- max(c.pointee.lastActivity, c.pointee.lastProgress) > idleNanoseconds else {
+                return false
+            }
+            core.stats.idleClosed &+= 1
         } else {
             guard lifecycle.phase == .open && !lifecycle.flags.contains(.pausedByHandler),
                 core.now &- c.pointee.lastActivity > idleNanoseconds

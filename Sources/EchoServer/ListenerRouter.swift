@@ -32,6 +32,11 @@ struct ListenerRouter<Main: ConnectionHandler>: ConnectionHandler {
         if listener == 0 { main.writable(connection) } else { sides[listener]!.writable(connection) }
     }
 
+    mutating func inputEnded(_ connection: Connection) {
+        let listener = Int(listenerOf[connection.index])
+        if listener == 0 { main.inputEnded(connection) } else { sides[listener]!.inputEnded(connection) }
+    }
+
     mutating func closed(_ connection: ConnectionID) {
         let listener = Int(listenerOf[connection.index])
         if listener == 0 { main.closed(connection) } else { sides[listener]!.closed(connection) }

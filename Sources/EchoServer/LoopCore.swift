@@ -19,6 +19,9 @@ final class LoopCore {
     @exclusivity(unchecked) var sessions: SessionPool<ConnectionRecord>
     @exclusivity(unchecked) var slots: SlotPool?
     @exclusivity(unchecked) var queue: SendQueue
+    /// What other threads know and reserve of this ring's connections, and the inbox their
+    /// writes, closes and aborts come through (``ConnectionHandle``).
+    let remote: RemoteConnections
     @exclusivity(unchecked) var stats = ServerStatistics()
     /// The sessions of the other listeners' connections open now, and the bytes their closed ones
     /// moved: kept out of `active`, `bytesIn` and `bytesOut` when statistics are published, so the
@@ -88,9 +91,11 @@ final class LoopCore {
         // Accepts, and the closes of sockets over the cap (at most one per spare slot in flight).
         contexts = ContextSlab(
             capacity: configuration.acceptDepth + setup.spareSlots + (capacity - mainCapacity) + 64, empty: .none)
+        remote = mailboxes.ports[ringIndex].remote
+        precondition(remote.capacity >= capacity, "the ring's remote tables are sized for its sessions")
         queue = SendQueue(
             provided: provided, outbound: configuration.outboundBuffers, outboundSize: configuration.bufferSize,
-            sessions: useRing ? 0 : capacity, capacity: capacity)
+            sessions: useRing ? 0 : capacity, capacity: capacity, pool: remote)
         quietClose = features.contains(.quietClose)
         closedIndices = .allocate(capacity: capacity)
         touchedNext = .allocate(capacity: capacity)

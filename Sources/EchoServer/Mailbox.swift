@@ -4,7 +4,7 @@ import URing
 
 /// One bounded single-producer, single-consumer byte queue: the mailbox from one ring to another.
 ///
-/// Records are `[length: UInt32][unused: UInt32][value: UInt64][bytes, padded to 16]`, always
+/// Records are `[length: UInt32][word: UInt32][value: UInt64][bytes, padded to 16]`, always
 /// contiguous: a record that would cross the end is preceded by a skip marker. The producer owns
 /// `tail`, the consumer `head`; each publishes its position with release ordering and reads the
 /// other's with acquire ordering.
@@ -29,7 +29,7 @@ final class Mailbox: @unchecked Sendable {  // storage is written only below `ta
     static func recordSize(_ count: Int) -> Int { (headerSize + count + 15) & ~15 }
 
     /// Producer: appends a record; false when it does not fit now.
-    func push(_ bytes: UnsafeRawBufferPointer, value: UInt64) -> Bool {
+    func push(_ bytes: UnsafeRawBufferPointer, value: UInt64, word: UInt32 = 0) -> Bool {
         let size = Self.recordSize(bytes.count)
         let t = tail.load(ordering: .relaxed)
         let h = head.load(ordering: .acquiring)
@@ -44,6 +44,7 @@ final class Mailbox: @unchecked Sendable {  // storage is written only below `ta
         }
         let record = storage + at % capacity
         record.storeBytes(of: UInt32(bytes.count), as: UInt32.self)
+        record.storeBytes(of: word, toByteOffset: 4, as: UInt32.self)
         record.storeBytes(of: value, toByteOffset: 8, as: UInt64.self)
         if let base = bytes.baseAddress { (record + Self.headerSize).copyMemory(from: base, byteCount: bytes.count) }
         tail.store(at + size, ordering: .releasing)
@@ -52,6 +53,12 @@ final class Mailbox: @unchecked Sendable {  // storage is written only below `ta
 
     /// Consumer: hands every record published so far to `body`, then frees their space.
     func drain(_ body: (UInt64, UnsafeRawBufferPointer) throws(URingError) -> Void) throws(URingError) {
+        try drainRecords { (_, value, bytes) throws(URingError) in try body(value, bytes) }
+    }
+
+    /// Consumer: hands every record published so far, with its word, to `body`, then frees their
+    /// space.
+    func drainRecords(_ body: (UInt32, UInt64, UnsafeRawBufferPointer) throws(URingError) -> Void) throws(URingError) {
         var h = head.load(ordering: .relaxed)
         let t = tail.load(ordering: .acquiring)
         defer { head.store(h, ordering: .releasing) }
@@ -63,10 +70,11 @@ final class Mailbox: @unchecked Sendable {  // storage is written only below `ta
                 h += capacity - offset
                 continue
             }
+            let word = record.load(fromByteOffset: 4, as: UInt32.self)
             let value = record.load(fromByteOffset: 8, as: UInt64.self)
             let bytes = UnsafeRawBufferPointer(start: record + Self.headerSize, count: Int(length))
             h += Self.recordSize(Int(length))
-            try body(value, bytes)
+            try body(word, value, bytes)
         }
     }
 }

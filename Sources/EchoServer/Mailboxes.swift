@@ -24,12 +24,19 @@ final class Mailboxes: Sendable {
     /// - Parameters:
     ///   - count: rings.
     ///   - capacity: bytes of each mailbox.
-    ///   - wakeDescriptors: one eventfd per ring, owned from now on.
-    init(count: Int, capacity: Int, wakeDescriptors: [Int32]) {
+    ///   - wakeDescriptors: one eventfd per ring.
+    ///   - remotes: each ring's tables for other threads (``RemoteConnections``); empty ones when
+    ///     not given (tests).
+    init(count: Int, capacity: Int, wakeDescriptors: [Int32], remotes: [RemoteConnections]? = nil) {
         self.count = count
         wakeBuffers = .allocate(byteCount: 8 * count, alignment: 8)
         boxes = (0..<count * count).map { _ in Mailbox(capacity: capacity) }
-        ports = wakeDescriptors.map { RingPort(wakeFD: $0) }
+        let remotes =
+            remotes
+            ?? wakeDescriptors.map { _ in
+                RemoteConnections(capacity: 1, inboxBytes: 4096, outboundBuffers: 0, outboundSize: 4096)
+            }
+        ports = zip(wakeDescriptors, remotes).map { RingPort(wakeFD: $0, remote: $1) }
     }
 
     deinit { wakeBuffers.deallocate() }

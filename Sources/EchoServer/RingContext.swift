@@ -24,6 +24,12 @@ public struct RingContext {
         core.write(bytes, to: connection)
     }
 
+    /// A handle to `connection` for any thread or task (``ConnectionHandle``).
+    /// - Parameter connection: a connection of this ring.
+    public func handle(_ connection: ConnectionID) -> ConnectionHandle {
+        ConnectionHandle(port: core.mailboxes.ports[core.ringIndex], id: connection)
+    }
+
     /// Closes `connection` once its queued output is sent (no more receiving).
     /// - Parameter connection: a connection of this ring; a stale ID is ignored.
     public func close(_ connection: ConnectionID) { core.requestClose(connection, abort: false) }

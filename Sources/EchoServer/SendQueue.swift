@@ -27,6 +27,9 @@ struct SendQueue: ~Copyable {
     let sessionFirst: Int32
     let outboundFree: UnsafeMutablePointer<Int32>
     private(set) var outboundAvailable: Int
+    /// The count of outbound buffers free to reserve, shared with writers on other threads: every
+    /// write reserves its buffers there first, so one reserved from elsewhere always finds them.
+    let pool: RemoteConnections
     /// Per session: a `msghdr` and ``maxGather`` iovecs for a send of several segments at once.
     let headers: UnsafeMutablePointer<msghdr>
     let iovecs: UnsafeMutablePointer<iovec>
@@ -36,7 +39,11 @@ struct SendQueue: ~Copyable {
     ///   - provided: the provided segments (none without a buffer ring).
     ///   - outbound: outbound buffers of `outboundSize` bytes.
     ///   - sessions: sessions with their own buffer (0 with a buffer ring).
-    init(provided providedSegments: ProvidedSegments, outbound: Int, outboundSize: Int, sessions: Int, capacity: Int) {
+    init(
+        provided providedSegments: ProvidedSegments, outbound: Int, outboundSize: Int, sessions: Int, capacity: Int,
+        pool: RemoteConnections
+    ) {
+        self.pool = pool
         headers = .allocate(capacity: capacity)
         headers.initialize(repeating: msghdr(), count: capacity)
         iovecs = .allocate(capacity: capacity * Self.maxGather)
@@ -113,17 +120,25 @@ struct SendQueue: ~Copyable {
 
     /// Copies `bytes` to the end of `s`'s queue: into the room left in its last outbound segment
     /// (unless `coalesce` is false), then into fresh outbound buffers. All or nothing.
+    /// - Parameter reserved: outbound buffers already reserved for these bytes (a write from
+    ///   another thread); what they do not need is given back.
     /// - Returns: false (nothing queued) when the outbound buffers would run out, or `s` would hold
     ///   more than `maxHeld` of them.
     mutating func write(
-        _ bytes: UnsafeRawBufferPointer, to s: ConnectionRef, coalesce: Bool, maxHeld: Int = .max
+        _ bytes: UnsafeRawBufferPointer, to s: ConnectionRef, coalesce: Bool, maxHeld: Int = .max, reserved: Int = 0
     ) -> Bool {
         var remaining = bytes.count
-        guard remaining > 0 else { return true }
         let tail = s.pointee.output.tail
         let room = tail >= 0 && coalesce && isOutbound(tail) ? outboundSize - Int(length[Int(tail)]) : 0
         let needed = (max(remaining - room, 0) + outboundSize - 1) / outboundSize
-        guard needed <= outboundAvailable, Int(s.pointee.output.outboundHeld) + needed <= maxHeld else { return false }
+        guard Int(s.pointee.output.outboundHeld) + needed <= maxHeld,
+            needed <= reserved || pool.reserveBuffers(needed - reserved)
+        else {
+            pool.returnBuffers(reserved)
+            return false
+        }
+        if reserved > needed { pool.returnBuffers(reserved - needed) }
+        guard remaining > 0 else { return true }
         var source = bytes.baseAddress.unsafelyUnwrapped
         if room > 0 {
             let n = min(room, remaining)
@@ -210,5 +225,6 @@ struct SendQueue: ~Copyable {
         s.pointee.output.outboundHeld -= 1
         outboundFree[outboundAvailable] = id
         outboundAvailable += 1
+        pool.returnBuffers(1)
     }
 }

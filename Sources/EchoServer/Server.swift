@@ -149,7 +149,15 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             throw ServerError(setupFailure: error)
         }
         // From here the mailboxes own the eventfds.
-        let mailboxes = Mailboxes(count: threads, capacity: configuration.mailboxBytes, wakeDescriptors: wakes)
+        let remotes = (0..<threads).map { i in
+            RemoteConnections(
+                capacity: configuration.connections(forRing: i)
+                    + RingListeners(main: -1, sides: sides.filter { $0.ring == i }).extraSessions,
+                inboxBytes: configuration.mailboxBytes, outboundBuffers: configuration.outboundBuffers,
+                outboundSize: configuration.bufferSize, maxOutput: configuration.maxOutputBytesPerConnection)
+        }
+        let mailboxes = Mailboxes(
+            count: threads, capacity: configuration.mailboxBytes, wakeDescriptors: wakes, remotes: remotes)
         let stopWhileStarting = state.withLock {
             $0.perThread = Array(repeating: ServerStatistics(), count: threads)
             $0.reported = Array(repeating: ServerStatistics(), count: threads)

@@ -151,6 +151,23 @@ public struct Ring: ~Copyable {
         throw URingError("io_uring_submit_and_wait", result: result)
     }
 
+    /// Submits every prepared entry and reaps what has completed, without waiting: with
+    /// `DEFER_TASKRUN` this runs the deferred completion work a plain submit would leave pending.
+    /// Maps to `io_uring_submit_and_get_events` (one `io_uring_enter` with `IORING_ENTER_GETEVENTS`
+    /// and no minimum).
+    /// - Returns: the number of entries submitted.
+    /// - Throws: ``URingError`` for `io_uring_submit_and_get_events` (not for `EINTR`).
+    @inlinable
+    @discardableResult
+    public func submitAndGetEvents() throws(URingError) -> Int {
+        counters.pointee.submitCalls &+= 1
+        if counters.pointee.injectedEnterFailure != 0 { return try failInjected("io_uring_submit_and_get_events") }
+        let result = io_uring_submit_and_get_events(ring)
+        if result >= 0 { return Int(result) }
+        if result == -EINTR { return 0 }
+        throw URingError("io_uring_submit_and_get_events", result: result)
+    }
+
     /// Submits every prepared entry and waits until `count` completions are ready or `timeout`
     /// passes, whichever is first. Maps to `io_uring_submit_and_wait_timeout` (with
     /// `IORING_FEAT_EXT_ARG`, a single `io_uring_enter`).

@@ -382,3 +382,48 @@ final class ConnectionAPITests: ServerTestCase {
         }
     }
 }
+
+/// Echoes, and after the peer's FIN writes how many bytes it saw, a moment later (on the next
+/// message from its own ring), then closes.
+struct Summarizer: ConnectionHandler {
+    var seen: [Int] = []
+    mutating func start(capacity: Int) { seen = Array(repeating: 0, count: capacity) }
+    mutating func opened(_ connection: Connection) { seen[connection.index] = 0 }
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        seen[connection.index] += bytes.count
+        return .send(bytes.count)
+    }
+    mutating func inputEnded(_ connection: Connection) {
+        // Not closed here: the connection stays open for writing after the peer's FIN.
+        let id = connection.id
+        withUnsafeBytes(of: UInt64(id.epoch)) {
+            _ = connection.ring.post($0, value: UInt64(id.index), toRing: connection.ring.index)
+        }
+    }
+    mutating func received(message: RingMessage, ring: RingContext) {
+        let id = ConnectionID(ring: ring.index, index: Int(message.value), epoch: message.bytes.loadUnaligned(as: UInt64.self))
+        let text = Array("\nseen \(seen[id.index])\n".utf8)
+        XCTAssertEqual(text.withUnsafeBytes { ring.write($0, to: id) }, .queued, "writing after the peer's FIN")
+        ring.close(id)
+    }
+}
+
+final class HalfCloseTests: ServerTestCase {
+    func testAfterThePeersFINTheHandlerMayStillWriteThenClose() throws {
+        for (mode, receive) in Self.variants {
+            try withServer(config(mode, receive), handler: { Summarizer() }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                let bytes = patternBytes(seed: 9, count: 100_000)
+                try s.writeAll(bytes)
+                s.shutdownWrite()
+                let back = try s.readToEnd()
+                XCTAssertEqual(back.count, bytes.count + "\nseen 100000\n".utf8.count, "\(mode)/\(receive)")
+                XCTAssertTrue(Array(back.prefix(bytes.count)) == bytes, "\(mode)/\(receive): the echo first")
+                XCTAssertEqual(String(decoding: back.suffix(from: bytes.count), as: UTF8.self), "\nseen 100000\n")
+                XCTAssertTrue(eventually { server.statistics.closed == 1 })
+            }
+        }
+    }
+}

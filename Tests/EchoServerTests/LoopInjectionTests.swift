@@ -25,7 +25,10 @@ final class LoopInjectionTests: XCTestCase {
     func makeLoop<R: ReceivePath & ~Copyable>(
         _ configuration: ServerConfiguration, slices: Int? = nil, _ receiver: (LoopCore, consuming BufferRing?) -> R
     ) throws -> CompletionLoop<EchoHandler, R> {
-        let mailboxes = Mailboxes(count: 1, capacity: 4096, wakeDescriptors: [wake])
+        let remote = RemoteConnections(
+            capacity: configuration.maxConnections, inboxBytes: 4096, outboundBuffers: configuration.outboundBuffers,
+            outboundSize: configuration.bufferSize)
+        let mailboxes = Mailboxes(count: 1, capacity: 4096, wakeDescriptors: [wake], remotes: [remote])
         var setup = try RingSetup(configuration, ring: 0, logger: Logger(label: "test"))
         let buffers = setup.buffers.take()
         var provided = ProvidedSegments.none

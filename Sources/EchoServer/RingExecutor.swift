@@ -1,0 +1,86 @@
+import Glibc
+import Synchronization
+import URing
+
+/// A ring's thread as a `TaskExecutor`: the jobs of tasks that prefer it (an async connection's
+/// task, say) run on the ring's own thread, between loop turns, so a task that awaits its
+/// connection's bytes resumes where they arrive, with no thread hop (as SwiftNIO's event loops do
+/// for their tasks).
+///
+/// Jobs come from any thread into a short lock-guarded queue. A job enqueued on the ring's own
+/// thread runs before the loop next waits for completions; one enqueued from elsewhere wakes the
+/// ring through its eventfd, once per batch (a flag the ring clears before it takes the jobs).
+/// Once the ring has exited, jobs go to the global concurrent executor: a task that outlives its
+/// ring still finishes (and finds its connection closed).
+final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is only touched under `lock`; `thread` is written before any job runs
+    private let lock = PthreadLock(Queue())
+    /// Set by an enqueue from another thread, cleared by the ring before it takes the jobs.
+    private let wakePending = Atomic<Bool>(false)
+    /// Whether jobs are queued: read by the ring before it waits.
+    private let queued = Atomic<Bool>(false)
+    /// Set when the ring has exited.
+    private let exited = Atomic<Bool>(false)
+    let wakeFD: Int32
+    /// The ring's thread, once it runs.
+    nonisolated(unsafe) private(set) var thread = pthread_t()
+    private let started = Atomic<Bool>(false)
+
+    struct Queue {
+        var jobs: [UnownedJob] = []
+        init() { jobs.reserveCapacity(256) }
+    }
+
+    init(wakeFD: Int32) { self.wakeFD = wakeFD }
+
+    /// The ring's thread starts running jobs.
+    func attach() {
+        thread = pthread_self()
+        started.store(true, ordering: .releasing)
+    }
+
+    /// Whether the caller runs on the ring's thread.
+    @inline(__always)
+    var isCurrent: Bool { started.load(ordering: .acquiring) && pthread_equal(thread, pthread_self()) != 0 }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let forward = lock.withLock { queue -> Bool in
+            if exited.load(ordering: .acquiring) { return true }
+            queue.jobs.append(job)
+            queued.store(true, ordering: .releasing)
+            return false
+        }
+        if forward {
+            globalConcurrentExecutor.enqueue(ExecutorJob(job))
+            return
+        }
+        if !isCurrent && !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+            try? Sockets.signalEventFD(wakeFD)
+        }
+    }
+
+    /// Whether jobs wait to run (the ring must not block before running them).
+    @inline(__always)
+    var hasJobs: Bool { queued.load(ordering: .acquiring) }
+
+    /// Runs the jobs queued so far, on the ring's thread. Jobs they enqueue wait for the next call.
+    func runJobs(into spare: inout [UnownedJob]) {
+        wakePending.store(false, ordering: .releasing)
+        lock.withLock { queue in
+            swap(&queue.jobs, &spare)
+            queued.store(false, ordering: .releasing)
+        }
+        for job in spare { job.runSynchronously(on: asUnownedTaskExecutor()) }
+        spare.removeAll(keepingCapacity: true)
+    }
+
+    /// The ring has exited: what is queued, and what comes later, runs on the global executor.
+    func detach() {
+        let left = lock.withLock { queue -> [UnownedJob] in
+            exited.store(true, ordering: .releasing)
+            defer { queue.jobs.removeAll() }
+            return queue.jobs
+        }
+        for job in left { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+    }
+}
