@@ -77,6 +77,12 @@ extension CompletionLoop where Receiver: ~Copyable {
         core.replyAnchor = anchor
         let reply = handler.received(bytes, connection: Connection(core.connectionID(c), core))
         core.replyAnchorSession = -1
+        if core.holdReceived {
+            // The handler keeps the bytes for a consumer (an async connection): held, not replied.
+            core.holdReceived = false
+            core.hold(segment, count: bytes.count, c)
+            return
+        }
         let count = min(max(reply.count, 0), bytes.count)
         if count > 0 && c.pointee.lifecycle.sendsReplies {
             // Behind a queue (the peer reads slower than it writes), a small reply is copied onto
@@ -185,13 +191,21 @@ extension CompletionLoop where Receiver: ~Copyable {
     /// handler hears of it.
     func recycle(_ c: ConnectionRef) throws(URingError) {
         c.pointee.lifecycle.closeCompleted()
-        // Buffers still queued for sending go back.
+        // Buffers still queued for sending, or held for a consumer, go back.
         var segment = core.queue.detachAll(c)
         while segment >= 0 {
             let following = core.queue.next[Int(segment)]
             release(segment, of: c)
             segment = following
         }
+        segment = c.pointee.inbound.head
+        while segment >= 0 {
+            let following = core.queue.next[Int(segment)]
+            release(segment, of: c)
+            segment = following
+        }
+        if c.pointee.inbound.current >= 0 { release(c.pointee.inbound.current, of: c) }
+        c.pointee.inbound = InboundQueue()
         let id = core.connectionID(c)
         core.remote.closed(c.pointee.session.index)
         if let slot = c.pointee.session.slot { core.slots?.release(slot) }

@@ -44,6 +44,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         waitTimeout = core.configuration.batchWait?.timeout
         bounds = .init(
             bytes: core.maxPending, buffers: self.receiver.maxHeldPerConnection, outbound: core.maxOutboundHeld)
+        core.releaseReceived = { [unowned(unsafe) self] segment, c in self.receiver.release(segment, of: c) }
         self.handler.start(capacity: core.sessions.capacity)
     }
 

@@ -13,6 +13,9 @@ struct ConnectionRecord: SessionRecord {
     var lifecycle = ConnectionLifecycle()
     /// Its send queue (segments in the ring's ``SendQueue``).
     var output = OutputQueue()
+    /// Received segments its handler holds for later (an async connection's inbound bytes, not
+    /// yet consumed), and the one being consumed.
+    var inbound = InboundQueue()
     /// Provided buffers held (received and not yet sent or given back); with an incremental ring,
     /// the buffers its slices' bytes would fill (at least one per slice).
     var buffersHeld: Int32 = 0

@@ -57,6 +57,12 @@ final class LoopCore {
     let closedIndices: UnsafeMutablePointer<Int32>
     @exclusivity(unchecked) var closedCount = 0
 
+    /// Set by a handler during `received` to keep the received segment (``ConnectionRecord/inbound``)
+    /// instead of replying in place: an async connection's bytes wait for their consumer.
+    @exclusivity(unchecked) var holdReceived = false
+    /// Gives a received segment back to the receive path (set by the loop, which knows it).
+    @exclusivity(unchecked) var releaseReceived: (Int32, ConnectionRef) -> Void = { _, _ in }
+
     /// Connections a callback touched (wrote to, closed, paused), settled when it returns.
     let touchedNext: UnsafeMutablePointer<Int32>
     let isTouched: UnsafeMutablePointer<Bool>

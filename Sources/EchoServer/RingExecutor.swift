@@ -59,6 +59,9 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
         }
     }
 
+    /// Whether the ring has exited (its jobs now run on the global executor).
+    var hasExited: Bool { exited.load(ordering: .acquiring) }
+
     /// Whether jobs wait to run (the ring must not block before running them).
     @inline(__always)
     var hasJobs: Bool { queued.load(ordering: .acquiring) }

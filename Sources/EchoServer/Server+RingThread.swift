@@ -72,12 +72,12 @@ extension Server {
             self.publish(thread: ring, snapshot, report: report)
         }
         if listeners.sides.isEmpty {
-            run(CompletionLoop(core: core, handler: makeHandler(), receiver: receiver, listeners: listeners, publish: publisher),
+            run(CompletionLoop(core: core, handler: makeHandler(ring), receiver: receiver, listeners: listeners, publish: publisher),
                 ring: ring, ready: ready, go: go)
         } else {
             var sides: [(any ConnectionHandler)?] = Array(repeating: nil, count: self.listeners.count + 1)
             for side in listeners.sides { sides[Int(side.number)] = self.listeners[Int(side.number) - 1].makeHandler() }
-            let handler = ListenerRouter(main: makeHandler(), sides: sides)
+            let handler = ListenerRouter(main: makeHandler(ring), sides: sides)
             run(CompletionLoop(core: core, handler: handler, receiver: receiver, listeners: listeners, publish: publisher),
                 ring: ring, ready: ready, go: go)
         }

@@ -23,7 +23,8 @@ import URing
 public final class Server<Handler: ConnectionHandler>: Sendable {
     /// The configuration it was made with.
     public let configuration: ServerConfiguration
-    let makeHandler: @Sendable () -> Handler
+    /// Makes ring `i`'s handler, on that ring's thread.
+    let makeHandler: @Sendable (Int) -> Handler
     let logger: Logger
     let state = PthreadLock(State())
     /// Left once, when the server has stopped (``ServerLifecycle``): what ``wait()`` waits for.
@@ -54,13 +55,23 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     ///   - metricsFactory: the swift-metrics backend the server's counters go to (labelled per
     ///     ring); `nil` for the one bootstrapped with `MetricsSystem.bootstrap` (by default a no-op).
     ///   - makeHandler: makes one handler per ring thread, for the main listener's connections.
-    public init(
+    public convenience init(
         configuration: ServerConfiguration, logger: Logger = Logger(label: "uring-echo"), listeners: [Listener] = [],
         metricsFactory: (any MetricsFactory)? = nil, makeHandler: @escaping @Sendable () -> Handler
     ) {
+        self.init(
+            configuration: configuration, logger: logger, listeners: listeners, metricsFactory: metricsFactory,
+            makeRingHandler: { _ in makeHandler() })
+    }
+
+    /// A server whose handler factory is told which ring it makes the handler for.
+    package init(
+        configuration: ServerConfiguration, logger: Logger, listeners: [Listener], metricsFactory: (any MetricsFactory)?,
+        makeRingHandler: @escaping @Sendable (Int) -> Handler
+    ) {
         self.configuration = configuration
         self.logger = logger
-        self.makeHandler = makeHandler
+        self.makeHandler = makeRingHandler
         self.listeners = listeners
         let factory = metricsFactory ?? MetricsSystem.factory
         // Within validated bounds; an invalid thread count fails in start(), before any ring runs.
@@ -85,6 +96,12 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     public func address(ofListener name: String) -> SocketAddress? {
         guard let i = listeners.firstIndex(where: { $0.name == name }) else { return nil }
         return state.withLock { i < $0.listenerAddresses.count ? $0.listenerAddresses[i] : nil }
+    }
+
+    /// Ring `ring` as other threads see it (its executor, its inbox), while the rings exist
+    /// (from the end of a successful ``start()``).
+    func port(ofRing ring: Int) -> RingPort? {
+        state.withLock { s in s.lifecycle.mailboxes.flatMap { ring < $0.count ? $0.ports[ring] : nil } }
     }
 
     /// Ring `ring`'s own counters, as of its last tick (`nil` for a ring that does not exist).

@@ -102,7 +102,7 @@ struct RingTrip: ConnectionHandler {
 
     mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
         let ring = connection.ring
-        var message = withUnsafeBytes(of: connection.id.generation) { Array($0) }
+        var message = withUnsafeBytes(of: connection.id.epoch) { Array($0) }
         message += bytes
         let result = message.withUnsafeBytes {
             ring.post($0, value: UInt64(connection.id.index) | 1 << 63, toRing: (ring.index + 1) % ring.count)
@@ -116,7 +116,7 @@ struct RingTrip: ConnectionHandler {
             XCTAssertEqual(ring.post(message.bytes, value: message.value & ~(1 << 63), toRing: message.from), .posted)
         } else {
             let generation = message.bytes.loadUnaligned(as: UInt64.self)
-            let id = ConnectionID(ring: ring.index, index: Int(message.value), generation: generation)
+            let id = ConnectionID(ring: ring.index, index: Int(message.value), epoch: generation)
             XCTAssertEqual(ring.write(UnsafeRawBufferPointer(rebasing: message.bytes[8...]), to: id), .queued)
         }
     }

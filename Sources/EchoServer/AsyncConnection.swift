@@ -1,0 +1,175 @@
+/// One connection, as an ``AsyncServer``'s `serve` closure gets it: its input as an
+/// `AsyncSequence` of chunks (``inbound``), a writer (``outbound``), and a ``handle`` for other
+/// tasks and threads.
+///
+/// The closure runs in a child task of the server's task group, on the connection's ring's
+/// thread (the task prefers the ring's ``RingExecutor``), so awaiting the next chunk or room to
+/// write costs no thread hop. Leaving the closure closes the connection once what is queued is
+/// sent; a thrown error aborts it.
+public struct AsyncConnection: Sendable {
+    let ring: AsyncRing
+    /// The connection's identity.
+    public let id: ConnectionID
+    /// A handle for other tasks and threads (``ConnectionHandle``).
+    public let handle: ConnectionHandle
+    /// Which of the server's listeners accepted it: 0 for the main one.
+    public let listener: Int
+
+    init(ring: AsyncRing, id: ConnectionID, handle: ConnectionHandle, listener: Int) {
+        self.ring = ring
+        self.id = id
+        self.handle = handle
+        self.listener = listener
+    }
+
+    /// The bytes the peer sends, chunk by chunk, until its FIN (or the connection closes).
+    ///
+    /// Receiving pauses while the consumer lags: chunks not yet taken count in the connection's
+    /// share of receive buffers (``ServerConfiguration/maxBuffersPerConnection``), and past it the
+    /// connection stops receiving until the consumer catches up (to half), so a slow consumer
+    /// holds bounded memory.
+    public var inbound: Inbound { Inbound(connection: self) }
+
+    /// Writes to the connection, waiting while its output is at its bound.
+    public var outbound: Outbound { Outbound(connection: self) }
+
+    /// Runs `body` on the connection's ring: at once when already there (its own task), after a
+    /// hop otherwise; `whenGone` if the ring has exited.
+    @inline(__always)
+    func onRing<T>(_ whenGone: T, _ body: @escaping (AsyncRing) async -> T) async -> T {
+        guard let executor = ring.executor, !executor.hasExited else { return whenGone }
+        if executor.isCurrent { return await body(ring) }
+        return await withTaskExecutorPreference(executor) {
+            executor.isCurrent ? await body(ring) : whenGone
+        }
+    }
+
+    /// A connection's input: an `AsyncSequence` of ``InboundChunk``s, ending at the peer's FIN or
+    /// when the connection closes.
+    public struct Inbound: AsyncSequence, Sendable {
+        public typealias Element = InboundChunk
+        let connection: AsyncConnection
+
+        public func makeAsyncIterator() -> Iterator { Iterator(connection: connection) }
+
+        /// Takes the chunks one by one. A chunk is valid until the next call to ``next()``.
+        public struct Iterator: AsyncIteratorProtocol {
+            let connection: AsyncConnection
+
+            /// The next chunk, waiting for it; nil at the input's end.
+            public mutating func next() async -> InboundChunk? {
+                let id = connection.id
+                return await connection.onRing(nil) { await $0.next(id) }
+            }
+        }
+    }
+
+    /// A connection's output.
+    public struct Outbound: Sendable {
+        let connection: AsyncConnection
+
+        /// Queues a copy of `bytes`, after what is queued, waiting while the connection's output is
+        /// at its bound (``ServerConfiguration/maxOutputBytesPerConnection``) until the peer has
+        /// read enough.
+        /// - Parameter bytes: what to send.
+        /// - Throws: ``AsyncConnectionError/closed`` if the connection has closed;
+        ///   ``AsyncConnectionError/tooLarge`` for bytes larger than the output bound itself.
+        public func write(_ bytes: UnsafeRawBufferPointer) async throws(AsyncConnectionError) {
+            let id = connection.id
+            // The bytes are only read on the ring, while this task waits for the write.
+            nonisolated(unsafe) let bytes = bytes
+            let result = await connection.onRing(WriteResult.closed) { ring in
+                await ring.write(count: bytes.count, to: id) { ring.core.write(bytes, to: id) }
+            }
+            switch result {
+            case .queued: return
+            case .full: throw .tooLarge
+            case .closed: throw .closed
+            }
+        }
+
+        /// Queues a copy of `bytes`, waiting for room.
+        /// - Parameter bytes: what to send.
+        /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
+        public func write(_ bytes: [UInt8]) async throws(AsyncConnectionError) {
+            let id = connection.id
+            let result = await connection.onRing(WriteResult.closed) { ring in
+                await ring.write(count: bytes.count, to: id) { bytes.withUnsafeBytes { ring.core.write($0, to: id) } }
+            }
+            switch result {
+            case .queued: return
+            case .full: throw .tooLarge
+            case .closed: throw .closed
+            }
+        }
+
+        /// Queues the UTF-8 bytes of `text`, waiting for room.
+        /// - Parameter text: what to send.
+        /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
+        public func write(_ text: String) async throws(AsyncConnectionError) {
+            try await write(Array(text.utf8))
+        }
+
+        /// Sends `chunk`, the connection's own input being consumed, as it is: no copy (its
+        /// receive buffer goes back once sent). The chunk is used up. Any other chunk is copied.
+        /// - Parameter chunk: a chunk of input.
+        /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
+        public func write(_ chunk: InboundChunk) async throws(AsyncConnectionError) {
+            if chunk.id == connection.id, chunk.ring === connection.ring {
+                let result = await connection.onRing(WriteResult.closed) { ring in
+                    ring.isCurrent(chunk) ? ring.send(chunk) : .full
+                }
+                switch result {
+                case .queued: return
+                case .closed: throw .closed
+                case .full: break  // not the current chunk: copy it below
+                }
+            }
+            try await write(chunk.bytes)
+        }
+    }
+}
+
+/// Why an ``AsyncConnection``'s write failed.
+public enum AsyncConnectionError: Error, Sendable, Hashable {
+    /// The connection has closed (the peer reset it, it timed out, the server stopped, or it was
+    /// closed).
+    case closed
+    /// The bytes are larger than the connection's output bound itself
+    /// (``ServerConfiguration/maxOutputBytesPerConnection``) and can never fit: write them in parts.
+    case tooLarge
+}
+
+/// Received bytes, zero copy: a view of the receive buffer they landed in, valid until the next
+/// call to its connection's ``AsyncConnection/Inbound/Iterator/next()`` (or until it is written
+/// out with ``AsyncConnection/Outbound/write(_:)-(InboundChunk)``). Keep ``bytes`` (a copy) to use
+/// them later. Read it on the connection's task (its ring's thread).
+public struct InboundChunk {
+    let ring: AsyncRing
+    let id: ConnectionID
+    let number: UInt64
+    let buffer: UnsafeRawBufferPointer
+
+    init(ring: AsyncRing, id: ConnectionID, number: UInt64, bytes: UnsafeRawBufferPointer) {
+        self.ring = ring
+        self.id = id
+        self.number = number
+        self.buffer = bytes
+    }
+
+    /// Bytes in the chunk.
+    public var count: Int { buffer.count }
+
+    /// Calls `body` with the bytes.
+    /// - Parameter body: reads the bytes; they are valid only during the call.
+    /// - Returns: what `body` returns.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        precondition(
+            ring.executor?.isCurrent == true && ring.isCurrent(self),
+            "an InboundChunk is valid until the next call to next() of its connection's inbound, on its task")
+        return try body(buffer)
+    }
+
+    /// A copy of the bytes, to keep.
+    public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
+}

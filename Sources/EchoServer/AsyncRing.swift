@@ -1,0 +1,163 @@
+import Synchronization
+import URing
+
+/// One ring's side of the async API: the connections it accepted, handed to the server's
+/// `serve` loop through ``accepted``, and each one's reader and writer waiting for their
+/// connection. Everything but ``accepted`` and ``executor`` is touched only on the ring's thread
+/// (the tasks of its connections run there; see ``RingExecutor``).
+final class AsyncRing: @unchecked Sendable {  // the per-connection state is only touched on the ring's thread; `accepted` is an AsyncStream, `executor` is set once before any connection exists
+    let index: Int
+    let accepted: AsyncStream<AsyncConnection>
+    let acceptedContinuation: AsyncStream<AsyncConnection>.Continuation
+    /// The ring's executor, once the server has started.
+    private let executorBox = Mutex<RingExecutor?>(nil)
+    /// The ring's port (its connections' handles go through it), once started.
+    private let portBox = Mutex<RingPort?>(nil)
+
+    // Ring-thread state, per session index.
+    unowned(unsafe) var core: LoopCore!
+    var epochs: [UInt64] = []
+    var readers: [UnsafeContinuation<UnsafeRawBufferPointer?, Never>?] = []
+    var writers: [UnsafeContinuation<Void, Never>?] = []
+    /// Each connection's chunk counter: a chunk is valid while its number is the current one.
+    var chunkNumbers: [UInt64] = []
+
+    init(index: Int) {
+        self.index = index
+        (accepted, acceptedContinuation) = AsyncStream.makeStream(of: AsyncConnection.self, bufferingPolicy: .unbounded)
+    }
+
+    var executor: RingExecutor? { executorBox.withLock { $0 } }
+    var port: RingPort? { portBox.withLock { $0 } }
+
+    func attach(_ port: RingPort) {
+        portBox.withLock { $0 = port }
+        executorBox.withLock { $0 = port.executor }
+    }
+
+    // MARK: Ring-thread side (the bridge handler's callbacks)
+
+    func start(capacity: Int) {
+        epochs = Array(repeating: 0, count: capacity)
+        readers = Array(repeating: nil, count: capacity)
+        writers = Array(repeating: nil, count: capacity)
+        chunkNumbers = Array(repeating: 0, count: capacity)
+    }
+
+    func opened(_ connection: Connection) {
+        core = connection.ring.core
+        let index = connection.index
+        epochs[index] = connection.id.epoch
+        chunkNumbers[index] = 0
+        acceptedContinuation.yield(
+            AsyncConnection(ring: self, id: connection.id, handle: connection.handle, listener: connection.listener))
+    }
+
+    func received(_ connection: Connection) {
+        core.holdReceived = true
+        // The segment is held once this returns; a waiting reader takes it when it runs.
+        if let reader = readers[connection.index] {
+            readers[connection.index] = nil
+            reader.resume(returning: nil)  // nil here means "look again"
+        }
+    }
+
+    func inputEnded(_ connection: Connection) {
+        // Not closed: the connection's task may keep writing until it returns.
+        wakeReader(connection.index)
+    }
+
+    func writable(_ connection: Connection) { wakeWriter(connection.index) }
+
+    func closed(_ id: ConnectionID) {
+        epochs[id.index] = 0
+        chunkNumbers[id.index] &+= 1
+        wakeReader(id.index)
+        wakeWriter(id.index)
+    }
+
+    private func wakeReader(_ index: Int) {
+        if let reader = readers[index] {
+            readers[index] = nil
+            reader.resume(returning: nil)
+        }
+    }
+
+    private func wakeWriter(_ index: Int) {
+        if let writer = writers[index] {
+            writers[index] = nil
+            writer.resume()
+        }
+    }
+
+    // MARK: The connection's task (on the ring's thread)
+
+    /// The live record of `id`, on the ring's thread; nil once it has closed.
+    @inline(__always)
+    func record(_ id: ConnectionID) -> ConnectionRef? {
+        epochs[id.index] == id.epoch ? core.connection(id) : nil
+    }
+
+    /// The next chunk of `id`'s input, waiting for it; nil at its end (the peer's FIN, or the
+    /// connection closed). The previous chunk goes back first.
+    func next(_ id: ConnectionID) async -> InboundChunk? {
+        while true {
+            guard let c = record(id) else { return nil }
+            core.releaseCurrent(c)
+            chunkNumbers[id.index] &+= 1
+            if let bytes = core.takeInbound(c) {
+                return InboundChunk(ring: self, id: id, number: chunkNumbers[id.index], bytes: bytes)
+            }
+            // Nothing held: the input has ended, or wait for more.
+            if c.pointee.lifecycle.phase != .open { return nil }
+            _ = await withUnsafeContinuation { readers[id.index] = $0 }
+        }
+    }
+
+    /// Whether `chunk` is still the one its connection's consumer has.
+    @inline(__always)
+    func isCurrent(_ chunk: InboundChunk) -> Bool {
+        epochs[chunk.id.index] == chunk.id.epoch && chunkNumbers[chunk.id.index] == chunk.number
+    }
+
+    /// Writes `count` bytes to `id` (`attempt` tries the write), waiting while its output is at
+    /// its bound.
+    func write(count: Int, to id: ConnectionID, _ attempt: () -> WriteResult) async -> WriteResult {
+        while true {
+            let result = attempt()
+            guard result == .full, count <= core.maxOutput, record(id) != nil else { return result }
+            await withUnsafeContinuation { writers[id.index] = $0 }
+        }
+    }
+
+    /// Sends `chunk` (the one being consumed) as it is: zero copy.
+    func send(_ chunk: InboundChunk) -> WriteResult {
+        guard let c = record(chunk.id) else { return .closed }
+        guard c.pointee.lifecycle.acceptsOutput else { return .closed }
+        core.sendCurrent(c)
+        chunkNumbers[chunk.id.index] &+= 1  // the chunk is the send queue's now
+        return .queued
+    }
+
+    /// The connection's task ended: close after what is queued, or at once after an error.
+    func finish(_ id: ConnectionID, abort: Bool) {
+        if let c = record(id) { core.releaseCurrent(c) }
+        core.requestClose(id, abort: abort)
+    }
+}
+
+/// The handler of an async server's rings: it keeps each connection's bytes for its task and
+/// wakes the task's reader and writer (``AsyncRing``).
+struct AsyncBridge: ConnectionHandler {
+    let ring: AsyncRing
+
+    mutating func start(capacity: Int) { ring.start(capacity: capacity) }
+    mutating func opened(_ connection: Connection) { ring.opened(connection) }
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        ring.received(connection)
+        return .nothing
+    }
+    mutating func inputEnded(_ connection: Connection) { ring.inputEnded(connection) }
+    mutating func writable(_ connection: Connection) { ring.writable(connection) }
+    mutating func closed(_ connection: ConnectionID) { ring.closed(connection) }
+}

@@ -1,0 +1,186 @@
+import EchoServer
+import Foundation
+import Glibc
+import SocketPool
+import TestSupport
+import URing
+import XCTest
+
+/// The async API on real rings: `serve`, inbound, outbound, handles from tasks.
+final class AsyncServerTests: ServerTestCase {
+    /// Runs `serve(body)` in a task, gives `test` the port, then cancels the task and checks that
+    /// everything ended and nothing was left behind.
+    func withAsyncServer(
+        _ configuration: ServerConfiguration, file: StaticString = #filePath, line: UInt = #line,
+        body: @escaping @Sendable (AsyncConnection) async throws -> Void,
+        _ test: (AsyncServer, UInt16) async throws -> Void
+    ) async throws {
+        // The runtime's timer machinery opens its descriptors on first use: before the baseline.
+        try await Task.sleep(for: .milliseconds(1))
+        let baseline = openDescriptorCount()
+        let server = AsyncServer(configuration: configuration)
+        let serving = Task { try await server.serve(body) }
+        let address = try await server.listeningAddress
+        var failure: (any Error)?
+        do { try await test(server, address.port) } catch { failure = error }
+        serving.cancel()
+        try await serving.value
+        let s = server.statistics
+        let label = "\(configuration.mode)/\(configuration.receive)"
+        XCTAssertEqual(s.active, 0, "\(label): no connection left", file: file, line: line)
+        XCTAssertEqual(s.sessions.inUse, 0, "\(label): sessions back", file: file, line: line)
+        XCTAssertEqual(s.buffersHeld, 0, "\(label): every buffer given back once", file: file, line: line)
+        XCTAssertEqual(openDescriptorCount(), baseline, "\(label): descriptors back to baseline", file: file, line: line)
+        if let failure { throw failure }
+    }
+
+    static let echo: @Sendable (AsyncConnection) async throws -> Void = { connection in
+        for await chunk in connection.inbound { try await connection.outbound.write(chunk) }
+    }
+
+    func testAsyncEchoSendsEveryByteBackInOrderAndClosesAfterTheFIN() async throws {
+        for (mode, receive) in Self.variants {
+            try await withAsyncServer(config(mode, receive), body: Self.echo) { server, port in
+                let bytes = patternBytes(seed: 3, count: 1 << 20)
+                XCTAssertTrue(try Self.roundTrip(port: port, bytes) == bytes, "\(mode)/\(receive)")
+                let ok = Locked(0)
+                parallel(8) { t in
+                    for i in 0..<20 {
+                        let b = patternBytes(seed: UInt64(t * 100 + i), count: 3000)
+                        if (try? Self.roundTrip(port: port, b)) == b { ok.with { $0 += 1 } }
+                    }
+                }
+                XCTAssertEqual(ok.get, 160, "\(mode)/\(receive)")
+                XCTAssertTrue(eventually { server.statistics.closed == 161 && server.statistics.active == 0 })
+            }
+        }
+    }
+
+    func testAConnectionsTaskRunsOnItsRingsThread() async throws {
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        let names = Locked<[String]>([])
+        try await withAsyncServer(c, body: { connection in
+            let name = { (try? readFile("/proc/thread-self/comm")) ?? "?" }
+            names.with { $0.append(name()) }
+            for await _ in connection.inbound {}
+            try await Task.sleep(for: .milliseconds(5))  // and after a sleep, still there
+            names.with { $0.append(name()) }
+        }) { server, port in
+            for _ in 0..<6 { _ = try Self.roundTrip(port: port, [1]) }
+            XCTAssertTrue(eventually { names.get.count == 12 })
+            XCTAssertTrue(names.get.allSatisfy { $0.hasPrefix("uring-ring-") }, "\(names.get)")
+        }
+    }
+
+    func testWritingGoesOnAfterTheFINUntilTheClosureReturns() async throws {
+        try await withAsyncServer(config(.pooled, .bufferRing), body: { connection in
+            var total = 0
+            for await chunk in connection.inbound { total += chunk.count }
+            try await Task.sleep(for: .milliseconds(20))  // a backend call, after the peer's FIN
+            try await connection.outbound.write("total \(total)\n")
+        }) { server, port in
+            let s = try TestSocket.connect(port: port)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            try s.writeAll(patternBytes(seed: 1, count: 100_000))
+            s.shutdownWrite()
+            XCTAssertEqual(String(decoding: try s.readToEnd(), as: UTF8.self), "total 100000\n")
+        }
+    }
+
+    struct Boom: Error {}
+
+    func testAThrownErrorAbortsThatConnectionOnly() async throws {
+        try await withAsyncServer(config(.pooled, .bufferRing), body: { connection in
+            for await chunk in connection.inbound {
+                if chunk.bytes.contains(0x21) { throw Boom() }  // "!"
+                try await connection.outbound.write(chunk)
+            }
+        }) { server, port in
+            let good = try TestSocket.connect(port: port)
+            defer { good.close() }
+            good.setTimeout(seconds: 5)
+            let bad = try TestSocket.connect(port: port)
+            defer { bad.close() }
+            bad.setTimeout(seconds: 5)
+            try bad.writeAll(Array("boom!".utf8))
+            XCTAssertEqual(try bad.readToEnd(), [], "aborted: closed, nothing echoed")
+            try good.writeAll(Array("fine".utf8))
+            XCTAssertEqual(try good.readExactly(4), Array("fine".utf8), "the other connection goes on")
+        }
+    }
+
+    func testStoppingWithAThousandOpenConnectionsEndsEveryTaskAndLeavesNothing() async throws {
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        let running = Locked(0)
+        let ended = Locked(0)
+        try await withAsyncServer(c, body: { connection in
+            running.with { $0 += 1 }
+            defer { ended.with { $0 += 1 } }
+            for await chunk in connection.inbound { try await connection.outbound.write(chunk) }
+        }) { server, port in
+            var clients: [TestSocket] = []
+            for _ in 0..<1000 { clients.append(try TestSocket.connect(port: port)) }
+            XCTAssertTrue(eventually(.seconds(10)) { running.get == 1000 }, "\(running.get) tasks running")
+            server.stop()
+            for client in clients {
+                client.setTimeout(seconds: 5)
+                XCTAssertEqual(try? client.readToEnd(), [], "the server closed it")
+                client.close()
+            }
+            XCTAssertTrue(eventually(.seconds(10)) { ended.get == 1000 }, "every task ended: \(ended.get)")
+        }
+        XCTAssertEqual(ended.get, 1000, "every task ended")
+    }
+
+    func testASlowConsumerPausesReceivingAndHoldsBoundedMemory() async throws {
+        for receive in [ReceiveStrategy.bufferRing, .perSessionBuffer] {
+            var c = config(.pooled, receive)
+            c.maxBuffersPerConnection = 16
+            try await withAsyncServer(c, body: { connection in
+                for await chunk in connection.inbound {
+                    try await Task.sleep(for: .milliseconds(1))  // a consumer slower than the peer
+                    try await connection.outbound.write(chunk)
+                }
+            }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 30)
+                let total = 4 << 20
+                let bytes = patternBytes(seed: 5, count: total)
+                let writer = Thread { try? s.writeAll(bytes) }
+                writer.start()
+                usleep(300_000)
+                let held = server.statistics.buffersHeld
+                XCTAssertLessThanOrEqual(held, 16 + 2, "\(receive): the lagging consumer holds at most its share")
+                if receive == .bufferRing { XCTAssertGreaterThan(server.statistics.receivePauses, 0) }
+                let back = try s.readExactly(total)
+                XCTAssertTrue(back == bytes, "\(receive): nothing lost or reordered")
+            }
+        }
+    }
+
+    func testASyncHandlerAnswersLaterFromATask() throws {
+        struct Later: ConnectionHandler {
+            mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+                let handle = connection.handle
+                let copy = Array(bytes)
+                Task {
+                    try await Task.sleep(for: .milliseconds(20))
+                    await handle.write("later: ")
+                    await handle.write(copy)
+                }
+                return .nothing
+            }
+        }
+        try withServer(config(.pooled, .bufferRing), handler: { Later() }) { server, port in
+            let s = try TestSocket.connect(port: port)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            try s.writeAll(Array("hi".utf8))
+            XCTAssertEqual(String(decoding: try s.readExactly(9), as: UTF8.self), "later: hi")
+        }
+    }
+}
