@@ -14,6 +14,8 @@ let package = Package(
         .executableTarget(name: "minimal-echo", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(name: "uppercase-lines", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(name: "chat-server", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
+        .executableTarget(name: "async-echo", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
+        .executableTarget(name: "delayed-lines", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(
             name: "concurrency-embed",
             dependencies: [

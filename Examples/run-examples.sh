@@ -7,6 +7,8 @@ swift build --product minimal-echo
 swift build --product uppercase-lines
 swift build --product concurrency-embed
 swift build --product chat-server
+swift build --product async-echo
+swift build --product delayed-lines
 BIN=.build/debug
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -257,6 +259,93 @@ if [ "$chat_status" -ne 0 ] && ! grep -q '^FAIL:' <<< "$chat_out"; then
 fi
 check "chat-server logged the slow client's abort" "$(grep -c 'over its output bound' /tmp/chat-server.err || true)" "1"
 stop_check "chat-server stops on SIGTERM with exit 0" "$pid"
+
+# first_line FILE: waits (bounded) for a program's first stdout line.
+first_line() {
+    local line=""
+    for _ in $(seq 1 100); do
+        line=$(head -n 1 "$1" 2> /dev/null || true)
+        [ -n "$line" ] && break
+        sleep 0.1
+    done
+    echo "$line"
+}
+
+# async-echo: port 0, two rings; the address from its first line; every byte back in order, the rest
+# echoed after the client's FIN, then closed; SIGTERM exits 0.
+$BIN/async-echo --port 0 --threads 2 > /tmp/async-echo.out 2> /tmp/async-echo.err &
+pid=$!
+line=$(first_line /tmp/async-echo.out)
+check "async-echo prints its address first" "$(sed -E 's/^listening on 127\.0\.0\.1:[0-9]+$/ok/' <<< "$line")" "ok"
+port=${line##*:}
+async_out=$(timeout 60 python3 - "$port" <<'PY'
+import socket, sys, threading
+port = int(sys.argv[1])
+def one(i, out):
+    data = bytes((i * 7 + k) % 251 for k in range(200_000 + i))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(data[:100_000])
+    s.sendall(data[100_000:])
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    out[i] = got == data
+out = {}
+threads = [threading.Thread(target=one, args=(i, out)) for i in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("ok" if all(out.values()) and len(out) == 16 else "FAIL %s" % out)
+PY
+)
+check "async-echo echoes 16 clients byte for byte, then closes after their FIN" "$async_out" "ok"
+stop_check "async-echo stops on SIGTERM with exit 0" "$pid"
+
+# delayed-lines: 1,000 clients each send one line; every answer within D + 1 s; a connection's
+# lines in their order and side by side (three lines take one delay, not three).
+$BIN/delayed-lines --port 0 --threads 2 --delay-ms 300 > /tmp/delayed-lines.out 2> /tmp/delayed-lines.err &
+pid=$!
+line=$(first_line /tmp/delayed-lines.out)
+check "delayed-lines prints its address first" "$(sed -E 's/^listening on 127\.0\.0\.1:[0-9]+$/ok/' <<< "$line")" "ok"
+port=${line##*:}
+delayed_out=$(timeout 60 python3 - "$port" <<'PY'
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+port, delay = int(sys.argv[1]), 0.3
+socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(1000)]
+start = time.monotonic()
+for i, s in enumerate(socks):
+    s.sendall(b"line %d\n" % i)
+ok = 0
+for i, s in enumerate(socks):
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    ok += got == b"line %d\n" % i
+elapsed = time.monotonic() - start
+s = socks[0]
+s.sendall(b"a\nbb\nccc\n")
+t = time.monotonic()
+got = b""
+while got.count(b"\n") < 3:
+    got += s.recv(100)
+three = time.monotonic() - t
+for s in socks:
+    s.close()
+if ok == 1000 and elapsed <= delay + 1 and got == b"a\nbb\nccc\n" and three < 2 * delay:
+    print("ok")
+else:
+    print("FAIL answered %d, all within %.2f s, three lines %r in %.2f s" % (ok, elapsed, got, three))
+PY
+)
+check "delayed-lines answers 1,000 clients within D + 1 s, a connection's lines in order" "$delayed_out" "ok"
+stop_check "delayed-lines stops on SIGTERM with exit 0" "$pid"
 
 echo "examples: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -30,13 +30,6 @@ public final class AsyncServer: Sendable {
     let server: Server<AsyncBridge>
     let rings: [AsyncRing]
     private let body: (@Sendable (AsyncConnection) async throws -> Void)?
-    private let listening = Mutex<ListeningState>(.waiting([]))
-
-    enum ListeningState {
-        case waiting([CheckedContinuation<SocketAddress, any Error>])
-        case listening(SocketAddress)
-        case failed(any Error)
-    }
 
     /// A server; nothing is bound until ``serve(_:)`` (or ``run()``).
     /// - Parameters:
@@ -82,24 +75,10 @@ public final class AsyncServer: Sendable {
     public var boundAddress: SocketAddress? { server.boundAddress }
 
     /// Waits until the server listens, and returns where (the real port when configured with
-    /// port 0): for code beside a task that runs ``serve(_:)``.
+    /// port 0): for code beside a task that runs ``serve(_:)`` (``Server/listeningAddress``).
     /// - Throws: the error ``serve(_:)`` failed to start with.
     public var listeningAddress: SocketAddress {
-        get async throws {
-            try await withCheckedThrowingContinuation { continuation in
-                let ready = listening.withLock { state -> Result<SocketAddress, any Error>? in
-                    switch state {
-                    case .waiting(var waiters):
-                        waiters.append(continuation)
-                        state = .waiting(waiters)
-                        return nil
-                    case .listening(let address): return .success(address)
-                    case .failed(let error): return .failure(error)
-                    }
-                }
-                if let ready { continuation.resume(with: ready) }
-            }
-        }
+        get async throws { try await server.listeningAddress }
     }
 
     /// The counters summed over all rings (``Server/statistics``).
@@ -122,14 +101,12 @@ public final class AsyncServer: Sendable {
         do {
             try server.start()
         } catch {
-            resolveListening(.failed(error))
             if error == .stopped { return }
             throw error
         }
         for ring in rings {
             if let port = server.port(ofRing: ring.index) { ring.attach(port) }
         }
-        resolveListening(.listening(server.boundAddress!))
         await withTaskCancellationHandler {
             await withDiscardingTaskGroup { group in
                 for ring in rings {
@@ -169,21 +146,6 @@ public final class AsyncServer: Sendable {
             return true
         }
         if !done { if abort { connection.handle.abort() } else { connection.handle.close() } }
-    }
-
-    private func resolveListening(_ outcome: ListeningState) {
-        let waiters = listening.withLock { state -> [CheckedContinuation<SocketAddress, any Error>] in
-            guard case .waiting(let waiters) = state else { return [] }
-            state = outcome
-            return waiters
-        }
-        for waiter in waiters {
-            switch outcome {
-            case .listening(let address): waiter.resume(returning: address)
-            case .failed(let error): waiter.resume(throwing: error)
-            case .waiting: break
-            }
-        }
     }
 }
 

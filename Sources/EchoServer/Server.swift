@@ -44,6 +44,9 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         var listenerAddresses: [SocketAddress] = []
         var setupErrors: [URingError] = []
         var faults = FaultInjection()
+        /// How the start ended (the first one), and who waits to know (``listeningAddress``).
+        var started: Result<SocketAddress, ServerError>?
+        var listeningWaiters: [CheckedContinuation<SocketAddress, any Error>] = []
     }
 
     /// Creates a server; nothing is bound until ``start()``.
@@ -119,10 +122,47 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         }
     }
 
+    /// Waits until the server listens, and returns where (the real port when configured with
+    /// port 0): for a task beside the one that starts the server, with no polling.
+    /// - Throws: the ``ServerError`` the start failed with (``ServerError/stopped`` after a stop
+    ///   that came before it).
+    public var listeningAddress: SocketAddress {
+        get async throws {
+            try await withCheckedThrowingContinuation { continuation in
+                let known = state.withLock { s -> Result<SocketAddress, ServerError>? in
+                    if s.started == nil { s.listeningWaiters.append(continuation) }
+                    return s.started
+                }
+                if let known { continuation.resume(with: known.mapError { $0 as any Error }) }
+            }
+        }
+    }
+
+    /// Records how the (first) start ended and tells those waiting for it.
+    func started(_ outcome: Result<SocketAddress, ServerError>) {
+        let waiters = state.withLock { s -> [CheckedContinuation<SocketAddress, any Error>] in
+            guard s.started == nil else { return [] }
+            s.started = outcome
+            defer { s.listeningWaiters = [] }
+            return s.listeningWaiters
+        }
+        for waiter in waiters { waiter.resume(with: outcome.mapError { $0 as any Error }) }
+    }
+
     /// Binds the listeners and starts the ring threads; returns once every ring is serving.
     /// - Throws: ``ServerError`` for a bad configuration, a second start, or a ring, listener or
     ///   registration that could not be set up (then nothing is left running).
     public func start() throws(ServerError) {
+        do {
+            started(.success(try startRings()))
+        } catch {
+            if error != .alreadyStarted { started(.failure(error)) }
+            throw error
+        }
+    }
+
+    /// ``start()``'s work; returns the main listener's address.
+    func startRings() throws(ServerError) -> SocketAddress {
         try configuration.validate()
         guard listeners.count <= 254 else { throw .invalidConfiguration("at most 254 other listeners, got \(listeners.count)") }
         for listener in listeners { try listener.validate(configuration) }
@@ -218,6 +258,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         logger.info(
             "listening on \(bound) with \(threads) ring(s), mode \(configuration.mode), receive \(configuration.receive), setup \(stats.setupFlags), features \(stats.features)"
         )
+        return bound
     }
 
     /// ``start()``, except that a stop which came first is not an error: false then (nothing to
@@ -269,7 +310,10 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
             }
             return action
         }
-        if case .stoppedBeforeStart = action { stopped.leave() }
+        if case .stoppedBeforeStart = action {
+            stopped.leave()
+            started(.failure(.stopped))
+        }
     }
 
     /// A ring thread has released its ring, loop and listener. After the last one nothing reads or

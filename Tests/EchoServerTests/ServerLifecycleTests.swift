@@ -69,6 +69,39 @@ final class ServerLifecycleTests: ServerTestCase {
         XCTAssertEqual(read(probe, &value, 8), -1, "nothing was written into a reused descriptor number")
     }
 
+    func testListeningAddressWaitsForTheStartWithoutPolling() async throws {
+        let server = Server(configuration: config(.pooled, .bufferRing))
+        let waiter = Task { try await server.listeningAddress }
+        usleep(100_000)
+        try server.start()
+        let address = try await waiter.value
+        XCTAssertEqual(address, server.boundAddress, "the address the start bound")
+        let again = try await server.listeningAddress
+        XCTAssertEqual(again, address, "known at once afterwards")
+        server.stop()
+        await server.waitUntilStopped()
+
+        let stopped = Server(configuration: config(.pooled, .bufferRing))
+        let early = Task { try await stopped.listeningAddress }
+        stopped.stop()
+        do {
+            _ = try await early.value
+            XCTFail("a server stopped before it started never listens")
+        } catch {
+            XCTAssertEqual(error as? ServerError, .stopped)
+        }
+        var bad = config(.pooled, .bufferRing)
+        bad.threads = 0
+        let failing = Server(configuration: bad)
+        XCTAssertThrowsError(try failing.start())
+        do {
+            _ = try await failing.listeningAddress
+            XCTFail("a failed start is reported")
+        } catch {
+            guard case .invalidConfiguration = error as? ServerError else { return XCTFail("\(error)") }
+        }
+    }
+
     func testAServerDroppedWithoutWaitClosesItsDescriptors() throws {
         let baseline = openDescriptorCount()
         do {

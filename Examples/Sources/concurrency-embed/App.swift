@@ -39,8 +39,7 @@ struct App {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         let running = Task { try await group.run() }
-        while server.boundAddress == nil { try await Task.sleep(for: .milliseconds(10)) }
-        print("concurrency-embed listening on \(server.boundAddress!)")
+        print("concurrency-embed listening on \(try await server.listeningAddress)")
         if let serveSeconds {
             try await Task.sleep(for: .seconds(serveSeconds))
             await group.triggerGracefulShutdown()
