@@ -21,6 +21,8 @@ bench-build: deps
 	$(SWIFT) build -c release --product uring-echo
 	$(SWIFT) build -c release --package-path Benchmarks --product uring-echo-bench
 	$(SWIFT) build -c release --package-path Benchmarks --product nio-echo
+	$(SWIFT) build -c release --package-path Benchmarks --product nio-async-echo
+	$(SWIFT) build -c release --package-path Examples --product async-echo
 	$(SWIFT) build -c release --package-path Benchmarks --product epoll-echo
 	$(SWIFT) build -c release --package-path Benchmarks --product uring-c-echo
 

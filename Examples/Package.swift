@@ -16,6 +16,14 @@ let package = Package(
         .executableTarget(name: "chat-server", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(name: "async-echo", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(name: "delayed-lines", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
+        // README.md's Swift blocks, written out by readme-snippets.py: compiled so they cannot drift.
+        .executableTarget(
+            name: "readme-snippets",
+            dependencies: [
+                .product(name: "EchoServer", package: "uring-echo"),
+                .product(name: "URing", package: "uring-echo"),
+            ]
+        ),
         .executableTarget(
             name: "concurrency-embed",
             dependencies: [

@@ -9,6 +9,8 @@ swift build --product concurrency-embed
 swift build --product chat-server
 swift build --product async-echo
 swift build --product delayed-lines
+python3 readme-snippets.py   # README.md's Swift blocks, compiled against the library as it is
+swift build --product readme-snippets
 BIN=.build/debug
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -37,7 +37,7 @@ ALLOWED = {
     "eventfd", "max", "min", "tcp_disconnect", "user_data", "close_direct", "file_index",
     "sqe", "optlen",
     # Swift standard library, swift-log/metrics/service-lifecycle, swift-prometheus
-    "Sendable", "Hashable", "Duration", "Substring", "UInt64", "UInt32", "UInt8", "Int32",
+    "Sendable", "Hashable", "Duration", "Substring", "AsyncSequence", "TaskExecutor", "UInt64", "UInt32", "UInt8", "Int32",
     "MetricsFactory", "PrometheusMetricsFactory", "Service", "SwiftNIO",
 }
 

@@ -8,7 +8,8 @@ C peer of each workload (the one with the lower median CPU), which is named besi
     python3 Benchmarks/scripts/compare.py "bundles-off=.build/release/uring-echo --disable recv-bundles" ...
 
 A NAME=... argument may carry extra server flags after the binary (one shell word, split on
-spaces). BENCH_REPEATS (default 3) and BENCH_DURATION (default 3 s) set the length;
+spaces). Binaries named uring-echo get the benchmark's flags (pooled, buffer ring, no idle
+timeout); any other server (async-echo, nio-async-echo, ...) gets only its extra flags and --port. BENCH_REPEATS (default 3) and BENCH_DURATION (default 3 s) set the length;
 BENCH_WORKLOADS (comma-separated substrings of the names below) picks workloads; BENCH_NO_PEERS=1
 leaves the C peers out (for on/off comparisons of one binary). The streaming workload also
 reports server RSS per connection. Loopback only."""
@@ -65,7 +66,7 @@ def main():
     for arg in sys.argv[1:]:
         name, command = arg.split("=", 1)
         path, *extra = command.split()
-        servers[name] = [path] + FLAGS + extra
+        servers[name] = [path] + (FLAGS if os.path.basename(path) == "uring-echo" else []) + extra
     peers = {} if os.environ.get("BENCH_NO_PEERS") == "1" else C_PEERS
     for name, path in peers.items():
         servers[name] = [path]

@@ -3,7 +3,7 @@
 /// tasks and threads.
 ///
 /// The closure runs in a child task of the server's task group, on the connection's ring's
-/// thread (the task prefers the ring's ``RingExecutor``), so awaiting the next chunk or room to
+/// thread (the task prefers the ring's executor, ``RingHandle/executor``), so awaiting the next chunk or room to
 /// write costs no thread hop. Leaving the closure closes the connection once what is queued is
 /// sent; a thrown error aborts it.
 public struct AsyncConnection: Sendable {
@@ -36,7 +36,7 @@ public struct AsyncConnection: Sendable {
     /// Runs `body` on the connection's ring: at once when already there (its own task), after a
     /// hop otherwise; `whenGone` if the ring has exited.
     @inline(__always)
-    func onRing<T>(_ whenGone: T, _ body: @escaping (AsyncRing) async -> T) async -> T {
+    func onRing<T>(_ whenGone: T, _ body: (AsyncRing) async -> T) async -> T {
         guard let executor = ring.executor, !executor.hasExited else { return whenGone }
         if executor.isCurrent { return await body(ring) }
         return await withTaskExecutorPreference(executor) {

@@ -17,7 +17,7 @@ import URing
 /// }                                               // leaving the closure closes it
 /// ```
 ///
-/// Each connection's task prefers its ring's executor (``RingExecutor``): it runs on the thread
+/// Each connection's task prefers its ring's executor (``RingHandle/executor``): it runs on the thread
 /// that receives its bytes, between loop turns, so `for await` and writes cost no thread hop.
 /// Receiving pauses while a connection's consumer lags (its unread chunks count in its share of
 /// receive buffers); a write waits while the connection's output is at its bound. The peer's FIN
@@ -80,6 +80,10 @@ public final class AsyncServer: Sendable {
     public var listeningAddress: SocketAddress {
         get async throws { try await server.listeningAddress }
     }
+
+    /// Ring `ring`, for any thread or task (``Server/ring(_:)``), once the server listens.
+    /// - Parameter ring: `0..<configuration.threads`.
+    public func ring(_ ring: Int) -> RingHandle? { server.ring(ring) }
 
     /// The counters summed over all rings (``Server/statistics``).
     public var statistics: ServerStatistics { server.statistics }

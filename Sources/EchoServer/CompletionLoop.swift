@@ -70,12 +70,22 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         for i in 0..<sideCount { try sides[i].arm(core) }
         let executor = core.mailboxes.ports[core.ringIndex].executor
         executor.attach()
-        defer { executor.detach() }
+        LoopCore.setCurrent(core)
+        defer {
+            LoopCore.setCurrent(nil)
+            executor.detach()
+        }
         var jobs: [UnownedJob] = []
         jobs.reserveCapacity(256)
         while true {
             if core.inboxNotified {
-                try core.drainInbox()
+                try core.drainInbox { (value, bytes) throws(URingError) in
+                    core.stats.delivered &+= 1
+                    guard !core.stopping else { return }
+                    handler.received(
+                        message: RingMessage(from: RingMessage.outside, value: value, bytes: bytes), ring: RingContext(core))
+                    try settleTouched()
+                }
                 try settleTouched()
             }
             if executor.hasJobs { try runJobs(executor, &jobs) }
@@ -97,6 +107,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             core.stats.completionsPerTurn.record(harvested)
             try receiver.afterBatch(core: core)
         }
+        LoopCore.setCurrent(nil)  // what teardown's callbacks write to other rings goes by eventfd
         teardown()
     }
 

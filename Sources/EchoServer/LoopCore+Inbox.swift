@@ -1,5 +1,28 @@
+import Glibc
 import SocketPool
 import URing
+
+/// The loop running on this thread, if any (a thread-specific value, set while a ring's loop runs):
+/// how a write from a ring's own callbacks or tasks to another ring's connection finds the ring
+/// that can wake the other with `MSG_RING`.
+private let currentLoopKey: pthread_key_t = {
+    var key = pthread_key_t()
+    precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create")
+    return key
+}()
+
+extension LoopCore {
+    /// The loop running on the calling thread, or nil.
+    static var current: LoopCore? {
+        guard let pointer = pthread_getspecific(currentLoopKey) else { return nil }
+        return Unmanaged<LoopCore>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
+    /// Marks this loop as the calling thread's (nil: none), for the length of its run.
+    static func setCurrent(_ core: LoopCore?) {
+        pthread_setspecific(currentLoopKey, core.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) })
+    }
+}
 
 // The ring's inbox: writes, closes and aborts from other threads (``ConnectionHandle``), applied on
 // the ring's thread at the top of a loop turn, in the order each writer pushed them.
@@ -10,9 +33,14 @@ extension LoopCore {
 
     /// Applies every record pushed so far. A write to a connection that has closed since gives its
     /// reservations back and is dropped, as any write to a closing connection is.
-    func drainInbox() throws(URingError) {
+    /// Messages for the handler (``RingHandle``) go to `message`, in order with the rest.
+    func drainInbox(message: (UInt64, UnsafeRawBufferPointer) throws(URingError) -> Void) throws(URingError) {
         remote.inbox.notified.store(false, ordering: .releasing)
         try remote.inbox.drainRecords { (word, value, bytes) throws(URingError) in
+            if word == RemoteConnections.messageWord {
+                try message(value, bytes)
+                return
+            }
             let index = Int(word)
             let epoch = value & (1 << 56 - 1)
             let operation = RemoteConnections.Operation(rawValue: value >> 56)

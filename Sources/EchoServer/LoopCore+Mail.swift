@@ -16,19 +16,22 @@ extension LoopCore {
     }
 
     /// Wakes ring `target` for its mail from this ring.
-    func notify(_ target: Int) {
+    /// - Returns: whether through `MSG_RING` (false: the eventfd).
+    @discardableResult
+    func notify(_ target: Int) -> Bool {
         let fd = mailboxes.ports[target].descriptor.load(ordering: .acquiring)
         if features.contains(.messageRing) && fd >= 0 {
             do throws(URingError) {
                 try ring.prepareMessage(
                     toRing: fd, result: Int32(ringIndex), targetTag: ControlTag.mail(from: ringIndex).rawValue,
                     tag: ControlTag.mailSent(to: target).rawValue)
-                return
+                return true
             } catch {
                 // No SQE: fall through to the eventfd.
             }
         }
         try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD)
+        return false
     }
 
     /// The sender's own `MSG_RING` completion: on failure (a kernel that refuses it, a target that

@@ -36,7 +36,7 @@ final class Mailboxes: Sendable {
             ?? wakeDescriptors.map { _ in
                 RemoteConnections(capacity: 1, inboxBytes: 4096, outboundBuffers: 0, outboundSize: 4096)
             }
-        ports = zip(wakeDescriptors, remotes).map { RingPort(wakeFD: $0, remote: $1) }
+        ports = zip(wakeDescriptors, remotes).enumerated().map { RingPort(index: $0, wakeFD: $1.0, remote: $1.1) }
     }
 
     deinit { wakeBuffers.deallocate() }

@@ -138,6 +138,17 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     }
 
     /// Pushes a record for `index`/`epoch` into the inbox; false when it is full.
+    /// The word of an inbox record that is a message for the ring's handler (``RingHandle/post(_:value:)-(UnsafeRawBufferPointer,_)``),
+    /// not an operation on a connection: its value is the poster's.
+    static let messageWord = UInt32.max
+
+    /// Pushes a message for the ring's handler; false when it does not fit now (or ever: larger
+    /// than a quarter of the inbox).
+    func pushMessage(_ bytes: UnsafeRawBufferPointer, value: UInt64) -> Bool {
+        guard bytes.count <= inbox.capacity / 4 else { return false }
+        return producers.withLock { _ in inbox.push(bytes, value: value, word: Self.messageWord) }
+    }
+
     func push(_ operation: Operation, _ index: Int, _ epoch: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
         producers.withLock { _ in
             inbox.push(bytes, value: epoch | operation.rawValue << 56, word: UInt32(index))

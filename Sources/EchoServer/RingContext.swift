@@ -24,6 +24,10 @@ public struct RingContext {
         core.write(bytes, to: connection)
     }
 
+    /// This ring, for any thread or task (``RingHandle``): to post to its handler or run a task
+    /// on its thread later.
+    public var handle: RingHandle { RingHandle(port: core.mailboxes.ports[core.ringIndex]) }
+
     /// A handle to `connection` for any thread or task (``ConnectionHandle``).
     /// - Parameter connection: a connection of this ring.
     public func handle(_ connection: ConnectionID) -> ConnectionHandle {

@@ -73,7 +73,12 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
             swap(&queue.jobs, &spare)
             queued.store(false, ordering: .releasing)
         }
-        for job in spare { job.runSynchronously(on: asUnownedTaskExecutor()) }
+        let executor = asUnownedTaskExecutor()
+        var i = 0
+        while i < spare.count {  // not `for in`: unspecialized, its iterator allocates
+            spare[i].runSynchronously(on: executor)
+            i += 1
+        }
         spare.removeAll(keepingCapacity: true)
     }
 

@@ -107,6 +107,13 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         state.withLock { s in s.lifecycle.mailboxes.flatMap { ring < $0.count ? $0.ports[ring] : nil } }
     }
 
+    /// Ring `ring`, for any thread or task (``RingHandle``): from the end of a successful
+    /// ``start()`` on (nil before, or for a ring that does not exist).
+    /// - Parameter ring: `0..<configuration.threads`.
+    public func ring(_ ring: Int) -> RingHandle? {
+        ring >= 0 ? port(ofRing: ring).map(RingHandle.init(port:)) : nil
+    }
+
     /// Ring `ring`'s own counters, as of its last tick (`nil` for a ring that does not exist).
     /// - Parameter ring: `0..<configuration.threads`.
     public func statistics(ring: Int) -> ServerStatistics? {
@@ -278,6 +285,11 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
     public var failure: ServerError? { state.withLock { $0.lifecycle.failureReported } }
 
     /// Makes ring `ring`'s next `io_uring_enter` fail with `errno` (fault injection for tests).
+    /// Inbox wake-ups ring `ring` got through `MSG_RING` from another ring (tests).
+    package func inboxWakesByMessageRing(ring: Int) -> UInt64 {
+        port(ofRing: ring)?.inboxWakesByMessageRing.load(ordering: .relaxed) ?? 0
+    }
+
     package func injectEnterFailure(ring: Int, _ errno: Errno) {
         state.withLock { s in
             guard let mailboxes = s.lifecycle.mailboxes, ring >= 0 && ring < mailboxes.count else { return }

@@ -2,6 +2,7 @@ import EchoServer
 import Foundation
 import Glibc
 import SocketPool
+import Synchronization
 import TestSupport
 import URing
 import XCTest
@@ -181,6 +182,53 @@ final class AsyncServerTests: ServerTestCase {
             s.setTimeout(seconds: 5)
             try s.writeAll(Array("hi".utf8))
             XCTAssertEqual(String(decoding: try s.readExactly(9), as: UTF8.self), "later: hi")
+        }
+    }
+
+    /// Heap allocations of the ring's thread (the loop and the connections' tasks both run there)
+    /// per message of an async echo (64-byte ping-pong on one connection) and per connection
+    /// (accept, a child task, echo 64 bytes, close), after warm-up, on the real loop.
+    func testAsyncEchoAllocationsPerMessageAndPerConnection() async throws {
+        try XCTSkipUnless(allocationCounterAvailable, "the malloc counter is left out under sanitizers")
+        for (mode, receive) in [(PoolMode.pooled, ReceiveStrategy.bufferRing), (.pooled, .perSessionBuffer)] {
+            var c = config(mode, receive)
+            c.threads = 1
+            c.maxConnections = 8
+            let messages = AllocationMarks(warmup: 200, measured: 2000)
+            let closes = AllocationMarks(warmup: 100, measured: 1000)
+            let opened = Atomic<Int>(0)
+            try await withAsyncServer(c, body: { connection in
+                closes.mark(opened.add(1, ordering: .relaxed).newValue)
+                var count = 0
+                for await chunk in connection.inbound {
+                    if chunk.count == 64 {
+                        count += 1
+                        messages.mark(count)
+                    }
+                    try await connection.outbound.write(chunk)
+                }
+            }) { server, port in
+                let payload = patternBytes(seed: 7, count: 64)
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 5)
+                for _ in 0..<(messages.warmup + messages.measured) {
+                    try s.writeAll(payload)
+                    XCTAssertEqual(try s.readExactly(64), payload)
+                }
+                s.close()
+                for i in 0..<(closes.warmup + closes.measured) {
+                    XCTAssertEqual(try Self.roundTrip(port: port, [1, 2, 3]), [1, 2, 3], "connection \(i)")
+                }
+                XCTAssertTrue(eventually { server.statistics.closed == UInt64(closes.warmup + closes.measured + 1) })
+            }
+            let label = "async/\(mode)/\(receive)"
+            print("allocations \(label): \(messages.perEvent) per message, \(closes.perEvent) per connection")
+            XCTAssertEqual(messages.perEvent, 0, "\(label): zero heap allocations per message")
+            // Per connection, in this (debug) build, 9: the child task (its object, its closure's
+            // context, the group's record of it), the task allocator's slabs for the frames past
+            // its first (4 here; fewer when optimized), and the accepted connection's box in the
+            // AsyncStream that hands it to the accept loop.
+            XCTAssertLessThanOrEqual(closes.perEvent, 9, "\(label): per connection")
         }
     }
 }

@@ -13,6 +13,35 @@ struct HandleGiver: ConnectionHandler {
     mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply { .nothing }
 }
 
+/// Greets each connection with its ring's index, and forwards what a connection receives to the
+/// first connection of the other ring, through that one's handle, from the receiving ring's thread.
+struct CrossRingForwarder: ConnectionHandler {
+    let firsts: Locked<[Int: ConnectionHandle]>
+    mutating func opened(_ connection: Connection) {
+        let ring = connection.ring.index
+        firsts.with { if $0[ring] == nil { $0[ring] = connection.handle } }
+        connection.write("ring \(ring)\n")
+    }
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        let other = 1 - connection.ring.index
+        if let target = firsts.get[other] {
+            XCTAssertEqual(target.tryWrite(UnsafeRawBufferPointer(bytes)), .queued)
+        }
+        return .nothing
+    }
+}
+
+/// Keeps every message posted from outside the rings: (value, bytes, thread name).
+struct MessageKeeper: ConnectionHandler {
+    let messages: Locked<[(UInt64, [UInt8], String)]>
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply { .send(bytes.count) }
+    mutating func received(message: RingMessage, ring: RingContext) {
+        XCTAssertEqual(message.from, RingMessage.outside)
+        let thread = (try? readFile("/proc/thread-self/comm")) ?? "?"
+        messages.with { $0.append((message.value, Array(message.bytes), thread)) }
+    }
+}
+
 /// Writes, closes and aborts from threads and tasks that are not the ring's.
 final class ConnectionHandleTests: ServerTestCase {
     /// Record `n` of writer `w`: 64 bytes, the writer and sequence number, then a pattern of both.
@@ -134,5 +163,99 @@ final class ConnectionHandleTests: ServerTestCase {
             XCTAssertEqual(written.get, total)
             XCTAssertGreaterThan(stalled, 0)
         }
+    }
+
+    /// A write from one ring's callback to another ring's connection wakes that ring with
+    /// `MSG_RING` (once per batch), or with its eventfd where `MSG_RING` is off; either way every
+    /// byte arrives.
+    func testAWriteFromAnotherRingWakesItWithMessageRing() throws {
+        for messageRing in [true, false] {
+            var c = config(.pooled, .bufferRing)
+            c.threads = 2
+            if !messageRing { c.features.remove(.messageRing) }
+            let firsts = Locked<[Int: ConnectionHandle]>([:])
+            try withServer(c, handler: { CrossRingForwarder(firsts: firsts) }) { server, port in
+                if messageRing {
+                    try XCTSkipUnless(server.statistics.features.contains(.messageRing), "this kernel has no MSG_RING")
+                }
+                // Connect until each ring has its first connection (SO_REUSEPORT spreads them).
+                var clients: [Int: TestSocket] = [:]
+                var others: [TestSocket] = []
+                for _ in 0..<64 where clients.count < 2 {
+                    let s = try TestSocket.connect(port: port)
+                    s.setTimeout(seconds: 5)
+                    let greeting = String(decoding: try s.readExactly(7), as: UTF8.self)
+                    let ring = greeting == "ring 0\n" ? 0 : 1
+                    if clients[ring] == nil { clients[ring] = s } else { others.append(s) }
+                }
+                defer { for s in others + Array(clients.values) { s.close() } }
+                guard let a = clients[0], let b = clients[1] else { throw XCTSkip("SO_REUSEPORT put 64 connections on one ring") }
+                let before = server.inboxWakesByMessageRing(ring: 1)
+                for i in 0..<200 {
+                    let line = Array("line \(i) from ring 0\n".utf8)
+                    try a.writeAll(line)
+                    XCTAssertEqual(try b.readExactly(line.count), line, "\(messageRing): line \(i) arrives on ring 1")
+                }
+                let wakes = server.inboxWakesByMessageRing(ring: 1) - before
+                if messageRing {
+                    XCTAssertGreaterThan(wakes, 0, "ring 1 woken by MSG_RING")
+                    XCTAssertLessThanOrEqual(wakes, 200, "at most one wake per write")
+                } else {
+                    XCTAssertEqual(wakes, 0, "no MSG_RING when it is off: the eventfd")
+                }
+            }
+        }
+    }
+
+    /// A ring handle posts to the ring's handler from any thread: every message arrives once, on
+    /// the ring's thread, in each poster's order; a task that prefers the ring's executor runs
+    /// there; after the stop a post gets .noSuchRing.
+    func testARingHandlePostsFromAnyThreadAndRunsTasksOnTheRing() throws {
+        let messages = Locked<[(UInt64, [UInt8], String)]>([])
+        var c = config(.pooled, .bufferRing)
+        c.mailboxBytes = 4096  // small: the posters meet a full inbox and try again
+        var ring: RingHandle?
+        try withServer(c, handler: { MessageKeeper(messages: messages) }) { server, port in
+            XCTAssertNil(server.ring(1), "one ring only")
+            let handle = try XCTUnwrap(server.ring(0))
+            ring = handle
+            XCTAssertEqual(handle.index, 0)
+            let posters = 4
+            let each = 1000
+            parallel(posters) { p in
+                for n in 0..<each {
+                    let bytes = [UInt8(p), UInt8(n & 0xFF), UInt8(n >> 8)]
+                    var result = handle.post(bytes, value: UInt64(p << 32 | n))
+                    while result == .full {
+                        usleep(50)
+                        result = handle.post(bytes, value: UInt64(p << 32 | n))
+                    }
+                    XCTAssertEqual(result, .posted)
+                }
+            }
+            XCTAssertTrue(eventually { messages.get.count == posters * each }, "\(messages.get.count) delivered")
+            var next = [Int](repeating: 0, count: posters)
+            for (value, bytes, thread) in messages.get {
+                let p = Int(value >> 32)
+                let n = Int(value & 0xFFFF_FFFF)
+                XCTAssertEqual(n, next[p], "poster \(p)'s messages in order")
+                XCTAssertEqual(bytes, [UInt8(p), UInt8(n & 0xFF), UInt8(n >> 8)])
+                XCTAssertTrue(thread.hasPrefix("uring-ring-"), thread)
+                next[p] = n + 1
+            }
+            XCTAssertEqual(next, [Int](repeating: each, count: posters))
+            XCTAssertEqual(
+                handle.post([UInt8](repeating: 0, count: 4096 / 4 + 1)), .full, "larger than a quarter never fits")
+            // A task that prefers the ring's executor runs on the ring's thread.
+            let name = Locked("")
+            let done = DispatchSemaphore(value: 0)
+            Task(executorPreference: handle.executor) {
+                name.with { $0 = (try? readFile("/proc/thread-self/comm")) ?? "?" }
+                done.signal()
+            }
+            XCTAssertEqual(done.wait(timeout: .now() + 5), .success)
+            XCTAssertTrue(name.get.hasPrefix("uring-ring-"), name.get)
+        }
+        XCTAssertEqual(ring?.post([1]), .noSuchRing, "the ring has stopped")
     }
 }
