@@ -36,7 +36,7 @@ public struct AsyncConnection: Sendable {
     /// Runs `body` on the connection's ring: at once when already there (its own task), after a
     /// hop otherwise; `whenGone` if the ring has exited.
     @inline(__always)
-    func onRing<T>(_ whenGone: T, _ body: (AsyncRing) async -> T) async -> T {
+    nonisolated(nonsending) func onRing<T>(_ whenGone: T, _ body: nonisolated(nonsending) (AsyncRing) async -> T) async -> T {
         guard let executor = ring.executor, !executor.hasExited else { return whenGone }
         if executor.isCurrent { return await body(ring) }
         return await withTaskExecutorPreference(executor) {
@@ -57,7 +57,7 @@ public struct AsyncConnection: Sendable {
             let connection: AsyncConnection
 
             /// The next chunk, waiting for it; nil at the input's end.
-            public mutating func next() async -> InboundChunk? {
+            public nonisolated(nonsending) mutating func next() async -> InboundChunk? {
                 let id = connection.id
                 return await connection.onRing(nil) { await $0.next(id) }
             }
@@ -74,7 +74,7 @@ public struct AsyncConnection: Sendable {
         /// - Parameter bytes: what to send.
         /// - Throws: ``AsyncConnectionError/closed`` if the connection has closed;
         ///   ``AsyncConnectionError/tooLarge`` for bytes larger than the output bound itself.
-        public func write(_ bytes: UnsafeRawBufferPointer) async throws(AsyncConnectionError) {
+        public nonisolated(nonsending) func write(_ bytes: UnsafeRawBufferPointer) async throws(AsyncConnectionError) {
             let id = connection.id
             // The bytes are only read on the ring, while this task waits for the write.
             nonisolated(unsafe) let bytes = bytes
@@ -91,7 +91,7 @@ public struct AsyncConnection: Sendable {
         /// Queues a copy of `bytes`, waiting for room.
         /// - Parameter bytes: what to send.
         /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
-        public func write(_ bytes: [UInt8]) async throws(AsyncConnectionError) {
+        public nonisolated(nonsending) func write(_ bytes: [UInt8]) async throws(AsyncConnectionError) {
             let id = connection.id
             let result = await connection.onRing(WriteResult.closed) { ring in
                 await ring.write(count: bytes.count, to: id) { bytes.withUnsafeBytes { ring.core.write($0, to: id) } }
@@ -106,7 +106,7 @@ public struct AsyncConnection: Sendable {
         /// Queues the UTF-8 bytes of `text`, waiting for room.
         /// - Parameter text: what to send.
         /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
-        public func write(_ text: String) async throws(AsyncConnectionError) {
+        public nonisolated(nonsending) func write(_ text: String) async throws(AsyncConnectionError) {
             try await write(Array(text.utf8))
         }
 
@@ -114,7 +114,7 @@ public struct AsyncConnection: Sendable {
         /// receive buffer goes back once sent). The chunk is used up. Any other chunk is copied.
         /// - Parameter chunk: a chunk of input.
         /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
-        public func write(_ chunk: InboundChunk) async throws(AsyncConnectionError) {
+        public nonisolated(nonsending) func write(_ chunk: InboundChunk) async throws(AsyncConnectionError) {
             if chunk.id == connection.id, chunk.ring === connection.ring {
                 let result = await connection.onRing(WriteResult.closed) { ring in
                     ring.isCurrent(chunk) ? ring.send(chunk) : .full

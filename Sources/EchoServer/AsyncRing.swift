@@ -9,8 +9,10 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     let index: Int
     let accepted: AsyncStream<AsyncConnection>
     let acceptedContinuation: AsyncStream<AsyncConnection>.Continuation
-    /// The ring's executor, once the server has started.
-    private let executorBox = Mutex<RingExecutor?>(nil)
+    /// The ring's executor, once the server has started: written once by ``attach(_:)``, before
+    /// any connection reaches a task (the task group's `addTask` orders the write before every
+    /// read), and read on every await of a connection's task, so without a lock.
+    nonisolated(unsafe) private(set) var executor: RingExecutor?
     /// The ring's port (its connections' handles go through it), once started.
     private let portBox = Mutex<RingPort?>(nil)
 
@@ -27,12 +29,11 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
         (accepted, acceptedContinuation) = AsyncStream.makeStream(of: AsyncConnection.self, bufferingPolicy: .unbounded)
     }
 
-    var executor: RingExecutor? { executorBox.withLock { $0 } }
     var port: RingPort? { portBox.withLock { $0 } }
 
     func attach(_ port: RingPort) {
         portBox.withLock { $0 = port }
-        executorBox.withLock { $0 = port.executor }
+        executor = port.executor
     }
 
     // MARK: Ring-thread side (the bridge handler's callbacks)
@@ -100,7 +101,7 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
 
     /// The next chunk of `id`'s input, waiting for it; nil at its end (the peer's FIN, or the
     /// connection closed). The previous chunk goes back first.
-    func next(_ id: ConnectionID) async -> InboundChunk? {
+    nonisolated(nonsending) func next(_ id: ConnectionID) async -> InboundChunk? {
         while true {
             guard let c = record(id) else { return nil }
             core.releaseCurrent(c)
@@ -122,7 +123,7 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
 
     /// Writes `count` bytes to `id` (`attempt` tries the write), waiting while its output is at
     /// its bound.
-    func write(count: Int, to id: ConnectionID, _ attempt: () -> WriteResult) async -> WriteResult {
+    nonisolated(nonsending) func write(count: Int, to id: ConnectionID, _ attempt: () -> WriteResult) async -> WriteResult {
         while true {
             let result = attempt()
             guard result == .full, count <= core.maxOutput, record(id) != nil else { return result }

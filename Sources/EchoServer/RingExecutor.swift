@@ -7,9 +7,11 @@ import URing
 /// connection's bytes resumes where they arrive, with no thread hop (as SwiftNIO's event loops do
 /// for their tasks).
 ///
-/// Jobs come from any thread into a short lock-guarded queue. A job enqueued on the ring's own
-/// thread runs before the loop next waits for completions; one enqueued from elsewhere wakes the
-/// ring through its eventfd, once per batch (a flag the ring clears before it takes the jobs).
+/// Jobs enqueued on the ring's own thread (a task there resuming another, a callback resuming a
+/// waiting reader) go into a queue only that thread touches, with no lock, and run before the loop
+/// next waits for completions. Jobs from any other thread go into a short lock-guarded queue and
+/// wake the ring through its eventfd, once per batch (a flag the ring clears before it takes the
+/// jobs).
 /// Once the ring has exited, jobs go to the global concurrent executor: a task that outlives its
 /// ring still finishes (and finds its connection closed).
 final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is only touched under `lock`; `thread` is written before any job runs
@@ -25,12 +27,18 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
     nonisolated(unsafe) private(set) var thread = pthread_t()
     private let started = Atomic<Bool>(false)
 
+    /// Jobs enqueued on the ring's own thread: touched only there.
+    nonisolated(unsafe) private var localJobs: [UnownedJob] = []
+
     struct Queue {
         var jobs: [UnownedJob] = []
         init() { jobs.reserveCapacity(256) }
     }
 
-    init(wakeFD: Int32) { self.wakeFD = wakeFD }
+    init(wakeFD: Int32) {
+        self.wakeFD = wakeFD
+        localJobs.reserveCapacity(256)
+    }
 
     /// The ring's thread starts running jobs.
     func attach() {
@@ -44,6 +52,11 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
+        if isCurrent && !exited.load(ordering: .relaxed) {
+            // The ring's own thread (a task it runs resumes another): no lock, no wake-up.
+            localJobs.append(job)
+            return
+        }
         let forward = lock.withLock { queue -> Bool in
             if exited.load(ordering: .acquiring) { return true }
             queue.jobs.append(job)
@@ -62,33 +75,46 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
     /// Whether the ring has exited (its jobs now run on the global executor).
     var hasExited: Bool { exited.load(ordering: .acquiring) }
 
-    /// Whether jobs wait to run (the ring must not block before running them).
+    /// Whether jobs wait to run (the ring must not block before running them). On the ring's
+    /// thread.
     @inline(__always)
-    var hasJobs: Bool { queued.load(ordering: .acquiring) }
+    var hasJobs: Bool { !localJobs.isEmpty || queued.load(ordering: .acquiring) }
 
     /// Runs the jobs queued so far, on the ring's thread. Jobs they enqueue wait for the next call.
     func runJobs(into spare: inout [UnownedJob]) {
+        if !localJobs.isEmpty {
+            swap(&localJobs, &spare)
+            run(&spare)
+        }
+        guard queued.load(ordering: .acquiring) else { return }
         wakePending.store(false, ordering: .releasing)
         lock.withLock { queue in
             swap(&queue.jobs, &spare)
             queued.store(false, ordering: .releasing)
         }
-        let executor = asUnownedTaskExecutor()
-        var i = 0
-        while i < spare.count {  // not `for in`: unspecialized, its iterator allocates
-            spare[i].runSynchronously(on: executor)
-            i += 1
-        }
-        spare.removeAll(keepingCapacity: true)
+        run(&spare)
     }
 
-    /// The ring has exited: what is queued, and what comes later, runs on the global executor.
+    /// Runs `jobs` in order, then empties the array (keeping its capacity).
+    private func run(_ jobs: inout [UnownedJob]) {
+        let executor = asUnownedTaskExecutor()
+        var i = 0
+        while i < jobs.count {  // not `for in`: unspecialized, its iterator allocates
+            jobs[i].runSynchronously(on: executor)
+            i += 1
+        }
+        jobs.removeAll(keepingCapacity: true)
+    }
+
+    /// The ring has exited: what is queued, and what comes later, runs on the global executor. On
+    /// the ring's thread.
     func detach() {
         let left = lock.withLock { queue -> [UnownedJob] in
             exited.store(true, ordering: .releasing)
             defer { queue.jobs.removeAll() }
-            return queue.jobs
+            return localJobs + queue.jobs
         }
+        localJobs.removeAll()
         for job in left { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
     }
 }
