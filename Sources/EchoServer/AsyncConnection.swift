@@ -39,7 +39,9 @@ public struct AsyncConnection: Sendable {
     nonisolated(nonsending) func onRing<T>(_ whenGone: T, _ body: nonisolated(nonsending) (AsyncRing) async -> T) async -> T {
         guard let executor = ring.executor, !executor.hasExited else { return whenGone }
         if executor.isCurrent { return await body(ring) }
-        return await withTaskExecutorPreference(executor) {
+        // From elsewhere (an actor's method, another ring's task): hop to the ring, nonisolated,
+        // so the body runs on the preferred executor rather than on the caller's actor.
+        return await withTaskExecutorPreference(executor, isolation: nil) {
             executor.isCurrent ? await body(ring) : whenGone
         }
     }
@@ -52,7 +54,9 @@ public struct AsyncConnection: Sendable {
 
         public func makeAsyncIterator() -> Iterator { Iterator(connection: connection) }
 
-        /// Takes the chunks one by one. A chunk is valid until the next call to ``next()``.
+        /// Takes the chunks one by one. A chunk is valid until the next call to ``next()``, or until its
+        /// connection closes. One task reads a connection's input at a time: a second reader waiting
+        /// at once gets nil.
         public struct Iterator: AsyncIteratorProtocol {
             let connection: AsyncConnection
 
@@ -70,10 +74,11 @@ public struct AsyncConnection: Sendable {
 
         /// Queues a copy of `bytes`, after what is queued, waiting while the connection's output is
         /// at its bound (``ServerConfiguration/maxOutputBytesPerConnection``) until the peer has
-        /// read enough.
+        /// read enough. Several tasks may write to one connection; each write's bytes stay together.
         /// - Parameter bytes: what to send.
         /// - Throws: ``AsyncConnectionError/closed`` if the connection has closed;
-        ///   ``AsyncConnectionError/tooLarge`` for bytes larger than the output bound itself.
+        ///   ``AsyncConnectionError/tooLarge`` for bytes larger than the output bound itself (or
+        ///   than all the ring's outbound buffers).
         public nonisolated(nonsending) func write(_ bytes: UnsafeRawBufferPointer) async throws(AsyncConnectionError) {
             let id = connection.id
             // The bytes are only read on the ring, while this task waits for the write.
@@ -117,14 +122,17 @@ public struct AsyncConnection: Sendable {
         public nonisolated(nonsending) func write(_ chunk: InboundChunk) async throws(AsyncConnectionError) {
             if chunk.id == connection.id, chunk.ring === connection.ring {
                 let result = await connection.onRing(WriteResult.closed) { ring in
-                    ring.isCurrent(chunk) ? ring.send(chunk) : .full
+                    guard ring.record(chunk.id) != nil else { return .closed }
+                    return ring.isCurrent(chunk) ? ring.send(chunk) : .full
                 }
                 switch result {
                 case .queued: return
                 case .closed: throw .closed
-                case .full: break  // not the current chunk: copy it below
+                case .full: throw .invalidChunk  // next() was called since, or it was written already
                 }
             }
+            // Another connection's chunk (a proxy, say): a copy, while it is valid.
+            guard chunk.isValid else { throw .invalidChunk }
             try await write(chunk.bytes)
         }
     }
@@ -138,12 +146,16 @@ public enum AsyncConnectionError: Error, Sendable, Hashable {
     /// The bytes are larger than the connection's output bound itself
     /// (``ServerConfiguration/maxOutputBytesPerConnection``) and can never fit: write them in parts.
     case tooLarge
+    /// The ``InboundChunk`` written is no longer valid: its connection's `next()` was called since,
+    /// it was written already, or it was read away from its connection's ring.
+    case invalidChunk
 }
 
 /// Received bytes, zero copy: a view of the receive buffer they landed in, valid until the next
-/// call to its connection's ``AsyncConnection/Inbound/Iterator/next()`` (or until it is written
-/// out with ``AsyncConnection/Outbound/write(_:)-(InboundChunk)``). Keep ``bytes`` (a copy) to use
-/// them later. Read it on the connection's task (its ring's thread).
+/// call to its connection's ``AsyncConnection/Inbound/Iterator/next()``, until it is written out
+/// with ``AsyncConnection/Outbound/write(_:)-(InboundChunk)``, or until its connection closes (the
+/// buffer goes back to the ring then). A chunk no longer valid reads as empty. Keep ``bytes`` (a
+/// copy) to use them later. Read it on the connection's task (its ring's thread).
 public struct InboundChunk {
     let ring: AsyncRing
     let id: ConnectionID
@@ -157,17 +169,18 @@ public struct InboundChunk {
         self.buffer = bytes
     }
 
-    /// Bytes in the chunk.
-    public var count: Int { buffer.count }
+    /// Whether the chunk's bytes may still be read: on its connection's ring, before the next call
+    /// to `next()`, before it is written out, while the connection is open.
+    public var isValid: Bool { ring.onRing && ring.isCurrent(self) }
 
-    /// Calls `body` with the bytes.
+    /// Bytes in the chunk; 0 once it is no longer valid.
+    public var count: Int { isValid ? buffer.count : 0 }
+
+    /// Calls `body` with the bytes: none once the chunk is no longer valid (``isValid``).
     /// - Parameter body: reads the bytes; they are valid only during the call.
     /// - Returns: what `body` returns.
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        precondition(
-            ring.executor?.isCurrent == true && ring.isCurrent(self),
-            "an InboundChunk is valid until the next call to next() of its connection's inbound, on its task")
-        return try body(buffer)
+        try body(isValid ? buffer : UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
     /// A copy of the bytes, to keep.

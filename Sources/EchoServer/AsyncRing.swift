@@ -21,6 +21,9 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     var epochs: [UInt64] = []
     var readers: [UnsafeContinuation<UnsafeRawBufferPointer?, Never>?] = []
     var writers: [UnsafeContinuation<Void, Never>?] = []
+    /// Writers waiting beside the first on one connection (several tasks writing to it): rare,
+    /// so kept apart from the per-connection slots.
+    var moreWriters: [Int: [UnsafeContinuation<Void, Never>]] = [:]
     /// Each connection's chunk counter: a chunk is valid while its number is the current one.
     var chunkNumbers: [UInt64] = []
 
@@ -89,7 +92,15 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
             writers[index] = nil
             writer.resume()
         }
+        if !moreWriters.isEmpty, let more = moreWriters.removeValue(forKey: index) {
+            for writer in more { writer.resume() }
+        }
     }
+
+    /// Whether the caller runs on the ring's thread: a task resumed after its ring has exited runs
+    /// on the global executor, and must not touch the ring's state.
+    @inline(__always)
+    var onRing: Bool { executor?.isCurrent == true }
 
     // MARK: The connection's task (on the ring's thread)
 
@@ -109,9 +120,11 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
             if let bytes = core.takeInbound(c) {
                 return InboundChunk(ring: self, id: id, number: chunkNumbers[id.index], bytes: bytes)
             }
-            // Nothing held: the input has ended, or wait for more.
-            if c.pointee.lifecycle.phase != .open { return nil }
+            // Nothing held: the input has ended, or wait for more. One reader waits at a time: a
+            // second one reading the same connection at once gets the end.
+            if c.pointee.lifecycle.phase != .open || readers[id.index] != nil { return nil }
             _ = await withUnsafeContinuation { readers[id.index] = $0 }
+            guard onRing else { return nil }
         }
     }
 
@@ -126,8 +139,15 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     nonisolated(nonsending) func write(count: Int, to id: ConnectionID, _ attempt: () -> WriteResult) async -> WriteResult {
         while true {
             let result = attempt()
-            guard result == .full, count <= core.maxOutput, record(id) != nil else { return result }
-            await withUnsafeContinuation { writers[id.index] = $0 }
+            guard result == .full, count <= core.largestWrite, record(id) != nil else { return result }
+            await withUnsafeContinuation { (writer: UnsafeContinuation<Void, Never>) in
+                if writers[id.index] == nil {
+                    writers[id.index] = writer
+                } else {
+                    moreWriters[id.index, default: []].append(writer)
+                }
+            }
+            guard onRing else { return .closed }
         }
     }
 

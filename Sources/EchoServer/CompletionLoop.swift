@@ -25,6 +25,8 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     /// Completions each turn waits for, and the longest wait (batched waiting), or 1 and nil.
     let waitCount: UInt32
     let waitTimeout: Duration?
+    /// Set once ``teardown()`` has run (a failing ring's loop tears down before its error goes up).
+    var tornDown = false
 
     init(
         core: LoopCore, handler: Handler, receiver: consuming Receiver,
@@ -71,17 +73,30 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         let executor = core.mailboxes.ports[core.ringIndex].executor
         executor.attach()
         LoopCore.setCurrent(core)
-        defer {
+        // After the teardown: the tasks its closes resume run on the global executor, once this
+        // thread is done with the ring's state.
+        defer { executor.detach() }
+        do {
+            try turns(executor)
+        } catch {
             LoopCore.setCurrent(nil)
-            executor.detach()
+            core.mailboxes.ports[core.ringIndex].exited.store(true, ordering: .releasing)
+            teardown()
+            throw error
         }
+        LoopCore.setCurrent(nil)  // what teardown's callbacks write to other rings goes by eventfd
+        teardown()
+    }
+
+    /// The loop's turns, until it stops (or a ring error ends it).
+    private func turns(_ executor: RingExecutor) throws(URingError) {
         var jobs: [UnownedJob] = []
         jobs.reserveCapacity(256)
         while true {
             if core.inboxNotified {
                 try core.drainInbox { (value, bytes) throws(URingError) in
+                    guard !core.stopping else { return }  // dropped: the ring is stopping
                     core.stats.delivered &+= 1
-                    guard !core.stopping else { return }
                     handler.received(
                         message: RingMessage(from: RingMessage.outside, value: value, bytes: bytes), ring: RingContext(core))
                     try settleTouched()
@@ -100,15 +115,14 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
                     break
                 }
             }
-            // Jobs that the last ones enqueued run before the ring blocks: reap without waiting.
-            try enter(wait: !executor.hasJobs)
+            // Jobs that the last ones enqueued, and inbox records this thread pushed (a task's
+            // write through a handle of this ring), are taken before the ring blocks.
+            try enter(wait: !executor.hasJobs && !core.inboxNotified)
             core.now = Posix.monotonicNanoseconds()
             let harvested = try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try handle(c) }
             core.stats.completionsPerTurn.record(harvested)
             try receiver.afterBatch(core: core)
         }
-        LoopCore.setCurrent(nil)  // what teardown's callbacks write to other rings goes by eventfd
-        teardown()
     }
 
     /// One `io_uring_enter`. `EAGAIN` (no memory for requests now) and `EBUSY` (completions backed
@@ -200,9 +214,20 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     }
 
     func teardown() {
+        guard !tornDown else { return }
+        tornDown = true
         // Whatever is still open after the stop timeout: plain fds are closed here, slots when the
         // table is unregistered (and the ring exits).
         core.mailboxes.ports[core.ringIndex].exited.store(true, ordering: .releasing)
+        // Connections still open (the stop timed out, or the ring failed) end here for their
+        // handles and their handler: handles get .closed, and every opened connection hears closed,
+        // so nothing waits for them (an async connection's task, say).
+        for i in 0..<core.sessions.capacity {
+            if let c = core.sessions.record(at: i) {
+                core.remote.closed(c.pointee.session.index)
+                handler.closed(core.connectionID(c))
+            }
+        }
         // A plain fd whose close was already submitted may be another socket's number by now.
         for i in 0..<core.sessions.capacity {
             if let c = core.sessions.record(at: i), !c.pointee.session.file.isFixed,

@@ -16,6 +16,11 @@ import URing
 ///
 /// A handle names one connection for good: once that connection has closed, even if a new one
 /// now uses its session, every call gets ``WriteResult/closed`` (the connection's epoch decides).
+///
+/// Writes through handles are ordered among themselves, per writer. Against writes made on the
+/// ring itself (``Connection/write(_:)-(UnsafeRawBufferPointer)``, an ``AsyncConnection``'s
+/// outbound) they take their place when the ring takes its inbox, at the top of its next turn: a
+/// task that mixes the two should not count on their order.
 public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
     let port: RingPort
     /// The connection.
@@ -30,21 +35,29 @@ public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether the connection is still the one this handle names.
     public var isOpen: Bool {
-        id.index < remote.capacity && remote.epochs[id.index].load(ordering: .acquiring) == id.epoch
+        id.index >= 0 && id.index < remote.capacity && id.ring == port.index
+            && remote.epochs[id.index].load(ordering: .acquiring) == id.epoch
     }
+
+    /// The largest write that can ever go through a handle: the connection's output bound
+    /// (``ServerConfiguration/maxOutputBytesPerConnection``), or less where the ring's outbound
+    /// buffers or a quarter of its inbox (``ServerConfiguration/mailboxBytes``) hold less. Larger
+    /// writes get ``WriteResult/full`` at once: write them in parts.
+    public var largestWrite: Int { remote.largestWrite }
 
     /// Queues a copy of `bytes` for the connection, from any thread, without waiting.
     /// - Parameter bytes: what to send; copied before the call returns.
     /// - Returns: ``WriteResult/queued`` (the bytes will be written in order, unless the
     ///   connection closes first), ``WriteResult/full`` (nothing queued: the connection's room or
-    ///   the ring's inbox or outbound buffers are used up, or the bytes exceed the output bound
-    ///   itself), or ``WriteResult/closed``.
+    ///   the ring's inbox or outbound buffers are used up, or the bytes exceed ``largestWrite``),
+    ///   or ``WriteResult/closed``.
     @discardableResult
     public func tryWrite(_ bytes: UnsafeRawBufferPointer) -> WriteResult {
-        guard isOpen else { return .closed }
+        guard isOpen, !port.exited.load(ordering: .acquiring) else { return .closed }
         let index = id.index
         let count = bytes.count
         guard count > 0 else { return .queued }
+        guard count <= remote.largestWrite else { return .full }
         let buffers = remote.buffers(for: count)
         guard remote.reserveRoom(index, count) else { return .full }
         guard remote.reserveBuffers(buffers) else {
@@ -80,7 +93,7 @@ public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
     /// peer has read enough (or the connection closed).
     /// - Parameter bytes: what to send.
     /// - Returns: ``WriteResult/queued`` or ``WriteResult/closed``; ``WriteResult/full`` only for
-    ///   bytes larger than the output bound itself, which can never fit.
+    ///   bytes larger than ``largestWrite``, which can never fit.
     @discardableResult
     public func write(_ bytes: UnsafeRawBufferPointer) async -> WriteResult {
         await write(count: bytes.count) { tryWrite(bytes) }
@@ -90,7 +103,9 @@ public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
     private func write(count: Int, _ attempt: () -> WriteResult) async -> WriteResult {
         while true {
             let result = attempt()
-            guard result == .full, count <= remote.maxRoom else { return result }
+            guard result == .full, count <= remote.largestWrite, !port.exited.load(ordering: .acquiring) else {
+                return result
+            }
             let index = id.index
             if remote.room[index].load(ordering: .acquiring) >= count {
                 // Room enough, but the inbox or the outbound buffers are full for a moment.
@@ -125,10 +140,16 @@ public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
 
     private func request(_ operation: RemoteConnections.Operation) {
         guard isOpen else { return }
-        // A close is small: if the inbox is full for a moment, try again until it fits or the
-        // connection is gone.
+        // On the ring's own thread (a callback, or a task there), directly: the inbox is drained by
+        // this very thread, so waiting for room in it would wait for good.
+        if let core = LoopCore.current, core.mailboxes.ports[core.ringIndex] === port {
+            core.requestClose(id, abort: operation == .abort)
+            return
+        }
+        // A close is small: if the inbox is full for a moment, try again until it fits, the
+        // connection is gone or its ring has exited.
         while !remote.push(operation, id.index, id.epoch, UnsafeRawBufferPointer(start: nil, count: 0)) {
-            guard isOpen else { return }
+            guard isOpen, !port.exited.load(ordering: .acquiring) else { return }
             Glibc.sched_yield()
         }
         port.wakeForInbox()

@@ -35,7 +35,9 @@ extension LoopCore {
     /// reservations back and is dropped, as any write to a closing connection is.
     /// Messages for the handler (``RingHandle``) go to `message`, in order with the rest.
     func drainInbox(message: (UInt64, UnsafeRawBufferPointer) throws(URingError) -> Void) throws(URingError) {
-        remote.inbox.notified.store(false, ordering: .releasing)
+        // An exchange, not a store: a store may pass the loads of the drain, and a record pushed
+        // between them would find the mark still set and wake no one.
+        _ = remote.inbox.notified.exchange(false, ordering: .acquiringAndReleasing)
         try remote.inbox.drainRecords { (word, value, bytes) throws(URingError) in
             if word == RemoteConnections.messageWord {
                 try message(value, bytes)
@@ -48,7 +50,7 @@ extension LoopCore {
                 c.pointee.lifecycle.acceptsOutput
             else {
                 if operation == .write {
-                    remote.returnRoom(index, bytes.count)
+                    remote.returnRoom(index, bytes.count, epoch: epoch)
                     remote.returnBuffers(remote.buffers(for: bytes.count))
                 }
                 return

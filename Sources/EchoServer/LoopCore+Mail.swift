@@ -30,7 +30,7 @@ extension LoopCore {
                 // No SQE: fall through to the eventfd.
             }
         }
-        try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD)
+        mailboxes.ports[target].wake.signal()
         return false
     }
 
@@ -42,6 +42,6 @@ extension LoopCore {
         if c.error == .invalidArgument || c.error == .notSupported {
             fallBack(from: .messageRing, "MSG_RING refused (\(c.error!)); rings wake each other through eventfds")
         }
-        if target < mailboxes.count { try? Sockets.signalEventFD(mailboxes.ports[target].wakeFD) }
+        if target < mailboxes.count { mailboxes.ports[target].wake.signal() }
     }
 }

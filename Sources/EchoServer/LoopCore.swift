@@ -41,6 +41,9 @@ final class LoopCore {
     let maxPending: Int
     /// A write that would queue more than this is refused.
     let maxOutput: Int
+    /// The largest write that can ever be queued: the output bound, or all the outbound buffers if
+    /// they hold less. A waiting writer asking for more would wait for good.
+    let largestWrite: Int
     /// ``ConnectionHandler/writable(_:)`` is called once a waiting queue drains to this.
     let lowWater: Int
     /// Receiving pauses while a connection's queue holds this many outbound buffers.
@@ -110,6 +113,7 @@ final class LoopCore {
         isTouched.initialize(repeating: false, count: capacity)
         maxPending = configuration.maxPendingBytesPerConnection
         maxOutput = configuration.maxOutputBytesPerConnection
+        largestWrite = min(maxOutput, configuration.outboundBuffers * configuration.bufferSize)
         lowWater = configuration.maxPendingBytesPerConnection / 2
         maxOutboundHeld = Int32(max(2, configuration.maxPendingBytesPerConnection / configuration.bufferSize))
         // The byte bound in buffers, plus two for a partly sent head and a partly filled tail: full

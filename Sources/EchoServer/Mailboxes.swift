@@ -43,7 +43,7 @@ final class Mailboxes: Sendable {
 
     /// Closes every ring's eventfd: once, after every ring has ended.
     func closeWakeDescriptors() {
-        for port in ports { _ = try? Sockets.close(port.wakeFD) }
+        for port in ports { port.wake.close() }
     }
 
     func box(from: Int, to: Int) -> Mailbox { boxes[from * count + to] }
@@ -54,7 +54,7 @@ final class Mailboxes: Sendable {
 
     /// Wakes every ring (a stop): safe from any thread, at any time.
     func wakeAll() {
-        for port in ports { try? Sockets.signalEventFD(port.wakeFD) }
+        for port in ports { port.wake.signal() }
     }
 
     /// Puts a message from ring `from` into the mailbox to ring `target`.

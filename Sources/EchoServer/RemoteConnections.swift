@@ -22,8 +22,11 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     let hasWaiters: UnsafeMutablePointer<Atomic<Bool>>
     let outboundFree: Atomic<Int>
     let outboundSize: Int
-    /// The room a connection starts with: no single write larger than this can ever fit.
+    /// The room a connection starts with.
     let maxRoom: Int
+    /// The largest write that can ever go through: the room, all the outbound buffers, and a
+    /// quarter of the inbox (a record never wraps, so a larger one might never fit).
+    let largestWrite: Int
     let inbox: Mailbox
     let producers = PthreadLock(())
     let waiters = PthreadLock<[Int: [UnsafeContinuation<Void, Never>]]>([:])
@@ -49,6 +52,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         self.outboundSize = max(outboundSize, 1)
         maxRoom = maxOutput
         inbox = Mailbox(capacity: inboxBytes)
+        largestWrite = min(maxOutput, outboundBuffers * self.outboundSize, inboxBytes / 4)
     }
 
     deinit {
@@ -96,13 +100,22 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
 
     /// Gives `n` bytes of room back to a connection and wakes its waiting writers.
     func returnRoom(_ index: Int, _ n: Int) {
-        room[index].add(n, ordering: .releasing)
+        // Sequentially consistent with the waiter's flag store and room load (waitForRoom): either
+        // the waiter sees this room, or this sees its flag.
+        room[index].add(n, ordering: .sequentiallyConsistent)
         wakeWriters(index)
+    }
+
+    /// Gives back the room of a write dropped because its connection `epoch` has closed: only while
+    /// the session has not been reopened, whose room starts full again.
+    func returnRoom(_ index: Int, _ n: Int, epoch: UInt64) {
+        guard epochs[index].load(ordering: .acquiring) == epoch else { return }
+        returnRoom(index, n)
     }
 
     /// Wakes the async writers waiting on `index` (room came back, or the connection ended).
     func wakeWriters(_ index: Int) {
-        guard hasWaiters[index].load(ordering: .acquiring) else { return }
+        guard hasWaiters[index].load(ordering: .sequentiallyConsistent) else { return }
         let woken = waiters.withLock { table -> [UnsafeContinuation<Void, Never>] in
             hasWaiters[index].store(false, ordering: .releasing)
             return table.removeValue(forKey: index) ?? []
@@ -116,7 +129,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     func waitForRoom(_ index: Int, ready: () -> Bool) async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let registered = waiters.withLock { table -> Bool in
-                hasWaiters[index].store(true, ordering: .releasing)
+                hasWaiters[index].store(true, ordering: .sequentiallyConsistent)
                 if ready() { return false }
                 table[index, default: []].append(continuation)
                 return true
@@ -133,7 +146,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
 
     /// The ring closed the connection at `index`: its handles get `.closed` from now on.
     func closed(_ index: Int) {
-        epochs[index].store(0, ordering: .releasing)
+        epochs[index].store(0, ordering: .sequentiallyConsistent)
         wakeWriters(index)
     }
 

@@ -29,9 +29,11 @@ public struct RingContext {
     public var handle: RingHandle { RingHandle(port: core.mailboxes.ports[core.ringIndex]) }
 
     /// A handle to `connection` for any thread or task (``ConnectionHandle``).
-    /// - Parameter connection: a connection of this ring.
+    /// - Parameter connection: a connection of this server (of this ring or another).
     public func handle(_ connection: ConnectionID) -> ConnectionHandle {
-        ConnectionHandle(port: core.mailboxes.ports[core.ringIndex], id: connection)
+        // The ID's own ring: a handle made here for another ring's connection reaches it there.
+        let ring = connection.ring >= 0 && connection.ring < core.mailboxes.count ? connection.ring : core.ringIndex
+        return ConnectionHandle(port: core.mailboxes.ports[ring], id: connection)
     }
 
     /// Closes `connection` once its queued output is sent (no more receiving).

@@ -22,7 +22,7 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
     private let queued = Atomic<Bool>(false)
     /// Set when the ring has exited.
     private let exited = Atomic<Bool>(false)
-    let wakeFD: Int32
+    let wake: WakeDescriptor
     /// The ring's thread, once it runs.
     nonisolated(unsafe) private(set) var thread = pthread_t()
     private let started = Atomic<Bool>(false)
@@ -35,8 +35,8 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
         init() { jobs.reserveCapacity(256) }
     }
 
-    init(wakeFD: Int32) {
-        self.wakeFD = wakeFD
+    init(wake: WakeDescriptor) {
+        self.wake = wake
         localJobs.reserveCapacity(256)
     }
 
@@ -68,7 +68,7 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
             return
         }
         if !isCurrent && !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
-            try? Sockets.signalEventFD(wakeFD)
+            wake.signal()
         }
     }
 

@@ -26,7 +26,8 @@ public struct RingHandle: Sendable, Hashable, CustomStringConvertible {
     ///   - value: 64 bits of the poster's choosing.
     /// - Returns: ``PostResult/posted``; ``PostResult/full`` when the inbox has no room now (or the
     ///   message is larger than a quarter of it, and never fits); ``PostResult/noSuchRing`` once the
-    ///   ring has stopped.
+    ///   ring has stopped. A message that reaches the ring while it is stopping is dropped, as its
+    ///   connections are closing.
     @discardableResult
     public func post(_ bytes: UnsafeRawBufferPointer, value: UInt64 = 0) -> PostResult {
         guard !port.exited.load(ordering: .acquiring) else { return .noSuchRing }

@@ -12,7 +12,9 @@ final class RingPort: Sendable {
     /// the server has exited, so a `MSG_RING` never reaches a reused descriptor number.
     let descriptor = Atomic<Int32>(-1)
     /// The fallback wake-up, and the stop signal.
-    let wakeFD: Int32
+    let wake: WakeDescriptor
+    /// The eventfd's number (the ring's own read of it).
+    var wakeFD: Int32 { wake.fd }
     /// Set when the ring's loop has ended (stopped or failed): posts to it are refused.
     let exited = Atomic<Bool>(false)
     /// An errno to inject into the ring's next `io_uring_enter`, read on its wake-up (tests).
@@ -28,9 +30,9 @@ final class RingPort: Sendable {
 
     init(index: Int, wakeFD: Int32, remote: RemoteConnections) {
         self.index = index
-        self.wakeFD = wakeFD
+        wake = WakeDescriptor(wakeFD)
         self.remote = remote
-        executor = RingExecutor(wakeFD: wakeFD)
+        executor = RingExecutor(wake: wake)
     }
 
     /// Marks the inbox as holding records and wakes the ring for it, once per batch (the ring,
@@ -49,6 +51,6 @@ final class RingPort: Sendable {
             if sender.notify(index) { inboxWakesByMessageRing.add(1, ordering: .relaxed) }
             return
         }
-        try? Sockets.signalEventFD(wakeFD)
+        wake.signal()
     }
 }

@@ -294,7 +294,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         state.withLock { s in
             guard let mailboxes = s.lifecycle.mailboxes, ring >= 0 && ring < mailboxes.count else { return }
             mailboxes.ports[ring].injectedFault.store(errno.rawValue, ordering: .releasing)
-            try? Sockets.signalEventFD(mailboxes.ports[ring].wakeFD)
+            mailboxes.ports[ring].wake.signal()
         }
     }
 

@@ -267,4 +267,144 @@ final class AsyncServerTests: ServerTestCase {
         XCTAssertEqual(server.statistics.buffersHeld, 0)
         XCTAssertEqual(openDescriptorCount(), baseline, "descriptors back to baseline")
     }
+
+    /// A chunk held across an await while the peer resets the connection: writing it throws
+    /// .closed and reading it gives no bytes (it used to trap: the receive buffer had gone back).
+    func testAChunkHeldWhileThePeerResetsIsClosedNotATrap() async throws {
+        let outcome = Locked<String>("")
+        try await withAsyncServer(config(.pooled, .bufferRing), body: { connection in
+            for await chunk in connection.inbound {
+                try await Task.sleep(for: .milliseconds(100))  // the peer resets meanwhile
+                let bytes = chunk.bytes
+                do {
+                    try await connection.outbound.write(chunk)
+                    outcome.with { $0 = "written \(bytes.count)" }
+                } catch {
+                    outcome.with { $0 = "\(error), \(bytes.count) bytes" }
+                }
+            }
+        }) { server, port in
+            let s = try TestSocket.connect(port: port)
+            try s.writeAll([1, 2, 3])
+            usleep(20_000)
+            s.reset()
+            XCTAssertTrue(eventually(.seconds(5)) { !outcome.get.isEmpty })
+            XCTAssertEqual(outcome.get, "closed, 0 bytes")
+        }
+    }
+
+    /// Two tasks of one connection wait for room at once: both are resumed and both writes go out
+    /// (each waiting writer used to take the other's place, leaving it suspended for good).
+    func testTwoWritersWaitingForRoomOnOneConnectionBothFinish() async throws {
+        var c = config(.pooled, .bufferRing)
+        c.maxOutputBytesPerConnection = 64 << 10
+        let finished = Locked(0)
+        try await withAsyncServer(c, body: { connection in
+            for await _ in connection.inbound { break }  // the go: then two writers at once
+            await withTaskGroup(of: Void.self) { group in
+                for w in 0..<2 {
+                    group.addTask {
+                        let block = [UInt8](repeating: UInt8(w), count: 16 << 10)
+                        for _ in 0..<32 { try? await connection.outbound.write(block) }
+                        finished.with { $0 += 1 }
+                    }
+                }
+            }
+        }) { server, port in
+            let s = try TestSocket.connect(port: port)
+            defer { s.close() }
+            s.setTimeout(seconds: 10)
+            try s.writeAll([0])
+            usleep(200_000)  // let both writers meet the bound and wait
+            let total = 2 * 32 * (16 << 10)
+            XCTAssertEqual(try s.readExactly(total).count, total)
+            XCTAssertTrue(eventually(.seconds(5)) { finished.get == 2 }, "both writers finished: \(finished.get)")
+        }
+    }
+
+    /// A serial executor on a thread of its own, for an actor that is not a default one (as the
+    /// main actor is not).
+    final class ThreadExecutor: SerialExecutor, @unchecked Sendable {  // `jobs` and `stopped` are guarded by `condition`
+        private let condition = NSCondition()
+        private var jobs: [UnownedJob] = []
+        private var stopped = false
+        init() { Thread { [self] in loop() }.start() }
+        func enqueue(_ job: consuming ExecutorJob) {
+            let job = UnownedJob(job)
+            condition.lock()
+            jobs.append(job)
+            condition.signal()
+            condition.unlock()
+        }
+        func stop() {
+            condition.lock()
+            stopped = true
+            condition.signal()
+            condition.unlock()
+        }
+        private func loop() {
+            while true {
+                condition.lock()
+                while jobs.isEmpty && !stopped { condition.wait() }
+                if jobs.isEmpty { condition.unlock(); return }
+                let job = jobs.removeFirst()
+                condition.unlock()
+                job.runSynchronously(on: asUnownedSerialExecutor())
+            }
+        }
+    }
+
+    /// Serves a connection from its methods, isolated to its own executor's thread.
+    actor Relay {
+        let executor: ThreadExecutor
+        init(_ executor: ThreadExecutor) { self.executor = executor }
+        nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+        func pump(_ connection: AsyncConnection) async throws {
+            for await chunk in connection.inbound { try await connection.outbound.write(chunk) }
+        }
+    }
+
+    /// A connection served from an actor with its own executor (the caller is not on the ring):
+    /// the calls hop to the ring and back, and the echo is whole (they used to run on the actor's
+    /// thread, find themselves off the ring and report the input ended).
+    func testAConnectionServedFromAnActorWithItsOwnExecutorEchoes() async throws {
+        let executor = ThreadExecutor()
+        defer { executor.stop() }
+        try await withAsyncServer(config(.pooled, .bufferRing), body: { connection in
+            try await Relay(executor).pump(connection)
+        }) { server, port in
+            let bytes = patternBytes(seed: 9, count: 200_000)
+            XCTAssertTrue(try Self.roundTrip(port: port, bytes) == bytes)
+        }
+    }
+
+    /// A ring that fails ends its connections: every task's inbound ends, serve throws the
+    /// failure, and nothing waits for good.
+    func testARingFailureEndsEveryConnectionsTask() async throws {
+        var c = config(.pooled, .bufferRing)
+        c.threads = 1
+        let running = Locked(0)
+        let ended = Locked(0)
+        let server = AsyncServer(configuration: c)
+        let serving = Task {
+            try await server.serve { connection in
+                running.with { $0 += 1 }
+                defer { ended.with { $0 += 1 } }
+                for await chunk in connection.inbound { try await connection.outbound.write(chunk) }
+            }
+        }
+        let port = try await server.listeningAddress.port
+        var clients: [TestSocket] = []
+        for _ in 0..<20 { clients.append(try TestSocket.connect(port: port)) }
+        defer { for s in clients { s.close() } }
+        XCTAssertTrue(eventually(.seconds(5)) { running.get == 20 })
+        server.injectEnterFailure(ring: 0, .invalidArgument)
+        do {
+            try await serving.value
+            XCTFail("serve returns the ring's failure")
+        } catch {
+            XCTAssertNotNil(error as? ServerError, "\(error)")
+        }
+        XCTAssertEqual(ended.get, 20, "every connection's task ended")
+    }
 }

@@ -258,4 +258,83 @@ final class ConnectionHandleTests: ServerTestCase {
         }
         XCTAssertEqual(ring?.post([1]), .noSuchRing, "the ring has stopped")
     }
+
+    /// A handle made on one ring for another ring's connection reaches that connection (an ID's
+    /// ring decides), and a write larger than any inbox record can hold is refused at once rather
+    /// than retried for good.
+    func testAHandleGoesToItsConnectionsRingAndAnImpossibleWriteIsRefused() throws {
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        c.mailboxBytes = 64 << 10
+        let ids = Locked<[Int: ConnectionID]>([:])
+        let crossed = Locked<[ConnectionHandle]>([])
+        struct Crosser: ConnectionHandler {
+            let ids: Locked<[Int: ConnectionID]>
+            let crossed: Locked<[ConnectionHandle]>
+            mutating func opened(_ connection: Connection) {
+                let ring = connection.ring.index
+                ids.with { if $0[ring] == nil { $0[ring] = connection.id } }
+                connection.write("ring \(ring)\n")
+            }
+            mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+                // A handle for the other ring's first connection, made here.
+                if let other = ids.get[1 - connection.ring.index] {
+                    crossed.with { $0.append(connection.ring.handle(other)) }
+                }
+                return .nothing
+            }
+        }
+        try withServer(c, handler: { Crosser(ids: ids, crossed: crossed) }) { server, port in
+            var clients: [Int: TestSocket] = [:]
+            var others: [TestSocket] = []
+            for _ in 0..<64 where clients.count < 2 {
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 5)
+                let ring = String(decoding: try s.readExactly(7), as: UTF8.self) == "ring 0\n" ? 0 : 1
+                if clients[ring] == nil { clients[ring] = s } else { others.append(s) }
+            }
+            defer { for s in others + Array(clients.values) { s.close() } }
+            guard let a = clients[0], let b = clients[1] else { throw XCTSkip("SO_REUSEPORT put 64 connections on one ring") }
+            try a.writeAll([1])
+            XCTAssertTrue(eventually { crossed.get.count == 1 })
+            let handle = crossed.get[0]
+            XCTAssertEqual(handle.tryWrite("to ring 1"), .queued)
+            XCTAssertEqual(try b.readExactly(9), Array("to ring 1".utf8), "the write reached ring 1's connection")
+            // Larger than an inbox record can ever be (a quarter of the inbox): .full at once.
+            let big = [UInt8](repeating: 7, count: 40 << 10)
+            XCTAssertEqual(handle.tryWrite(big), .full)
+            let done = DispatchSemaphore(value: 0)
+            let result = Locked<WriteResult?>(nil)
+            Task {
+                let r = await handle.write(big)
+                result.with { $0 = r }
+                done.signal()
+            }
+            XCTAssertEqual(done.wait(timeout: .now() + 5), .success, "an impossible write returns")
+            XCTAssertEqual(result.get, .full)
+        }
+    }
+
+    /// A task on the ring's own executor writes through a handle of that ring: the ring takes the
+    /// write before it next blocks. It used to block until some other completion came: 20 writes
+    /// one after another, each read before the next, took 0.8 s here; now about 11 ms.
+    func testATaskOnTheRingWritingThroughAHandleIsNotLeftForATick() throws {
+        let handles = Locked<[ConnectionHandle]>([])
+        try withServer(config(.pooled, .bufferRing), handler: { HandleGiver(handles: handles) }) { server, port in
+            let s = try TestSocket.connect(port: port)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            XCTAssertTrue(eventually { handles.get.count == 1 })
+            let handle = handles.get[0]
+            let ring = try XCTUnwrap(server.ring(0))
+            let started = ContinuousClock.now
+            for i in 0..<20 {
+                let line = Array("line \(i)\n".utf8)
+                Task(executorPreference: ring.executor) { XCTAssertEqual(handle.tryWrite(line), .queued) }
+                XCTAssertEqual(try s.readExactly(line.count), line)
+            }
+            let elapsed = ContinuousClock.now - started
+            XCTAssertLessThan(elapsed, .milliseconds(400), "20 writes from the ring's own tasks took \(elapsed)")
+        }
+    }
 }
