@@ -28,7 +28,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     /// quarter of the inbox (a record never wraps, so a larger one might never fit).
     let largestWrite: Int
     let inbox: Mailbox
-    let producers = PthreadLock(())
+    let producers = PthreadMutex()
     let waiters = PthreadLock<[Int: [UnsafeContinuation<Void, Never>]]>([:])
 
     /// Operations an inbox record carries (the top byte of its value; the epoch below).
@@ -159,11 +159,11 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     /// than a quarter of the inbox).
     func pushMessage(_ bytes: UnsafeRawBufferPointer, value: UInt64) -> Bool {
         guard bytes.count <= inbox.capacity / 4 else { return false }
-        return producers.withLock { _ in inbox.push(bytes, value: value, word: Self.messageWord) }
+        return producers.withLock { inbox.push(bytes, value: value, word: Self.messageWord) }
     }
 
     func push(_ operation: Operation, _ index: Int, _ epoch: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        producers.withLock { _ in
+        producers.withLock {
             inbox.push(bytes, value: epoch | operation.rawValue << 56, word: UInt32(index))
         }
     }
