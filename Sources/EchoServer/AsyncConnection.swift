@@ -115,6 +115,17 @@ public struct AsyncConnection: Sendable {
             try await write(Array(text.utf8))
         }
 
+        /// Shuts the output once what is queued is sent (a FIN), while ``AsyncConnection/inbound``
+        /// goes on: a half-close. Later writes throw ``AsyncConnectionError/closed``.
+        public nonisolated(nonsending) func finish() async {
+            let id = connection.id
+            let done = await connection.onRing(false) { ring in
+                ring.core.requestShutdown(id)
+                return true
+            }
+            if !done { connection.handle.shutdownOutput() }
+        }
+
         /// Sends `chunk`, the connection's own input being consumed, as it is: no copy (its
         /// receive buffer goes back once sent). The chunk is used up. Any other chunk is copied.
         /// - Parameter chunk: a chunk of input.

@@ -171,6 +171,14 @@ extension CompletionLoop where Receiver: ~Copyable {
         try settle(c)
     }
 
+    /// The output's shutdown completed: the FIN is out (or the socket is gone, which the receive
+    /// learns too). The connection closes once the peer's FIN comes.
+    func onShutdown(_ completion: Completion, _ c: ConnectionRef) throws(URingError) {
+        c.pointee.lifecycle.shutdownCompleted()
+        if completion.result < 0 { core.logger.debug("shutdown failed: \(completion.error!)") }
+        try settle(c)
+    }
+
     func onClose(_ completion: Completion, _ c: ConnectionRef) throws(URingError) {
         if completion.result < 0 { core.logger.debug("close failed: \(completion.error!)") }
         try recycle(c)

@@ -185,6 +185,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             case .recv: try onReceive(completion, c)
             case .send: try onSend(completion, c)
             case .close: try onClose(completion, c)
+            case .shutdown: try onShutdown(completion, c)
             default: try onCancel(completion, c, request)
             }
             return

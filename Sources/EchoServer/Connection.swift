@@ -57,6 +57,12 @@ public struct Connection {
     /// Closes once queued output is sent; nothing more is received.
     public func close() { ring.close(id) }
 
+    /// Shuts the output once what is queued is sent (a FIN: `shutdown(SHUT_WR)`), and goes on
+    /// receiving: a half-close. Later writes get ``WriteResult/closed``. The connection closes
+    /// once the peer's FIN comes too (``ConnectionHandler/inputEnded(_:)``), or on ``close()`` or
+    /// ``abort()``.
+    public func shutdownOutput() { ring.shutdownOutput(id) }
+
     /// Closes at once, dropping queued output.
     public func abort() { ring.abort(id) }
 

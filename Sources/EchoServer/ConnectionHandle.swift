@@ -138,12 +138,16 @@ public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
     /// Closes the connection at once, dropping queued output.
     public func abort() { request(.abort) }
 
+    /// Shuts the connection's output once what is queued (and what is in the inbox before this)
+    /// is sent, and goes on receiving (``Connection/shutdownOutput()``).
+    public func shutdownOutput() { request(.shutdown) }
+
     private func request(_ operation: RemoteConnections.Operation) {
         guard isOpen else { return }
         // On the ring's own thread (a callback, or a task there), directly: the inbox is drained by
         // this very thread, so waiting for room in it would wait for good.
         if let core = LoopCore.current, core.mailboxes.ports[core.ringIndex] === port {
-            core.requestClose(id, abort: operation == .abort)
+            if operation == .shutdown { core.requestShutdown(id) } else { core.requestClose(id, abort: operation == .abort) }
             return
         }
         // A close is small: if the inbox is full for a moment, try again until it fits, the

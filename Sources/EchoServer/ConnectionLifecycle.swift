@@ -8,11 +8,13 @@ import SocketPool
 /// those could drive it. Every transition is tested as a table, without a ring.
 ///
 /// ```
-/// open ──peer EOF / close requested──▶ inputClosed ──output sent, close requested──▶ closing ──close done──▶ closed
+/// open ──peer EOF / close requested──▶ inputClosed ──output sent, close requested (or output shut)──▶ closing ──close done──▶ closed
 ///   └────────────error, reset, abort, idle, stalled output, stop─────────────▶ closing
 /// ```
 ///
-/// - `open`: receiving (unless paused) and sending.
+/// - `open`: receiving (unless paused) and sending. A shutdown of the output (asked by the handler)
+///   sends a FIN once what is queued is sent; the connection goes on receiving, and closes once the
+///   peer's FIN comes too.
 /// - `inputClosed`: nothing more is received (the peer finished, or the handler asked to close);
 ///   output is still sent, and the connection closes once it is drained and a close was asked for
 ///   (after a peer's FIN the handler may keep writing: ``ConnectionHandler/inputEnded(_:)``).
@@ -29,7 +31,7 @@ struct ConnectionLifecycle: Hashable {
 
     /// What the connection has been asked, or waits for.
     struct Flags: OptionSet, Hashable {
-        let rawValue: UInt8
+        let rawValue: UInt16
         /// The handler asked to close once its output is sent.
         static let closeRequested = Flags(rawValue: 1 << 0)
         /// The handler asked to close at once, dropping output.
@@ -44,9 +46,15 @@ struct ConnectionLifecycle: Hashable {
         static let wantsWritable = Flags(rawValue: 1 << 5)
         /// The connection failed: the next settle cancels what is in flight (once).
         static let cancelInFlight = Flags(rawValue: 1 << 6)
+        /// The handler asked to shut the output once what is queued is sent (a FIN, input still
+        /// read): no more writes.
+        static let shutdownRequested = Flags(rawValue: 1 << 7)
+        /// The output is shut: the FIN went out.
+        static let outputShut = Flags(rawValue: 1 << 8)
 
         // Combinations, made once: an array literal would build an array on each use in debug builds.
         static let closeAsked = Flags(rawValue: closeRequested.rawValue | abortRequested.rawValue)
+        static let abortOrShutdown = Flags(rawValue: abortRequested.rawValue | shutdownRequested.rawValue)
         static let holdingReceive = Flags(
             rawValue: pausedForBound.rawValue | pausedByHandler.rawValue | waitingForBuffers.rawValue)
     }
@@ -66,6 +74,8 @@ struct ConnectionLifecycle: Hashable {
         static let receive = Effects(rawValue: 1 << 4)
         /// Not a request: receiving just paused at the bound (counted).
         static let pausedAtBound = Effects(rawValue: 1 << 5)
+        /// Shut the output (`shutdown(SHUT_WR)`: a FIN after what was sent).
+        static let shutdown = Effects(rawValue: 1 << 6)
     }
 
     /// What ``settle(_:_:)`` needs to know of the connection's output and holdings.
@@ -150,6 +160,21 @@ struct ConnectionLifecycle: Hashable {
         return true
     }
 
+    /// The handler asked to shut the output after what is queued.
+    /// - Returns: false (nothing changes) when output is no longer accepted (closing, aborted, or
+    ///   shut already).
+    mutating func shutdownRequested() -> Bool {
+        guard acceptsOutput else { return false }
+        flags.insert(.shutdownRequested)
+        return true
+    }
+
+    /// The shutdown completed (or failed: either way nothing more goes out).
+    mutating func shutdownCompleted() {
+        pending.remove(.shutdown)
+        flags.insert(.outputShut)
+    }
+
     /// The close completed.
     mutating func closeCompleted() {
         pending.remove(.close)
@@ -164,7 +189,9 @@ struct ConnectionLifecycle: Hashable {
 
     /// Whether writes are still queued.
     @inline(__always)
-    var acceptsOutput: Bool { (phase == .open || phase == .inputClosed) && !flags.contains(.abortRequested) }
+    var acceptsOutput: Bool {
+        (phase == .open || phase == .inputClosed) && flags.isDisjoint(with: .abortOrShutdown)
+    }
 
     /// Whether an in-place reply is still sent.
     @inline(__always)
@@ -208,11 +235,17 @@ struct ConnectionLifecycle: Hashable {
         if !pending.contains(.send) && holdings.queued {
             effects.insert(.send)
             pending.insert(.send)
-        } else if phase == .inputClosed && !holdings.queued && !pending.contains(.send)
-            && flags.contains(.closeRequested)
+        } else if flags.contains(.shutdownRequested) && !flags.contains(.outputShut) && !holdings.queued
+            && !pending.contains(.send) && !pending.contains(.shutdown)
         {
-            // Input closed, output drained, a close asked for: close (cancelling the receive if one
-            // is still armed).
+            // Output drained, a shutdown asked for: the FIN goes after what was sent.
+            effects.insert(.shutdown)
+            pending.insert(.shutdown)
+        } else if phase == .inputClosed && !holdings.queued && !pending.contains(.send) && !pending.contains(.shutdown)
+            && (flags.contains(.closeRequested) || flags.contains(.outputShut))
+        {
+            // Input closed, output drained, a close asked for (or the output shut: both directions
+            // are done): close (cancelling the receive if one is still armed).
             phase = .closing
             cancel(.recv, &effects)
             closeIfIdle(&effects)

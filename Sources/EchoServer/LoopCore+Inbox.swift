@@ -65,6 +65,8 @@ extension LoopCore {
                 if c.pointee.lifecycle.closeRequested(abort: false) { touch(c) }
             case .abort:
                 if c.pointee.lifecycle.closeRequested(abort: true) { touch(c) }
+            case .shutdown:
+                if c.pointee.lifecycle.shutdownRequested() { touch(c) }
             case nil:
                 break
             }

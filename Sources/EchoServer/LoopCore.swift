@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import SocketPool
 import URing
@@ -210,6 +211,11 @@ final class LoopCore {
         c.pointee.lifecycle.writableRequested()
     }
 
+    func requestShutdown(_ id: ConnectionID) {
+        guard let c = connection(id), c.pointee.lifecycle.shutdownRequested() else { return }
+        touch(c)
+    }
+
     func requestClose(_ id: ConnectionID, abort: Bool) {
         guard let c = connection(id), c.pointee.lifecycle.closeRequested(abort: abort) else { return }
         touch(c)
@@ -266,6 +272,7 @@ final class LoopCore {
         if effects.contains(.cancelReceive) { try ring.prepareCancel(c.pointee.tag(.recv), tag: c.pointee.tag(.cancelRecv)) }
         if effects.contains(.cancelSend) { try ring.prepareCancel(c.pointee.tag(.send), tag: c.pointee.tag(.cancelSend)) }
         if effects.contains(.send) { try postSend(c) }
+        if effects.contains(.shutdown) { try ring.prepareShutdown(c.pointee.session.file, how: Int32(SHUT_WR), tag: c.pointee.tag(.shutdown)) }
         if effects.contains(.close) {
             try ring.prepareClose(
                 c.pointee.session.file, tag: c.pointee.tag(.close), options: quietClose ? .skipSuccess : [])

@@ -17,6 +17,8 @@ struct PendingRequests: OptionSet, Hashable, CustomStringConvertible {
     static let cancelSend = PendingRequests(rawValue: 1 << 3)
     /// The close (or `close_direct`).
     static let close = PendingRequests(rawValue: 1 << 4)
+    /// The shutdown of the output (a FIN after what was queued).
+    static let shutdown = PendingRequests(rawValue: 1 << 5)
     /// A receive or its cancel.
     static let receiving = PendingRequests(rawValue: recv.rawValue | cancelRecv.rawValue)
 
@@ -30,17 +32,18 @@ struct PendingRequests: OptionSet, Hashable, CustomStringConvertible {
         case .cancelRecv: self = .cancelRecv
         case .cancelSend: self = .cancelSend
         case .close: self = .close
+        case .shutdown: self = .shutdown
         default: return nil
         }
     }
 
-    /// The request of a connection that a tag's kind byte names, or nil: kinds `recv...close` are
+    /// The request of a connection that a tag's kind byte names, or nil: kinds `recv...shutdown` are
     /// numbered in the order of these bits, so the bit is `1 << (kind - recv)` (no table, no
     /// switch, on every completion).
     @inline(__always)
     init?(tagKind kind: UInt8) {
         let offset = kind &- RequestKind.recv.rawValue
-        guard offset <= RequestKind.close.rawValue - RequestKind.recv.rawValue else { return nil }
+        guard offset <= RequestKind.shutdown.rawValue - RequestKind.recv.rawValue else { return nil }
         self.init(rawValue: 1 << offset)
     }
 
@@ -52,6 +55,7 @@ struct PendingRequests: OptionSet, Hashable, CustomStringConvertible {
         case .send: .send
         case .cancelRecv: .cancelRecv
         case .cancelSend: .cancelSend
+        case .shutdown: .shutdown
         default: .close
         }
     }
@@ -59,6 +63,7 @@ struct PendingRequests: OptionSet, Hashable, CustomStringConvertible {
     var description: String {
         let names: [(PendingRequests, String)] = [
             (.recv, "recv"), (.send, "send"), (.cancelRecv, "cancelRecv"), (.cancelSend, "cancelSend"), (.close, "close"),
+            (.shutdown, "shutdown"),
         ]
         return "[" + names.filter { contains($0.0) }.map(\.1).joined(separator: ",") + "]"
     }

@@ -36,6 +36,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         case write = 1
         case close = 2
         case abort = 3
+        case shutdown = 4
     }
 
     init(capacity: Int, inboxBytes: Int, outboundBuffers: Int, outboundSize: Int, maxOutput: Int = 1 << 20) {

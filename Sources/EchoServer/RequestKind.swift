@@ -12,6 +12,7 @@ enum RequestKind: UInt8, CaseIterable {
     case cancelRecv
     case cancelSend
     case close
+    case shutdown
     // Shared contexts.
     case accept
     case closeRejected

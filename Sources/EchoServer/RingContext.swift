@@ -40,6 +40,11 @@ public struct RingContext {
     /// - Parameter connection: a connection of this ring; a stale ID is ignored.
     public func close(_ connection: ConnectionID) { core.requestClose(connection, abort: false) }
 
+    /// Shuts `connection`'s output once what is queued is sent, and goes on receiving
+    /// (``Connection/shutdownOutput()``).
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func shutdownOutput(_ connection: ConnectionID) { core.requestShutdown(connection) }
+
     /// Closes `connection` at once, dropping queued output.
     /// - Parameter connection: a connection of this ring; a stale ID is ignored.
     public func abort(_ connection: ConnectionID) { core.requestClose(connection, abort: true) }

@@ -408,7 +408,71 @@ struct Summarizer: ConnectionHandler {
     }
 }
 
+/// Echoes; at "bye" answers "ok", shuts its output and goes on counting what comes in; at the
+/// peer's FIN, records the count (the connection then closes by itself: both directions done).
+struct ShutdownFirst: ConnectionHandler {
+    let counts: Locked<[Int]>
+    let refused: Locked<Int>
+    var seen: [Int] = []
+    var shut: [Bool] = []
+    mutating func start(capacity: Int) {
+        seen = Array(repeating: 0, count: capacity)
+        shut = Array(repeating: false, count: capacity)
+    }
+    mutating func opened(_ connection: Connection) {
+        seen[connection.index] = 0
+        shut[connection.index] = false
+    }
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        if shut[connection.index] {
+            seen[connection.index] += bytes.count
+            if connection.write("late") == .closed { refused.with { $0 += 1 } }
+            return .nothing
+        }
+        if bytes.starts(with: Array("bye".utf8)) {
+            shut[connection.index] = true
+            seen[connection.index] += bytes.count - 3
+            connection.write("ok")
+            connection.shutdownOutput()
+            return .nothing
+        }
+        return .send(bytes.count)
+    }
+    mutating func inputEnded(_ connection: Connection) {
+        counts.with { $0.append(seen[connection.index]) }
+        // No close asked: with its output shut, the connection closes by itself.
+    }
+}
+
 final class HalfCloseTests: ServerTestCase {
+    /// shutdownOutput: the FIN goes after what was queued, the connection goes on receiving, later
+    /// writes are refused, and it closes once the peer's FIN comes (both directions done).
+    func testShutdownOutputSendsAFINAfterTheQueueAndReceivesOnUntilThePeersFIN() throws {
+        for (mode, receive) in Self.variants {
+            let counts = Locked<[Int]>([])
+            let refused = Locked(0)
+            try withServer(config(mode, receive), handler: { ShutdownFirst(counts: counts, refused: refused) }) {
+                server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                try s.writeAll(Array("hello".utf8))
+                XCTAssertEqual(try s.readExactly(5), Array("hello".utf8))
+                try s.writeAll(Array("bye".utf8))
+                XCTAssertEqual(try s.readToEnd(), Array("ok".utf8), "\(mode)/\(receive): ok, then the server's FIN")
+                // Half-closed by the server: it still reads.
+                let more = patternBytes(seed: 3, count: 200_000)
+                try s.writeAll(more)
+                usleep(50_000)
+                XCTAssertEqual(server.statistics.closed, 0, "\(mode)/\(receive): still open for input")
+                s.shutdownWrite()
+                XCTAssertTrue(eventually { server.statistics.closed == 1 }, "\(mode)/\(receive): closed after both FINs")
+                XCTAssertEqual(counts.get, [200_000], "\(mode)/\(receive): every byte after the shutdown was received")
+                XCTAssertGreaterThan(refused.get, 0, "\(mode)/\(receive): writes after the shutdown are refused")
+            }
+        }
+    }
+
     func testAfterThePeersFINTheHandlerMayStillWriteThenClose() throws {
         for (mode, receive) in Self.variants {
             try withServer(config(mode, receive), handler: { Summarizer() }) { server, port in

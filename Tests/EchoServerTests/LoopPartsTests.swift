@@ -20,6 +20,8 @@ final class LoopPartsTests: XCTestCase {
         /// A settle in the middle of the row (its effects are not checked).
         case settle(L.Holdings)
         case closeCompleted
+        case shutdown
+        case shutdownCompleted
     }
 
     struct Row {
@@ -100,6 +102,27 @@ final class LoopPartsTests: XCTestCase {
                 holdings: Self.queued, effects: [.send], phase: .inputClosed, pending: [.send]),
             Row(name: "peer EOF: no receive, even under the bound", events: [.peerClosed, .posted(.send)],
                 holdings: Self.queued, effects: [], phase: .inputClosed, pending: [.send]),
+            // Output shut by the handler (a half-close from our side).
+            Row(name: "shutdown asked, output queued: send first", events: [.posted(.recv), .shutdown],
+                holdings: Self.queued, effects: [.send], phase: .open, pending: [.recv, .send]),
+            Row(name: "shutdown asked, send in flight: wait for it", events: [.posted([.recv, .send]), .shutdown],
+                holdings: Self.quiet, effects: [], phase: .open, pending: [.recv, .send]),
+            Row(name: "shutdown asked, drained: the FIN goes, receiving goes on", events: [.posted(.recv), .shutdown],
+                holdings: Self.quiet, effects: [.shutdown], phase: .open, pending: [.recv, .shutdown]),
+            Row(name: "output shut: still receiving",
+                events: [.shutdown, .settle(Self.quiet), .posted(.shutdown), .shutdownCompleted],
+                holdings: Self.quiet, effects: [.receive], phase: .open, pending: []),
+            Row(name: "output shut, then the peer's FIN: close",
+                events: [.shutdown, .settle(Self.quiet), .shutdownCompleted, .peerClosed],
+                holdings: Self.quiet, effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "the peer's FIN first, then a shutdown: the FIN goes, then close",
+                events: [.peerClosed, .shutdown], holdings: Self.quiet, effects: [.shutdown], phase: .inputClosed,
+                pending: [.shutdown]),
+            Row(name: "...and once it is out: close",
+                events: [.peerClosed, .shutdown, .settle(Self.quiet), .shutdownCompleted], holdings: Self.quiet,
+                effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "abort while shutting: cancel, close", events: [.posted(.recv), .shutdown, .settle(Self.quiet), .abort],
+                holdings: Self.quiet, effects: [.cancelReceive], phase: .closing, pending: [.recv, .shutdown, .cancelRecv]),
             // Close requested by the handler.
             Row(name: "close requested, output queued: stop receiving, send", events: [.posted(.recv), .close],
                 holdings: Self.queued, effects: [.cancelReceive, .send], phase: .inputClosed,
@@ -146,6 +169,8 @@ final class LoopPartsTests: XCTestCase {
                 case .waitForBuffers(let waiting): l.waitingForBuffers(waiting)
                 case .settle(let holdings): _ = l.settle(holdings, Self.bounds)
                 case .closeCompleted: l.closeCompleted()
+                case .shutdown: _ = l.shutdownRequested()
+                case .shutdownCompleted: l.shutdownCompleted()
                 }
             }
             let effects = l.settle(row.holdings, Self.bounds)
