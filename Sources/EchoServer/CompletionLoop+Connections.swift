@@ -18,6 +18,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             } else if core.admits(listener), let c = core.sessions.acquire(file: accepted.file, slot: accepted.slot) {
                 c.pointee.lastActivity = core.now
                 c.pointee.listener = listener
+                c.pointee.announced = true
                 core.remote.opened(c.pointee.session.index, epoch: c.pointee.session.epoch, maxOutput: core.maxOutput)
                 if listener != 0 { core.opened(listener, c) }
                 handler.opened(Connection(core.connectionID(c), core))
@@ -28,6 +29,35 @@ extension CompletionLoop where Receiver: ~Copyable {
             }
         }
         if listener == 0 { try acceptor.rearmIfEnded(ended, core) } else { try sides[side(listener)].rearmIfEnded(ended, core) }
+    }
+
+    /// One of an outbound connection's connect requests completed (its socket, its connect, the
+    /// connect's timeout). Once none is in flight: connected, the connection opens as an accepted
+    /// one does; otherwise it closes, and its handler hears why (``ConnectionHandler/connectFailed(_:_:)``).
+    func onConnecting(_ completion: Completion, _ c: ConnectionRef, _ request: PendingRequests) throws(URingError) {
+        c.pointee.lifecycle.ended(request)
+        switch request {
+        case .socket:
+            // A failed socket breaks the chain: its error is the cause, whatever the others say.
+            if completion.result < 0 { c.pointee.connectError = completion.result }
+        case .connect:
+            if completion.result < 0 && c.pointee.connectError == 0 { c.pointee.connectError = completion.result }
+        default:
+            if completion.error == .timerExpired { c.pointee.connectTimedOut = true }
+        }
+        guard c.pointee.lifecycle.pending.isDisjoint(with: .connecting) else { return }
+        if c.pointee.lifecycle.phase == .connecting && c.pointee.connectError == 0 && !c.pointee.connectTimedOut {
+            c.pointee.lifecycle.connected()
+            c.pointee.lastActivity = core.now
+            c.pointee.lastProgress = core.now
+            core.stats.connects &+= 1
+            core.remote.opened(c.pointee.session.index, epoch: c.pointee.session.epoch, maxOutput: core.maxOutput)
+            c.pointee.announced = true
+            handler.opened(Connection(core.connectionID(c), core))
+            return try afterCallback(c)
+        }
+        c.pointee.lifecycle.failed()
+        try settle(c)
     }
 
     /// After a close or on a tick: post the accepts a pause or a full slot table held back.
@@ -218,16 +248,35 @@ extension CompletionLoop where Receiver: ~Copyable {
         core.remote.closed(c.pointee.session.index)
         if let slot = c.pointee.session.slot { core.slots?.release(slot) }
         // Before the release: unpooled, it frees the record.
-        if c.pointee.listener == 0 {
+        let listener = c.pointee.listener
+        let announced = c.pointee.announced
+        var failure: ConnectFailure?
+        if listener == 0 {
             core.stats.closed &+= 1
+        } else if listener == ConnectionRecord.outbound {
+            core.outboundOpen -= 1
+            if announced {
+                core.stats.outboundClosed &+= 1
+            } else {
+                let why = c.pointee.connectFailure
+                failure = why
+                switch why {
+                case .refused: core.stats.connectsRefused &+= 1
+                case .timedOut: core.stats.connectsTimedOut &+= 1
+                case .unreachable: core.stats.connectsUnreachable &+= 1
+                case .capReached: core.stats.connectsCapped &+= 1
+                case .cancelled: core.stats.connectsCancelled &+= 1
+                case .failed: core.stats.connectsFailed &+= 1
+                }
+            }
         } else {
-            core.closed(c.pointee.listener, c)
+            core.closed(listener, c)
         }
         let pending = c.pointee.lifecycle.pending
         if !pending.isEmpty || !core.sessions.release(c) {
             core.logger.critical("\(id) closed with requests in flight: \(pending)")
         }
-        handler.closed(id)
+        if let failure { handler.connectFailed(id, failure) } else { handler.closed(id) }
         try settleTouched()
         try resumeAccepting()
     }

@@ -186,6 +186,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             case .send: try onSend(completion, c)
             case .close: try onClose(completion, c)
             case .shutdown: try onShutdown(completion, c)
+            case .socket, .connect, .connectTimeout: try onConnecting(completion, c, request)
             default: try onCancel(completion, c, request)
             }
             return
@@ -226,7 +227,11 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         for i in 0..<core.sessions.capacity {
             if let c = core.sessions.record(at: i) {
                 core.remote.closed(c.pointee.session.index)
-                handler.closed(core.connectionID(c))
+                if c.pointee.announced {
+                    handler.closed(core.connectionID(c))
+                } else if c.pointee.listener == ConnectionRecord.outbound {
+                    handler.connectFailed(core.connectionID(c), .cancelled)
+                }
             }
         }
         // A plain fd whose close was already submitted may be another socket's number by now.

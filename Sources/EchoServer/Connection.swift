@@ -17,8 +17,14 @@ public struct Connection {
     public var index: Int { id.index }
 
     /// Which of the server's listeners accepted it: 0 for the main address, `i + 1` for the server's
-    /// `i`-th other ``Listener`` (the metrics endpoint is one).
-    public var listener: Int { ring.core.connection(id).map { Int($0.pointee.listener) } ?? 0 }
+    /// `i`-th other ``Listener`` (the metrics endpoint is one); -1 for an outbound connection.
+    public var listener: Int {
+        guard let listener = ring.core.connection(id)?.pointee.listener else { return 0 }
+        return listener == ConnectionRecord.outbound ? -1 : Int(listener)
+    }
+
+    /// Whether this ring opened it (``RingContext/connect(to:timeout:)``) rather than accepted it.
+    public var isOutbound: Bool { ring.core.connection(id)?.pointee.listener == ConnectionRecord.outbound }
 
     /// A handle to this connection for any thread or task: keep it to write, close or abort later,
     /// after this callback (``ConnectionHandle``).

@@ -17,7 +17,8 @@ public protocol ConnectionHandler: SendableMetatype {
     /// Called once, before any connection, with the most connections this instance will see at once.
     /// - Parameter capacity: the session pool's capacity.
     mutating func start(capacity: Int)
-    /// A connection was accepted. Write a greeting here, if the protocol has one.
+    /// A connection was accepted, or an outbound one connected (``Connection/isOutbound``). Write a
+    /// greeting here, if the protocol has one.
     /// - Parameter connection: the new connection.
     mutating func opened(_ connection: Connection)
     /// Bytes arrived on `connection`.
@@ -39,6 +40,13 @@ public protocol ConnectionHandler: SendableMetatype {
     /// A connection ended (after its close completed); its ID is stale from now on.
     /// - Parameter connection: its identity.
     mutating func closed(_ connection: ConnectionID)
+    /// An outbound connection (``RingContext/connect(to:timeout:)``) did not open: it was refused,
+    /// timed out, had no route, or was cancelled. Its ID, returned by `connect`, is stale from now
+    /// on; it hears no `opened` and no `closed`.
+    /// - Parameters:
+    ///   - connection: the ID `connect` returned.
+    ///   - failure: why.
+    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure)
     /// Another ring of the server posted a message to this one.
     /// - Parameters:
     ///   - message: what was posted.
@@ -59,4 +67,6 @@ extension ConnectionHandler {
     public mutating func closed(_ connection: ConnectionID) {}
     /// Does nothing.
     public mutating func received(message: RingMessage, ring: RingContext) {}
+    /// Does nothing.
+    public mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure) {}
 }

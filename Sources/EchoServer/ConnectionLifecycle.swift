@@ -23,6 +23,9 @@ import SocketPool
 /// - `closed`: the close completed; the session is recycled.
 struct ConnectionLifecycle: Hashable {
     enum Phase: UInt8, Hashable {
+        /// An outbound connection whose connect is in flight: output may be queued, nothing is
+        /// sent or received yet.
+        case connecting
         case open
         case inputClosed
         case closing
@@ -76,6 +79,8 @@ struct ConnectionLifecycle: Hashable {
         static let pausedAtBound = Effects(rawValue: 1 << 5)
         /// Shut the output (`shutdown(SHUT_WR)`: a FIN after what was sent).
         static let shutdown = Effects(rawValue: 1 << 6)
+        /// Cancel the connect (by its `user_data`).
+        static let cancelConnect = Effects(rawValue: 1 << 7)
     }
 
     /// What ``settle(_:_:)`` needs to know of the connection's output and holdings.
@@ -111,6 +116,14 @@ struct ConnectionLifecycle: Hashable {
     /// A request's last completion arrived (a multishot receive's last one).
     @inline(__always)
     mutating func ended(_ request: PendingRequests) { pending.remove(request) }
+
+    /// An outbound connection's connect was posted.
+    mutating func connecting() { phase = .connecting }
+
+    /// Its connect succeeded: the connection is open.
+    mutating func connected() {
+        if phase == .connecting { phase = .open }
+    }
 
     /// The peer half-closed (a receive returned 0).
     mutating func peerClosed() {
@@ -190,7 +203,7 @@ struct ConnectionLifecycle: Hashable {
     /// Whether writes are still queued.
     @inline(__always)
     var acceptsOutput: Bool {
-        (phase == .open || phase == .inputClosed) && flags.isDisjoint(with: .abortOrShutdown)
+        (phase == .open || phase == .inputClosed || phase == .connecting) && flags.isDisjoint(with: .abortOrShutdown)
     }
 
     /// Whether an in-place reply is still sent.
@@ -218,10 +231,16 @@ struct ConnectionLifecycle: Hashable {
     mutating func settle(_ holdings: Holdings, _ bounds: Bounds) -> Effects {
         var effects: Effects = []
         if flags.contains(.abortRequested) { failed() }
+        if phase == .connecting {
+            // Nothing goes out before the connect completes; a close before then is an abort.
+            guard flags.contains(.closeRequested) else { return effects }
+            failed()
+        }
         if flags.contains(.cancelInFlight) {
             flags.remove(.cancelInFlight)
             cancel(.recv, &effects)
             cancel(.send, &effects)
+            cancel(.connect, &effects)
         }
         if flags.contains(.closeRequested) && phase == .open {
             phase = .inputClosed
@@ -277,7 +296,8 @@ struct ConnectionLifecycle: Hashable {
     @inline(__always)
     private mutating func cancel(_ request: PendingRequests, _ effects: inout Effects) {
         let (bit, effect): (PendingRequests, Effects) =
-            request == .recv ? (.cancelRecv, .cancelReceive) : (.cancelSend, .cancelSend)
+            request == .recv
+            ? (.cancelRecv, .cancelReceive) : request == .send ? (.cancelSend, .cancelSend) : (.cancelConnect, .cancelConnect)
         guard pending.contains(request), !pending.contains(bit) else { return }
         pending.insert(bit)
         effects.insert(effect)

@@ -19,8 +19,16 @@ struct ConnectionRecord: SessionRecord {
     /// Provided buffers held (received and not yet sent or given back); with an incremental ring,
     /// the buffers its slices' bytes would fill (at least one per slice).
     var buffersHeld: Int32 = 0
-    /// Which of the server's listeners accepted it: 0 for the main one.
+    /// Which of the server's listeners accepted it: 0 for the main one; ``outbound`` for a
+    /// connection this ring opened.
     var listener: UInt8 = 0
+    /// Whether the handler heard of it (``ConnectionHandler/opened(_:)``): it then hears
+    /// `closed`; an outbound connection that never opened hears `connectFailed` instead.
+    var announced = false
+    /// An outbound connection's connect: the first error its requests returned (negative errno),
+    /// and whether its timeout fired.
+    var connectError: Int32 = 0
+    var connectTimedOut = false
     /// Monotonic time of the last received byte, in nanoseconds.
     var lastActivity: UInt64 = 0
     /// Monotonic time the send queue last moved (a send posted or completed), in nanoseconds.
@@ -34,6 +42,16 @@ struct ConnectionRecord: SessionRecord {
     var remoteQueued = 0
 
     init(_ session: PooledSession) { self.session = session }
+
+    /// ``listener`` of an outbound connection.
+    static let outbound = UInt8.max
+
+    /// Why an outbound connection that never opened failed.
+    var connectFailure: ConnectFailure {
+        if connectTimedOut { return .timedOut }
+        if connectError != 0 { return ConnectFailure(Errno(rawValue: -connectError)) }
+        return .cancelled
+    }
 
     /// The `user_data` of its own request `request`.
     @inline(__always)

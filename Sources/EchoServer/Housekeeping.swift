@@ -75,7 +75,8 @@ struct Housekeeping {
     @discardableResult
     func publishStatistics(_ core: LoopCore, buffersHeld: Int, report: Bool = true) -> ServerStatistics {
         var snapshot = core.stats
-        snapshot.active = core.sessions.statistics.inUse - core.sideSessions.count
+        snapshot.active = core.sessions.statistics.inUse - core.sideSessions.count - core.outboundOpen
+        snapshot.outboundActive = core.outboundOpen
         var endpointIn = core.sideClosedBytesIn
         var endpointOut = core.sideClosedBytesOut
         for index in core.sideSessions {

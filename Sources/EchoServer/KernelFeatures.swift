@@ -46,6 +46,11 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// 5.17): the connection is recycled once the close is submitted, one completion fewer per
     /// connection. Where the ring lacks `IORING_FEAT_CQE_SKIP`, the close's completion recycles it.
     public static let quietClose = KernelFeatures(rawValue: 1 << 10)
+    /// An outbound connection's socket is made by the ring straight into a registered-file slot
+    /// (`IORING_OP_SOCKET` into a slot, Linux 5.19; pooled mode), linked to its connect: no
+    /// descriptor, no `socket()` call, the slot reused like an accepted connection's. Without it
+    /// the socket is a plain descriptor from `socket()`.
+    public static let directSocket = KernelFeatures(rawValue: 1 << 11)
 
     /// What a server uses by default where the kernel has it: everything but
     /// ``incrementalBuffers``, which is opt-in (it receives single-shot, and saves memory only with
@@ -62,7 +67,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
         (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
         (.incrementalBuffers, "incrementalBuffers"), (.receiveLimit, "receiveLimit"),
-        (.quietClose, "quietClose"),
+        (.quietClose, "quietClose"), (.directSocket, "directSocket"),
     ]
 
     /// A feature's name in kebab case, as command lines spell it: `recvBundles` → `recv-bundles`.
@@ -100,7 +105,9 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static func supported(by probe: Probe) -> KernelFeatures {
         var features = triedAtSetup
         if probe.supports(.msgRing) { features.formUnion([.messageRing, .registeredRing]) }
-        if probe.supports(.socket) { features.formUnion([.multishotAccept, .fixedFiles, .directMultishotAccept]) }
+        if probe.supports(.socket) {
+            features.formUnion([.multishotAccept, .fixedFiles, .directMultishotAccept, .directSocket])
+        }
         if probe.supports(.sendZeroCopy) { features.insert(.bufferRing) }
         return features
     }

@@ -16,7 +16,8 @@ struct ListenerRouter<Main: ConnectionHandler>: ConnectionHandler {
     }
 
     mutating func opened(_ connection: Connection) {
-        let listener = connection.listener
+        // Outbound connections (-1) belong to the main handler, which opens them.
+        let listener = max(connection.listener, 0)
         listenerOf[connection.index] = UInt8(listener)
         if listener == 0 { main.opened(connection) } else { sides[listener]!.opened(connection) }
     }
@@ -43,4 +44,8 @@ struct ListenerRouter<Main: ConnectionHandler>: ConnectionHandler {
     }
 
     mutating func received(message: RingMessage, ring: RingContext) { main.received(message: message, ring: ring) }
+
+    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure) {
+        main.connectFailed(connection, failure)
+    }
 }

@@ -34,6 +34,9 @@ final class LoopCore {
     /// take (its cap plus one).
     @exclusivity(unchecked) var sideOpen: [Int]
     let sideCapacity: [Int]
+    /// Outbound connections open (or connecting) now, and how many may be.
+    @exclusivity(unchecked) var outboundOpen = 0
+    let outboundCapacity: Int
     @exclusivity(unchecked) var features: KernelFeatures
     @exclusivity(unchecked) var now: UInt64 = 0
     @exclusivity(unchecked) var stopping = false
@@ -91,6 +94,7 @@ final class LoopCore {
         self.logger = logger
         let capacity = setup.capacity
         mainCapacity = setup.mainCapacity
+        outboundCapacity = setup.outboundCapacity
         let useRing: Bool
         if case .none = provided { useRing = false } else { useRing = true }
         features = setup.features
@@ -138,7 +142,7 @@ final class LoopCore {
     @inline(__always)
     func admits(_ listener: UInt8) -> Bool {
         listener == 0
-            ? sessions.statistics.inUse - sideSessions.count < mainCapacity
+            ? sessions.statistics.inUse - sideSessions.count - outboundOpen < mainCapacity
             : sideOpen[Int(listener)] < sideCapacity[Int(listener)]
     }
 
@@ -211,6 +215,68 @@ final class LoopCore {
         c.pointee.lifecycle.writableRequested()
     }
 
+    /// ``RingContext/connect(to:timeout:)``: a session (and a slot) for the connection, then its
+    /// socket (straight into the slot where the ring can), its connect and the connect's timeout,
+    /// linked, in one go.
+    func connect(to address: SocketAddress, timeout: Duration) -> Result<ConnectionID, ConnectFailure> {
+        guard !stopping else { return .failure(.cancelled) }
+        guard outboundOpen < outboundCapacity else {
+            stats.connectsCapped &+= 1
+            return .failure(.capReached)
+        }
+        let direct = slots != nil && features.contains(.directSocket)
+        let file: FileRef
+        var slot: Lease?
+        if direct {
+            guard let s = slots?.acquire() else {
+                stats.connectsCapped &+= 1
+                return .failure(.capReached)
+            }
+            slot = s
+            file = .slot(s.index)
+        } else {
+            do throws(URingError) {
+                file = .fd(try Sockets.makeTCP(family: address.family))
+            } catch {
+                stats.connectsFailed &+= 1
+                return .failure(.failed(error.errno))
+            }
+        }
+        guard let c = sessions.acquire(file: file, slot: slot) else {
+            if let slot { slots?.release(slot) } else { _ = try? Sockets.close(file.raw) }
+            stats.connectsCapped &+= 1
+            return .failure(.capReached)
+        }
+        c.pointee.listener = ConnectionRecord.outbound
+        c.pointee.lastActivity = now
+        c.pointee.lastProgress = now
+        c.pointee.lifecycle.connecting()
+        outboundOpen += 1
+        do throws(URingError) {
+            // The chain goes in whole: a submission that ended inside it would break the link.
+            if ring.submissionSpace < 3 { try ring.submit() }
+            if let slot {
+                // No SOCK_CLOEXEC: the kernel refuses it for a slot (a slot is no descriptor to inherit).
+                try ring.prepareSocket(
+                    domain: address.family, type: Int32(SOCK_STREAM.rawValue),
+                    intoSlot: slot.index, tag: c.pointee.tag(.socket), options: .link)
+                c.pointee.lifecycle.posted(.socket)
+            }
+            try ring.prepareConnect(file, to: address, tag: c.pointee.tag(.connect), options: .link)
+            c.pointee.lifecycle.posted(.connect)
+            try ring.prepareLinkTimeout(timeout, tag: c.pointee.tag(.connectTimeout))
+            c.pointee.lifecycle.posted(.connectTimeout)
+        } catch {
+            // No room in the submission queue even after a submit: give everything back.
+            outboundOpen -= 1
+            if let slot { slots?.release(slot) } else { _ = try? Sockets.close(file.raw) }
+            _ = sessions.release(c)
+            stats.connectsFailed &+= 1
+            return .failure(.failed(error.errno))
+        }
+        return .success(connectionID(c))
+    }
+
     func requestShutdown(_ id: ConnectionID) {
         guard let c = connection(id), c.pointee.lifecycle.shutdownRequested() else { return }
         touch(c)
@@ -271,6 +337,9 @@ final class LoopCore {
     func post(_ effects: ConnectionLifecycle.Effects, _ c: ConnectionRef) throws(URingError) {
         if effects.contains(.cancelReceive) { try ring.prepareCancel(c.pointee.tag(.recv), tag: c.pointee.tag(.cancelRecv)) }
         if effects.contains(.cancelSend) { try ring.prepareCancel(c.pointee.tag(.send), tag: c.pointee.tag(.cancelSend)) }
+        if effects.contains(.cancelConnect) {
+            try ring.prepareCancel(c.pointee.tag(.connect), tag: c.pointee.tag(.cancelConnect))
+        }
         if effects.contains(.send) { try postSend(c) }
         if effects.contains(.shutdown) { try ring.prepareShutdown(c.pointee.session.file, how: Int32(SHUT_WR), tag: c.pointee.tag(.shutdown)) }
         if effects.contains(.close) {

@@ -13,6 +13,10 @@ enum RequestKind: UInt8, CaseIterable {
     case cancelSend
     case close
     case shutdown
+    case socket
+    case connect
+    case connectTimeout
+    case cancelConnect
     // Shared contexts.
     case accept
     case closeRejected

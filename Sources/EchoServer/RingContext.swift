@@ -1,4 +1,5 @@
 import SocketPool
+import URing
 
 /// The ring a callback runs on: write to or close any of its connections by ID, and post to the
 /// server's other rings. Valid only during the callback it was passed to, on the ring's thread.
@@ -34,6 +35,22 @@ public struct RingContext {
         // The ID's own ring: a handle made here for another ring's connection reaches it there.
         let ring = connection.ring >= 0 && connection.ring < core.mailboxes.count ? connection.ring : core.ringIndex
         return ConnectionHandle(port: core.mailboxes.ports[ring], id: connection)
+    }
+
+    /// Opens a connection to `address` from this ring: the `ConnectEx` of this design. In pooled
+    /// mode its socket is made by the ring straight into a registered-file slot
+    /// (``KernelFeatures/directSocket``), linked to its connect and the connect's timeout; otherwise
+    /// it is a plain socket. The handler hears ``ConnectionHandler/opened(_:)`` once it connects (it
+    /// is then like an accepted connection, ``Connection/isOutbound``), or
+    /// ``ConnectionHandler/connectFailed(_:_:)``. Bytes written to it before it connects are sent
+    /// once it does.
+    /// - Parameters:
+    ///   - address: the peer.
+    ///   - timeout: how long the connect may take.
+    /// - Returns: the connection's ID at once, or ``ConnectFailure/capReached`` (or another failure
+    ///   found before anything was posted).
+    public func connect(to address: SocketAddress, timeout: Duration = .seconds(10)) -> Result<ConnectionID, ConnectFailure> {
+        core.connect(to: address, timeout: timeout)
     }
 
     /// Closes `connection` once its queued output is sent (no more receiving).

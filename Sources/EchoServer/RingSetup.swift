@@ -18,6 +18,8 @@ struct RingSetup: ~Copyable {
     let capacity: Int
     /// The ring's share of the connection cap (the main listener's connections).
     let mainCapacity: Int
+    /// Outbound connections this ring may have open (``ServerConfiguration/outboundConnections(forRing:)``).
+    let outboundCapacity: Int
     /// Fixed-file slots beyond the sessions, for sockets over the cap to be accepted and closed.
     let spareSlots: Int
 
@@ -54,7 +56,8 @@ struct RingSetup: ~Copyable {
             features.formIntersection(supported)
         }
         mainCapacity = configuration.connections(forRing: index)
-        capacity = mainCapacity + extraSessions
+        outboundCapacity = configuration.outboundConnections(forRing: index)
+        capacity = mainCapacity + extraSessions + outboundCapacity
         // Kernel-chosen slots: room for a whole backlog arriving at the connection cap, as a
         // direct accept that finds the table full drops its connection.
         spareSlots =
@@ -75,6 +78,8 @@ struct RingSetup: ~Copyable {
             features.remove(.fixedFiles)
             slots = nil
         }
+        // Sockets made into slots need the slots.
+        if slots == nil { features.remove(.directSocket) }
 
         // The receive plan: the buffer ring it needs, registered here; a refusal falls back to the
         // next plan (incremental → ordinary ring → per-session buffers).

@@ -215,7 +215,7 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         // From here the mailboxes own the eventfds.
         let remotes = (0..<threads).map { i in
             RemoteConnections(
-                capacity: configuration.connections(forRing: i)
+                capacity: configuration.connections(forRing: i) + configuration.outboundConnections(forRing: i)
                     + RingListeners(main: -1, sides: sides.filter { $0.ring == i }).extraSessions,
                 inboxBytes: configuration.mailboxBytes, outboundBuffers: configuration.outboundBuffers,
                 outboundSize: configuration.bufferSize, maxOutput: configuration.maxOutputBytesPerConnection)

@@ -24,6 +24,11 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// Connections served at once, over all threads. Clients beyond it are accepted and closed at
     /// once (a clean FIN), and counted in ``ServerStatistics/rejected``.
     public var maxConnections: Int = 4096
+    /// Outbound connections (``RingContext/connect(to:timeout:)``) open at once, over all threads,
+    /// split over the rings as ``maxConnections`` is. Each takes a session (and in pooled mode a
+    /// registered-file slot) beside the inbound ones, preallocated like them; 0, the default,
+    /// makes no room: every connect fails with ``ConnectFailure/capReached``.
+    public var maxOutboundConnections: Int = 0
     /// Close connections that sent nothing for this long; `nil` disables the check.
     public var idleTimeout: Duration? = .seconds(60)
     /// Fixed-file slots beyond ``maxConnections`` (pooled mode), so a client over the cap can still
@@ -93,6 +98,14 @@ public struct ServerConfiguration: Sendable, Hashable {
         return max(1, maxConnections / rings + (ring < maxConnections % rings ? 1 : 0))
     }
 
+    /// Outbound connections ring `ring` may have open at once: ``maxOutboundConnections`` split
+    /// over the rings (the first `maxOutboundConnections % threads` rings take one more).
+    /// - Parameter ring: the ring index, `0..<threads`.
+    public func outboundConnections(forRing ring: Int) -> Int {
+        let rings = max(threads, 1)
+        return maxOutboundConnections / rings + (ring < maxOutboundConnections % rings ? 1 : 0)
+    }
+
     /// Checks values a person could get wrong.
     /// - Throws: ``ServerError/invalidConfiguration(_:)`` naming the bad value.
     public func validate() throws(ServerError) {
@@ -115,6 +128,9 @@ public struct ServerConfiguration: Sendable, Hashable {
             (64...1 << 24).contains(incrementalBufferSize), "incrementalBufferSize", "64...16777216 bytes",
             incrementalBufferSize)
         try check((1...1_000_000).contains(maxConnections), "maxConnections", "1...1000000", maxConnections)
+        try check(
+            (0...1_000_000).contains(maxOutboundConnections), "maxOutboundConnections", "0...1000000",
+            maxOutboundConnections)
         // Split over the rings, the total is exactly maxConnections: each ring needs at least one.
         try check(
             maxConnections >= threads, "maxConnections", "at least threads (\(threads)), each ring serves one or more",

@@ -47,6 +47,14 @@ extension ServerStatistics {
         .init("uring_echo_feature_fallbacks_total", \.featureFallbacks, "Kernel features given up at run time because the kernel refused them."),
         .init("uring_echo_enter_retries_total", \.enterRetries, "io_uring_enter calls that failed with EAGAIN or EBUSY and were retried."),
         .init("uring_echo_dropped_completions_total", \.droppedCompletions, "Times io_uring_enter reported dropped completions (EBADR)."),
+        .init("uring_echo_connects_total", \.connects, "Outbound connections that connected."),
+        .init("uring_echo_connects_refused_total", \.connectsRefused, "Outbound connects refused by the peer."),
+        .init("uring_echo_connects_timed_out_total", \.connectsTimedOut, "Outbound connects that timed out."),
+        .init("uring_echo_connects_unreachable_total", \.connectsUnreachable, "Outbound connects with no route to the peer."),
+        .init("uring_echo_connects_capped_total", \.connectsCapped, "Outbound connects refused at the ring's outbound cap."),
+        .init("uring_echo_connects_cancelled_total", \.connectsCancelled, "Outbound connects cancelled by a stop or a close."),
+        .init("uring_echo_connects_failed_total", \.connectsFailed, "Outbound connects that failed otherwise."),
+        .init("uring_echo_outbound_closed_total", \.outboundClosed, "Outbound connections whose close completed."),
     ]
 
     /// Every gauge, once (see ``counters``).
@@ -54,5 +62,6 @@ extension ServerStatistics {
         .init("uring_echo_active_connections", \.active, "Connections of the main listener open now."),
         .init("uring_echo_buffers_held", \.buffersHeld, "Provided buffers (or slices) taken by receives and not yet given back."),
         .init("uring_echo_outbound_buffers_in_use", \.outboundBuffersInUse, "Outbound buffers holding written bytes not yet sent."),
+        .init("uring_echo_outbound_connections", \.outboundActive, "Outbound connections open or connecting now."),
     ]
 }

@@ -74,6 +74,25 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var enterRetries: UInt64 = 0
     /// Times `io_uring_enter` reported dropped completions (`EBADR`).
     public var droppedCompletions: UInt64 = 0
+    /// Outbound connections that connected (``RingContext/connect(to:timeout:)``).
+    public var connects: UInt64 = 0
+    /// Outbound connects refused by the peer (nothing listening).
+    public var connectsRefused: UInt64 = 0
+    /// Outbound connects that timed out.
+    public var connectsTimedOut: UInt64 = 0
+    /// Outbound connects with no route to the peer.
+    public var connectsUnreachable: UInt64 = 0
+    /// Outbound connects refused at once: the ring's outbound cap was reached, or no session or slot
+    /// was free.
+    public var connectsCapped: UInt64 = 0
+    /// Outbound connects cancelled (a stop, or a close before they connected).
+    public var connectsCancelled: UInt64 = 0
+    /// Outbound connects that failed otherwise.
+    public var connectsFailed: UInt64 = 0
+    /// Outbound connections whose close completed (they are not in ``closed``).
+    public var outboundClosed: UInt64 = 0
+    /// Outbound connections open or connecting now (they are not in ``active``).
+    public var outboundActive: Int = 0
     /// Completions harvested per loop turn.
     public var completionsPerTurn = TurnHistogram()
     /// Session pool counters.

@@ -135,6 +135,26 @@ extension Ring {
         finish(sqe, tag, options, fixed: socket.isFixed)
     }
 
+    /// Prepares the creation of a socket (`IORING_OP_SOCKET`, Linux 5.19): straight into
+    /// registered-file slot `slot` (no descriptor; the result is 0), or as a plain descriptor (the
+    /// result). A connect linked after it (``SubmissionOptions/link``) can use the slot at once.
+    /// - Parameters:
+    ///   - domain: `AF_INET` or `AF_INET6`.
+    ///   - type: `SOCK_STREAM`, with `SOCK_CLOEXEC` or `SOCK_NONBLOCK` as wanted.
+    ///   - slot: the registered-file slot to create it in, or nil for a descriptor.
+    ///   - tag: the request's `user_data`.
+    ///   - options: `IOSQE_*` flags.
+    /// - Throws: ``URingError`` if no SQE could be had.
+    @inlinable
+    public func prepareSocket(
+        domain: Int32, type: Int32, intoSlot slot: UInt32?, tag: UInt64, options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        io_uring_prep_socket(sqe, domain, type, 0, 0)
+        if let slot { curing_sqe_set_file_index(sqe, slot) }
+        finish(sqe, tag, options, fixed: false)
+    }
+
     /// Prepares a receive into a caller-owned buffer (`IORING_OP_RECV`). The buffer must stay
     /// valid until the completion arrives. The result is the byte count, 0 at end of stream.
     /// - Parameters:

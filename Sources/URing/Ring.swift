@@ -115,6 +115,11 @@ public struct Ring: ~Copyable {
 
     // MARK: Submission
 
+    /// Free submission queue entries: a chain of linked requests must fit whole (a submission
+    /// that ends inside a chain breaks it), so make room first (``submit()``) when this is short.
+    @inlinable
+    public var submissionSpace: Int { Int(io_uring_sq_space_left(ring)) }
+
     /// Submits every prepared entry. Maps to `io_uring_submit`.
     /// - Returns: the number of entries the kernel consumed.
     /// - Throws: ``URingError`` for `io_uring_submit` (`EINTR` is retried).

@@ -34,11 +34,13 @@ final class FeatureFallbackTests: ServerTestCase {
     }
 
     /// Whether `feature` is in use when asked for in `mode` on a kernel that has everything:
-    /// fixed slots (and the multishot accept into them) are pooled mode's, plain multishot accept
-    /// unpooled mode's.
+    /// fixed slots (and the multishot accept and the sockets made into them) are pooled mode's,
+    /// plain multishot accept unpooled mode's.
     static func expectedOn(_ feature: KernelFeatures, _ mode: PoolMode) -> Bool {
         switch (feature, mode) {
-        case (.multishotAccept, .pooled), (.fixedFiles, .unpooled), (.directMultishotAccept, .unpooled): false
+        case (.multishotAccept, .pooled), (.fixedFiles, .unpooled), (.directMultishotAccept, .unpooled),
+            (.directSocket, .unpooled):
+            false
         default: true
         }
     }
@@ -112,7 +114,8 @@ final class FeatureFallbackTests: ServerTestCase {
             KernelFeatures.supported(by: kernel(lastOpcode: 40)), tried.union([.messageRing, .registeredRing]), "5.18")
         XCTAssertEqual(
             KernelFeatures.supported(by: kernel(lastOpcode: 46)),
-            tried.union([.messageRing, .registeredRing, .multishotAccept, .fixedFiles, .directMultishotAccept]), "5.19")
+            tried.union([.messageRing, .registeredRing, .multishotAccept, .fixedFiles, .directMultishotAccept, .directSocket]),
+            "5.19")
         XCTAssertTrue(KernelFeatures.supported(by: kernel(lastOpcode: 47)).isSuperset(of: .all), "6.0")
     }
 
