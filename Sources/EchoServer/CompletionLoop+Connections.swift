@@ -276,7 +276,11 @@ extension CompletionLoop where Receiver: ~Copyable {
         if !pending.isEmpty || !core.sessions.release(c) {
             core.logger.critical("\(id) closed with requests in flight: \(pending)")
         }
-        if let failure { handler.connectFailed(id, failure) } else { handler.closed(id) }
+        if let failure {
+            handler.connectFailed(id, failure, ring: RingContext(core))
+        } else {
+            handler.closed(id, ring: RingContext(core))
+        }
         try settleTouched()
         try resumeAccepting()
     }

@@ -44,8 +44,12 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         housekeeping = Housekeeping(core: core, publish: publish)
         waitCount = UInt32(core.configuration.batchWait?.completions ?? 1)
         waitTimeout = core.configuration.batchWait?.timeout
+        // A relay's output is another connection's input: its receiving pauses for its held buffers
+        // only (ConnectionHandler.pausesReceivingForQueuedOutput).
+        let own = Handler.pausesReceivingForQueuedOutput
         bounds = .init(
-            bytes: core.maxPending, buffers: self.receiver.maxHeldPerConnection, outbound: core.maxOutboundHeld)
+            bytes: own ? core.maxPending : Int.max, buffers: self.receiver.maxHeldPerConnection,
+            outbound: own ? core.maxOutboundHeld : Int32.max)
         core.releaseReceived = { [unowned(unsafe) self] segment, c in self.receiver.release(segment, of: c) }
         self.handler.start(capacity: core.sessions.capacity)
     }
@@ -228,9 +232,9 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             if let c = core.sessions.record(at: i) {
                 core.remote.closed(c.pointee.session.index)
                 if c.pointee.announced {
-                    handler.closed(core.connectionID(c))
+                    handler.closed(core.connectionID(c), ring: RingContext(core))
                 } else if c.pointee.listener == ConnectionRecord.outbound {
-                    handler.connectFailed(core.connectionID(c), .cancelled)
+                    handler.connectFailed(core.connectionID(c), .cancelled, ring: RingContext(core))
                 }
             }
         }

@@ -60,6 +60,19 @@ public struct Connection {
     /// the next housekeeping tick.
     public func requestWritable() { ring.core.requestWritable(id) }
 
+    /// Keeps the bytes of the current ``ConnectionHandler/received(_:connection:)`` call in their
+    /// receive buffer instead of answering them (the reply is ignored): a handler that cannot pass
+    /// them on now (another connection's output is full, say) takes them later, in order, with
+    /// ``RingContext/drainHeld(_:_:)``. Held bytes count in the connection's buffer share
+    /// (``ServerConfiguration/maxBuffersPerConnection``): past it, its receiving pauses until they
+    /// are taken. Only during `received`; elsewhere it does nothing.
+    public func holdReceived() {
+        let core = ring.core
+        if core.replyAnchorSession == Int32(truncatingIfNeeded: id.index), core.connection(id) != nil {
+            core.holdReceived = true
+        }
+    }
+
     /// Closes once queued output is sent; nothing more is received.
     public func close() { ring.close(id) }
 

@@ -40,13 +40,29 @@ public protocol ConnectionHandler: SendableMetatype {
     /// A connection ended (after its close completed); its ID is stale from now on.
     /// - Parameter connection: its identity.
     mutating func closed(_ connection: ConnectionID)
+    /// A connection ended, with its ring, to act on the ring's other connections (close the other
+    /// side of a pair, say). By default calls ``closed(_:)``.
+    /// - Parameters:
+    ///   - connection: its identity, stale from now on.
+    ///   - ring: the ring, for this call only.
+    mutating func closed(_ connection: ConnectionID, ring: RingContext)
     /// An outbound connection (``RingContext/connect(to:timeout:)``) did not open: it was refused,
     /// timed out, had no route, or was cancelled. Its ID, returned by `connect`, is stale from now
     /// on; it hears no `opened` and no `closed`.
     /// - Parameters:
     ///   - connection: the ID `connect` returned.
     ///   - failure: why.
-    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure)
+    ///   - ring: the ring, for this call only.
+    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring: RingContext)
+    /// Whether a connection stops receiving while its own unsent output is over
+    /// ``ServerConfiguration/maxPendingBytesPerConnection`` (true by default): right for a protocol
+    /// that answers what it receives (echo, request and response), where a peer that does not read
+    /// must not make the server read on. A relay whose output is another connection's input (a
+    /// proxy) says false: otherwise two relays facing each other could each stop reading until the
+    /// other reads. Its connections then stop receiving only for what they hold
+    /// (``ServerConfiguration/maxBuffersPerConnection``, held bytes included), and its writes meet
+    /// the output bound (``WriteResult/full``).
+    static var pausesReceivingForQueuedOutput: Bool { get }
     /// Another ring of the server posted a message to this one.
     /// - Parameters:
     ///   - message: what was posted.
@@ -55,6 +71,8 @@ public protocol ConnectionHandler: SendableMetatype {
 }
 
 extension ConnectionHandler {
+    /// True: a connection stops receiving while its output backs up.
+    public static var pausesReceivingForQueuedOutput: Bool { true }
     /// Does nothing.
     public mutating func start(capacity: Int) {}
     /// Does nothing.
@@ -65,8 +83,10 @@ extension ConnectionHandler {
     public mutating func inputEnded(_ connection: Connection) { connection.close() }
     /// Does nothing.
     public mutating func closed(_ connection: ConnectionID) {}
+    /// Calls ``closed(_:)``.
+    public mutating func closed(_ connection: ConnectionID, ring: RingContext) { closed(connection) }
     /// Does nothing.
     public mutating func received(message: RingMessage, ring: RingContext) {}
     /// Does nothing.
-    public mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure) {}
+    public mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring: RingContext) {}
 }

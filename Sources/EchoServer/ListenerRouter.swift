@@ -9,6 +9,8 @@ struct ListenerRouter<Main: ConnectionHandler>: ConnectionHandler {
     /// The listener of the connection at each session index.
     var listenerOf: [UInt8] = []
 
+    static var pausesReceivingForQueuedOutput: Bool { Main.pausesReceivingForQueuedOutput }
+
     mutating func start(capacity: Int) {
         main.start(capacity: capacity)
         for i in sides.indices { sides[i]?.start(capacity: capacity) }
@@ -38,14 +40,14 @@ struct ListenerRouter<Main: ConnectionHandler>: ConnectionHandler {
         if listener == 0 { main.inputEnded(connection) } else { sides[listener]!.inputEnded(connection) }
     }
 
-    mutating func closed(_ connection: ConnectionID) {
+    mutating func closed(_ connection: ConnectionID, ring: RingContext) {
         let listener = Int(listenerOf[connection.index])
-        if listener == 0 { main.closed(connection) } else { sides[listener]!.closed(connection) }
+        if listener == 0 { main.closed(connection, ring: ring) } else { sides[listener]!.closed(connection, ring: ring) }
     }
 
     mutating func received(message: RingMessage, ring: RingContext) { main.received(message: message, ring: ring) }
 
-    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure) {
-        main.connectFailed(connection, failure)
+    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring: RingContext) {
+        main.connectFailed(connection, failure, ring: ring)
     }
 }

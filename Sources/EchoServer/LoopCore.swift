@@ -228,7 +228,7 @@ final class LoopCore {
         let file: FileRef
         var slot: Lease?
         if direct {
-            guard let s = slots?.acquire() else {
+            guard let s = slots?.acquireReserved() else {
                 stats.connectsCapped &+= 1
                 return .failure(.capReached)
             }

@@ -53,6 +53,42 @@ public struct RingContext {
         core.connect(to: address, timeout: timeout)
     }
 
+    /// Whether `connection` holds received bytes not yet taken (``Connection/holdReceived()``).
+    /// - Parameter connection: a connection of this ring; false for a stale ID.
+    public func hasHeldBytes(_ connection: ConnectionID) -> Bool {
+        guard let c = core.connection(connection) else { return false }
+        return c.pointee.inbound.head >= 0 || c.pointee.inbound.current >= 0
+    }
+
+    /// Offers `connection`'s held bytes (``Connection/holdReceived()``) to `body`, oldest first, one
+    /// receive buffer at a time: a chunk for which `body` returns true is taken (its buffer goes
+    /// back, and receiving may resume); false stops, and that chunk stays held, first.
+    /// - Parameters:
+    ///   - connection: a connection of this ring; a stale ID has nothing held.
+    ///   - body: takes a chunk (valid only during the call), or leaves it.
+    public func drainHeld(_ connection: ConnectionID, _ body: (UnsafeRawBufferPointer) -> Bool) {
+        guard let c = core.connection(connection) else { return }
+        while true {
+            let bytes: UnsafeRawBufferPointer
+            let current = c.pointee.inbound.current
+            if current >= 0 {
+                bytes = UnsafeRawBufferPointer(
+                    start: core.queue.base(current, c), count: Int(core.queue.length[Int(current)]))
+            } else if let next = core.takeInbound(c) {
+                bytes = next
+            } else {
+                return
+            }
+            guard body(bytes) else { return }
+            core.releaseCurrent(c)
+        }
+    }
+
+    /// Asks for ``ConnectionHandler/writable(_:)`` on `connection` once its queued output drains
+    /// (``Connection/requestWritable()``).
+    /// - Parameter connection: a connection of this ring; a stale ID is ignored.
+    public func requestWritable(_ connection: ConnectionID) { core.requestWritable(connection) }
+
     /// Closes `connection` once its queued output is sent (no more receiving).
     /// - Parameter connection: a connection of this ring; a stale ID is ignored.
     public func close(_ connection: ConnectionID) { core.requestClose(connection, abort: false) }

@@ -68,7 +68,17 @@ struct RingSetup: ~Copyable {
         // client over the cap can still be accepted and closed cleanly.
         if configuration.mode == .pooled && features.contains(.fixedFiles) {
             do {
-                slots = try SlotPool(ring: ring, capacity: UInt32(min(capacity + spareSlots, 1 << 20)))
+                let total = UInt32(min(capacity + spareSlots, 1 << 20))
+                // Outbound sockets are made into slots of their own, out of the kernel's choice.
+                let reserved = features.contains(.directSocket) ? UInt32(min(outboundCapacity, Int(total) - 1)) : 0
+                do {
+                    slots = try SlotPool(ring: ring, capacity: total, reserved: reserved)
+                } catch where reserved > 0 {
+                    // No IORING_REGISTER_FILE_ALLOC_RANGE (before 6.0): plain outbound sockets.
+                    logger.notice("a file allocation range was refused (\(error)); outbound sockets are plain descriptors")
+                    features.remove(.directSocket)
+                    slots = try SlotPool(ring: ring, capacity: total)
+                }
             } catch {
                 logger.warning("fixed files unavailable (\(error)); pooled mode falls back to plain descriptors")
                 features.remove(.fixedFiles)

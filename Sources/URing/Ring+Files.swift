@@ -14,6 +14,15 @@ extension Ring {
         if result < 0 { throw URingError("io_uring_register_files_sparse", result: result) }
     }
 
+    /// Restricts the slots the kernel picks for requests that let it choose (a direct accept or
+    /// socket with `IORING_FILE_INDEX_ALLOC`) to `count` slots from `offset`
+    /// (`IORING_REGISTER_FILE_ALLOC_RANGE`, Linux 6.0): the others are the caller's to name.
+    /// - Throws: ``URingError`` for `io_uring_register_file_alloc_range`.
+    public func registerFileAllocRange(offset: UInt32, count: UInt32) throws(URingError) {
+        let result = io_uring_register_file_alloc_range(ring, offset, count)
+        if result < 0 { throw URingError("io_uring_register_file_alloc_range", result: result) }
+    }
+
     /// Registers `descriptors` as the file table (`io_uring_register_files`); `-1` leaves a slot
     /// empty.
     /// - Parameter descriptors: one fd per slot.

@@ -39,7 +39,7 @@ struct Connector: ConnectionHandler {
         if connection.isOutbound { received.with { $0 += Array(bytes) } }
         return .nothing
     }
-    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure) {
+    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring: RingContext) {
         events.with { $0.append("failed: \(failure)") }
     }
     mutating func closed(_ connection: ConnectionID) {

@@ -1,0 +1,209 @@
+import EchoServer
+import Foundation
+import Glibc
+import SocketPool
+import TestSupport
+import URing
+import XCTest
+
+/// ``TCPProxy`` on real rings, in front of a real io_uring server.
+final class ProxyTests: ServerTestCase {
+    /// A proxy configuration: room for `pairs` proxied connections.
+    func proxyConfig(_ mode: PoolMode, _ receive: ReceiveStrategy, pairs: Int = 64) -> ServerConfiguration {
+        var c = config(mode, receive)
+        c.maxConnections = pairs
+        c.maxOutboundConnections = pairs
+        return c
+    }
+
+    /// Runs `body` with an upstream server (`handler`'s) and a proxy in front of it; the proxy is
+    /// checked for leaks when it stops (``withServer(_:handler:metrics:metricsFactory:faults:file:line:_:)``).
+    func withProxy<H: ConnectionHandler>(
+        _ configuration: ServerConfiguration, upstream handler: @escaping @Sendable () -> H,
+        file: StaticString = #filePath, line: UInt = #line,
+        _ body: (Server<TCPProxy>, UInt16, Server<H>) throws -> Void
+    ) throws {
+        var upstreamConfig = config(.pooled, .bufferRing)
+        upstreamConfig.maxConnections = max(configuration.maxConnections, 64)
+        let upstream = Server(configuration: upstreamConfig, makeHandler: handler)
+        try upstream.start()
+        defer {
+            upstream.stop()
+            upstream.wait()
+        }
+        let address = try XCTUnwrap(upstream.boundAddress)
+        try withServer(configuration, handler: { TCPProxy(upstream: address, connectTimeout: .seconds(2)) }, file: file, line: line) {
+            proxy, port in try body(proxy, port, upstream)
+        }
+    }
+
+    func testBytesGoBothWaysByteExactAtOnce() throws {
+        for (mode, receive) in Self.variants {
+            try withProxy(proxyConfig(mode, receive), upstream: { EchoHandler() }) { proxy, port, _ in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 30)
+                let total = mode == .pooled && receive == .bufferRing ? 100 << 20 : 16 << 20
+                let bytes = patternBytes(seed: 11, count: total)
+                let writer = Thread { try? s.writeAll(bytes) }
+                writer.start()
+                let back = try s.readExactly(total)
+                XCTAssertTrue(back == bytes, "\(mode)/\(receive): \(total) bytes through the proxy and back, in order")
+                XCTAssertTrue(eventually { proxy.statistics.connects == 1 })
+            }
+        }
+    }
+
+    func testAClientsFINBecomesTheUpstreamsAndTheEchoStillComesBack() throws {
+        for (mode, receive) in Self.variants {
+            try withProxy(proxyConfig(mode, receive), upstream: { EchoHandler() }) { proxy, port, upstream in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 10)
+                let bytes = patternBytes(seed: 4, count: 300_000)
+                try s.writeAll(bytes)
+                s.shutdownWrite()
+                XCTAssertTrue(try s.readToEnd() == bytes, "\(mode)/\(receive): everything, then EOF")
+                XCTAssertTrue(eventually { proxy.statistics.active == 0 && proxy.statistics.outboundActive == 0 })
+                XCTAssertTrue(eventually { upstream.statistics.active == 0 })
+            }
+        }
+    }
+
+    func testAnUpstreamsFINBecomesTheClientsAndTheClientMayGoOnSending() throws {
+        for (mode, receive) in Self.variants {
+            let counts = Locked<[Int]>([])
+            let refused = Locked(0)
+            try withProxy(proxyConfig(mode, receive), upstream: { ShutdownFirst(counts: counts, refused: refused) }) {
+                proxy, port, upstream in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 10)
+                try s.writeAll(Array("bye".utf8))
+                XCTAssertEqual(try s.readToEnd(), Array("ok".utf8), "\(mode)/\(receive): ok, then the upstream's FIN")
+                let more = patternBytes(seed: 5, count: 200_000)
+                try s.writeAll(more)
+                s.shutdownWrite()
+                XCTAssertTrue(eventually { counts.get == [200_000] }, "\(mode)/\(receive): \(counts.get)")
+                XCTAssertTrue(eventually { proxy.statistics.active == 0 && proxy.statistics.outboundActive == 0 })
+            }
+        }
+    }
+
+    /// A client that sends and never reads: the proxy holds a bounded amount for it (its pair's
+    /// buffers and output bound), and another pair beside it is served as usual.
+    func testAClientThatNeverReadsHoldsBoundedMemoryAndSlowsOnlyItsPair() throws {
+        var c = proxyConfig(.pooled, .bufferRing)
+        c.maxBuffersPerConnection = 16
+        try withProxy(c, upstream: { EchoHandler() }) { proxy, port, _ in
+            let stalled = try TestSocket.connect(port: port)
+            defer { stalled.close() }
+            let bytes = patternBytes(seed: 6, count: 64 << 20)
+            let writer = Thread { try? stalled.writeAll(bytes) }  // blocks once everything is full
+            writer.start()
+            usleep(500_000)
+            let s = proxy.statistics
+            XCTAssertLessThanOrEqual(s.buffersHeld, 2 * 16 + 4, "held receive buffers stay within two shares")
+            let outboundBound = 2 * ((1 << 20) / c.bufferSize + 2)
+            XCTAssertLessThanOrEqual(s.outboundBuffersInUse, outboundBound, "outbound buffers within two output bounds")
+            // Another pair goes on.
+            let other = patternBytes(seed: 7, count: 100_000)
+            XCTAssertTrue(try Self.roundTrip(port: port, other) == other)
+            stalled.reset()
+        }
+    }
+
+    /// An upstream that never reads: the proxy holds a bounded amount for the pair (the upstream
+    /// side's output bound, the client side's buffer share), and the client's sending stalls.
+    func testAnUpstreamThatNeverReadsHoldsBoundedMemory() throws {
+        struct NeverReads: ConnectionHandler {
+            mutating func opened(_ connection: Connection) { connection.ring.pauseReceiving(connection.id) }
+            mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply { .nothing }
+        }
+        var c = proxyConfig(.pooled, .bufferRing)
+        c.maxBuffersPerConnection = 16
+        try withProxy(c, upstream: { NeverReads() }) { proxy, port, _ in
+            let s = try TestSocket.connect(port: port)
+            defer { s.close() }
+            let writer = Thread { try? s.writeAll(patternBytes(seed: 8, count: 64 << 20)) }
+            writer.start()
+            usleep(500_000)
+            let stats = proxy.statistics
+            XCTAssertLessThanOrEqual(stats.buffersHeld, 16 + 4, "the client side holds at most its share")
+            XCTAssertLessThanOrEqual(stats.outboundBuffersInUse, (1 << 20) / c.bufferSize + 2, "one output bound")
+            XCTAssertLessThan(stats.bytesIn, 8 << 20, "the client's sending stalled")
+            s.reset()
+        }
+    }
+
+    func testAThousandPairsAtOnce() throws {
+        let c = proxyConfig(.pooled, .bufferRing, pairs: 1100)
+        try withProxy(c, upstream: { EchoHandler() }) { proxy, port, _ in
+            var clients: [TestSocket] = []
+            defer { for s in clients { s.close() } }
+            for _ in 0..<1000 {
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 10)
+                clients.append(s)
+            }
+            for (i, s) in clients.enumerated() {
+                try s.writeAll(patternBytes(seed: UInt64(i), count: 256))
+            }
+            for (i, s) in clients.enumerated() {
+                XCTAssertTrue(try s.readExactly(256) == patternBytes(seed: UInt64(i), count: 256), "pair \(i)")
+            }
+            XCTAssertTrue(eventually { proxy.statistics.active == 1000 && proxy.statistics.outboundActive == 1000 })
+        }
+    }
+
+    func testChurnThroughTheProxyLeavesNothing() throws {
+        for (mode, receive) in Self.variants {
+            try withProxy(proxyConfig(mode, receive), upstream: { EchoHandler() }) { proxy, port, _ in
+                let ok = Locked(0)
+                parallel(4) { t in
+                    for i in 0..<100 {
+                        let b = patternBytes(seed: UInt64(t * 1000 + i), count: 200)
+                        if (try? Self.roundTrip(port: port, b)) == b { ok.with { $0 += 1 } }
+                    }
+                }
+                XCTAssertEqual(ok.get, 400, "\(mode)/\(receive)")
+                XCTAssertTrue(eventually { proxy.statistics.outboundClosed == 400 && proxy.statistics.outboundActive == 0 })
+            }
+        }
+    }
+
+    func testStopWithPairsOpenClosesThemAll() throws {
+        try withProxy(proxyConfig(.pooled, .bufferRing), upstream: { EchoHandler() }) { proxy, port, upstream in
+            var clients: [TestSocket] = []
+            for i in 0..<50 {
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 5)
+                try s.writeAll([UInt8(i)])
+                XCTAssertEqual(try s.readExactly(1), [UInt8(i)])
+                clients.append(s)
+            }
+            proxy.stop()  // with 50 pairs open
+            proxy.wait()
+            for s in clients {
+                XCTAssertEqual(try? s.readToEnd(), [], "closed by the proxy's stop")
+                s.close()
+            }
+            XCTAssertTrue(eventually { upstream.statistics.active == 0 }, "the upstream sides were closed too")
+        }  // and it left nothing (withServer checks)
+    }
+
+    func testAnUpstreamThatRefusesClosesTheClientAtOnce() throws {
+        let closedPort = try ConnectTests.portNobodyListensOn()
+        let c = proxyConfig(.pooled, .bufferRing)
+        try withServer(c, handler: { TCPProxy(upstream: SocketAddress(host: "127.0.0.1", port: closedPort)!) }) {
+            proxy, port in
+            let s = try TestSocket.connect(port: port)
+            defer { s.close() }
+            s.setTimeout(seconds: 2)
+            let started = ContinuousClock.now
+            XCTAssertEqual(try s.readToEnd(), [], "closed")
+            XCTAssertLessThan(ContinuousClock.now - started, .seconds(1))
+            XCTAssertTrue(eventually { proxy.statistics.connectsRefused == 1 })
+        }
+    }
+}
