@@ -16,6 +16,10 @@ let package = Package(
         .executableTarget(name: "chat-server", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(name: "async-echo", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
         .executableTarget(name: "delayed-lines", dependencies: [.product(name: "EchoServer", package: "uring-echo")]),
+        .executableTarget(
+            name: "tcp-proxy",
+            dependencies: [.product(name: "EchoServer", package: "uring-echo"), .product(name: "URing", package: "uring-echo")]
+        ),
         // README.md's Swift blocks, written out by readme-snippets.py: compiled so they cannot drift.
         .executableTarget(
             name: "readme-snippets",

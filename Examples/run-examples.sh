@@ -9,6 +9,7 @@ swift build --product concurrency-embed
 swift build --product chat-server
 swift build --product async-echo
 swift build --product delayed-lines
+swift build --product tcp-proxy
 python3 readme-snippets.py   # README.md's Swift blocks, compiled against the library as it is
 swift build --product readme-snippets
 BIN=.build/debug
@@ -348,6 +349,65 @@ PY
 )
 check "delayed-lines answers 1,000 clients within D + 1 s, a connection's lines in order" "$delayed_out" "ok"
 stop_check "delayed-lines stops on SIGTERM with exit 0" "$pid"
+
+# tcp-proxy in front of minimal-echo: port 0, two rings; the address from its first line; 16 clients
+# each send 300 KB at once in two writes and half-close: the echo comes back whole, then EOF (the
+# client's FIN became the upstream's, whose FIN came back); an upstream that refuses closes the
+# client at once; SIGTERM exits 0.
+upstream_port=$(free_port)
+$BIN/minimal-echo "$upstream_port" > /tmp/proxy-upstream.out 2>&1 &
+upstream_pid=$!
+wait_port "$upstream_port"
+$BIN/tcp-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:"$upstream_port" --threads 2 > /tmp/tcp-proxy.out 2> /tmp/tcp-proxy.err &
+pid=$!
+line=$(first_line /tmp/tcp-proxy.out)
+check "tcp-proxy prints its address first" "$(sed -E 's/^listening on 127\.0\.0\.1:[0-9]+$/ok/' <<< "$line")" "ok"
+port=${line##*:}
+proxy_out=$(timeout 60 python3 - "$port" <<'PY'
+import socket, sys, threading
+port = int(sys.argv[1])
+def one(i, out):
+    data = bytes((i * 13 + k) % 251 for k in range(300_000 + i))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def send():
+        s.sendall(data[:150_000])
+        s.sendall(data[150_000:])
+        s.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send)
+    t.start()
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    t.join()
+    out[i] = got == data
+out = {}
+threads = [threading.Thread(target=one, args=(i, out)) for i in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("ok" if len(out) == 16 and all(out.values()) else "FAIL %r" % out)
+PY
+)
+check "tcp-proxy relays 16 clients both ways byte for byte, then passes each FIN on" "$proxy_out" "ok"
+stop_check "tcp-proxy stops on SIGTERM with exit 0" "$pid"
+stop "$upstream_pid" || true
+closed_port=$(free_port)
+$BIN/tcp-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:"$closed_port" > /tmp/tcp-proxy.out 2> /tmp/tcp-proxy.err &
+pid=$!
+line=$(first_line /tmp/tcp-proxy.out)
+port=${line##*:}
+refused_out=$(timeout 10 python3 - "$port" <<'PY'
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+t = time.monotonic()
+got = s.recv(100)
+print("ok" if got == b"" and time.monotonic() - t < 1 else "FAIL %r after %.2f s" % (got, time.monotonic() - t))
+PY
+)
+check "tcp-proxy closes the client at once when the upstream refuses" "$refused_out" "ok"
+stop_check "tcp-proxy (upstream refusing) stops on SIGTERM with exit 0" "$pid"
 
 echo "examples: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

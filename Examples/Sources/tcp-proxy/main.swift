@@ -1,0 +1,71 @@
+// A TCP proxy on the completion loop: `tcp-proxy --listen HOST:PORT --upstream HOST:PORT --threads N`
+// (port 0 in --listen picks one). Every byte is relayed both ways, in order; a FIN from either side
+// becomes a half-close on the other; a slow side holds bounded memory. The first line on stdout is
+// `listening on HOST:PORT`; SIGTERM (or Ctrl-C) stops it gracefully.
+// Also: --mode pooled|unpooled, --max-connections N (pairs), --idle-timeout S (0: none),
+// --connect-timeout-ms MS.
+import Dispatch
+import EchoServer
+import Glibc
+import URing
+
+func option(_ name: String) -> String? {
+    let arguments = CommandLine.arguments
+    guard let i = arguments.firstIndex(of: name), i + 1 < arguments.count else { return nil }
+    return arguments[i + 1]
+}
+
+func fail(_ message: String, status: Int32 = 64) -> Never {
+    let text = "tcp-proxy: \(message)\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+    exit(status)
+}
+
+/// `HOST:PORT`, or `[V6]:PORT`: the host, the port and the address.
+func address(_ text: String, flag: String) -> (host: String, port: UInt16, address: SocketAddress) {
+    guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+        fail("\(flag) wants HOST:PORT, got '\(text)'")
+    }
+    var host = String(text[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    guard let address = SocketAddress(host: host, port: port) else { fail("\(flag): '\(host)' is not a numeric address") }
+    return (host, port, address)
+}
+
+guard let listenText = option("--listen"), let upstreamText = option("--upstream") else {
+    fail("usage: tcp-proxy --listen HOST:PORT --upstream HOST:PORT [--threads N]")
+}
+let listen = address(listenText, flag: "--listen")
+let upstream = address(upstreamText, flag: "--upstream").address
+var config = ServerConfiguration()
+config.host = listen.host
+config.port = listen.port
+config.threads = option("--threads").flatMap { Int($0) } ?? 1
+config.mode = option("--mode") == "unpooled" ? .unpooled : .pooled
+config.maxConnections = option("--max-connections").flatMap { Int($0) } ?? 4096
+config.maxOutboundConnections = config.maxConnections  // one upstream connection per client
+if let seconds = option("--idle-timeout").flatMap({ Int($0) }) {
+    config.idleTimeout = seconds > 0 ? .seconds(seconds) : nil
+}
+let connectTimeout = Duration.milliseconds(option("--connect-timeout-ms").flatMap { Int($0) } ?? 5000)
+
+let server = Server(configuration: config) { TCPProxy(upstream: upstream, connectTimeout: connectTimeout) }
+do {
+    try server.start()
+} catch {
+    fail("\(error)", status: 1)
+}
+print("listening on \(server.boundAddress!)")
+fflush(nil)
+for signalNumber in [SIGTERM, SIGINT] { signal(signalNumber, SIG_IGN) }
+let stops = [SIGTERM, SIGINT].map { signalNumber in
+    let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+    source.setEventHandler { @Sendable in server.stop() }
+    source.resume()
+    return source
+}
+server.wait()
+_ = stops
+let s = server.statistics
+print("stopped: \(s.accepted) clients, \(s.connects) upstream connections, \(s.connectsRefused + s.connectsTimedOut + s.connectsUnreachable + s.connectsFailed) failed connects")
+if let failure = server.failure { fail("\(failure)", status: 70) }
