@@ -3,7 +3,7 @@
 // becomes a half-close on the other; a slow side holds bounded memory. The first line on stdout is
 // `listening on HOST:PORT`; SIGTERM (or Ctrl-C) stops it gracefully.
 // Also: --mode pooled|unpooled, --max-connections N (pairs), --idle-timeout S (0: none),
-// --connect-timeout-ms MS.
+// --connect-timeout-ms MS, --disable FEATURE.
 import Dispatch
 import EchoServer
 import Glibc
@@ -46,6 +46,13 @@ config.maxConnections = option("--max-connections").flatMap { Int($0) } ?? 4096
 config.maxOutboundConnections = config.maxConnections  // one upstream connection per client
 if let seconds = option("--idle-timeout").flatMap({ Int($0) }) {
     config.idleTimeout = seconds > 0 ? .seconds(seconds) : nil
+}
+// --disable FEATURE (as uring-echo's: direct-socket, fixed-files, ...), any number of times.
+for (i, argument) in CommandLine.arguments.enumerated() where argument == "--disable" && i + 1 < CommandLine.arguments.count {
+    guard let feature = KernelFeatures(named: CommandLine.arguments[i + 1]) else {
+        fail("--disable: no feature '\(CommandLine.arguments[i + 1])'")
+    }
+    config.features.remove(feature)
 }
 let connectTimeout = Duration.milliseconds(option("--connect-timeout-ms").flatMap { Int($0) } ?? 5000)
 
