@@ -70,7 +70,7 @@ def proxies(workdir, upstream):
     """Each proxy: a function of the listen port giving its command."""
     def uring(*extra):
         return lambda port: [PROXY, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}",
-                             "--threads", "1", "--max-connections", "12000", "--idle-timeout", "0"] + list(extra)
+                             "--threads", "1", "--max-connections", "9400", "--idle-timeout", "0"] + list(extra)
 
     def haproxy(port):
         cfg = os.path.join(workdir, f"haproxy-{port}.cfg")

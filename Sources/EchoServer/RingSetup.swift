@@ -73,7 +73,7 @@ struct RingSetup: ~Copyable {
                 let reserved = features.contains(.directSocket) ? UInt32(min(outboundCapacity, Int(total) - 1)) : 0
                 do {
                     slots = try SlotPool(ring: ring, capacity: total, reserved: reserved)
-                } catch where reserved > 0 {
+                } catch where reserved > 0 && error.operation == "io_uring_register_file_alloc_range" {
                     // No IORING_REGISTER_FILE_ALLOC_RANGE (before 6.0): plain outbound sockets.
                     logger.notice("a file allocation range was refused (\(error)); outbound sockets are plain descriptors")
                     features.remove(.directSocket)

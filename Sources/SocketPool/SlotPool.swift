@@ -50,7 +50,14 @@ public struct SlotPool: ~Copyable {
             throw URingError("io_uring_register_files_sparse", errno: .invalidArgument)
         }
         try ring.registerFiles(sparse: capacity)
-        if reserved > 0 { try ring.registerFileAllocRange(offset: 0, count: capacity - reserved) }
+        if reserved > 0 {
+            do {
+                try ring.registerFileAllocRange(offset: 0, count: capacity - reserved)
+            } catch {
+                try? ring.unregisterFiles()  // the caller may try again without a reserved tail
+                throw error
+            }
+        }
         self.capacity = capacity
         reservedBase = capacity - reserved
         indices = GenerationalFreeList(capacity: Int(capacity - reserved))

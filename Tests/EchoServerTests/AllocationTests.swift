@@ -114,4 +114,72 @@ final class AllocationTests: ServerTestCase {
             XCTAssertGreaterThanOrEqual(perConnection, receive == .bufferRing ? 0.99 : 1.99, label)
         }
     }
+
+    /// A proxy's ring thread, per relayed message (a 64-byte ping-pong through the proxy to an
+    /// echo server and back: each message crosses the proxy twice) and per proxied connection
+    /// (accept, the upstream connect, one exchange, both closes), pooled, after warm-up.
+    func testAProxyAllocatesNothingPerRelayedMessageOrPerProxiedConnectionWhenPooled() throws {
+        struct MarkingProxy: ConnectionHandler {
+            static var pausesReceivingForQueuedOutput: Bool { false }
+            var proxy: TCPProxy
+            let messages: AllocationMarks
+            let connections: AllocationMarks
+            var messageCount = 0
+            var connectionCount = 0
+            mutating func start(capacity: Int) { proxy.start(capacity: capacity) }
+            mutating func opened(_ connection: Connection) {
+                if !connection.isOutbound {
+                    connectionCount += 1
+                    connections.mark(connectionCount)
+                }
+                proxy.opened(connection)
+            }
+            mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+                if !connection.isOutbound && bytes.count == 64 {
+                    messageCount += 1
+                    messages.mark(messageCount)
+                }
+                return proxy.received(bytes, connection: connection)
+            }
+            mutating func writable(_ connection: Connection) { proxy.writable(connection) }
+            mutating func inputEnded(_ connection: Connection) { proxy.inputEnded(connection) }
+            mutating func closed(_ connection: ConnectionID, ring: RingContext) { proxy.closed(connection, ring: ring) }
+            mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring: RingContext) {
+                proxy.connectFailed(connection, failure, ring: ring)
+            }
+        }
+        let upstream = Server(configuration: config(.pooled, .bufferRing))
+        try upstream.start()
+        defer {
+            upstream.stop()
+            upstream.wait()
+        }
+        let address = try XCTUnwrap(upstream.boundAddress)
+        for receive in [ReceiveStrategy.bufferRing, .perSessionBuffer] {
+            let messages = AllocationMarks(warmup: 200, measured: 2000)
+            let connections = AllocationMarks(warmup: 100, measured: 500)
+            var c = config(.pooled, receive)
+            c.maxConnections = 8
+            c.maxOutboundConnections = 8
+            try withServer(c, handler: {
+                MarkingProxy(proxy: TCPProxy(upstream: address), messages: messages, connections: connections)
+            }) { server, port in
+                let payload = patternBytes(seed: 9, count: 64)
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 5)
+                for _ in 0..<(messages.warmup + messages.measured) {
+                    try s.writeAll(payload)
+                    XCTAssertEqual(try s.readExactly(64), payload)
+                }
+                s.close()
+                for i in 0..<(connections.warmup + connections.measured + 1) {
+                    XCTAssertEqual(try Self.roundTrip(port: port, [1, 2, 3]), [1, 2, 3], "connection \(i)")
+                }
+                XCTAssertTrue(eventually { server.statistics.outboundActive == 0 && server.statistics.active == 0 })
+            }
+            print("allocations proxy/pooled/\(receive): \(messages.perEvent) per relayed message, \(connections.perEvent) per proxied connection")
+            XCTAssertEqual(messages.perEvent, 0, "\(receive): zero per relayed message")
+            XCTAssertEqual(connections.perEvent, 0, "\(receive): zero per proxied connection")
+        }
+    }
 }

@@ -22,6 +22,8 @@ final class LoopPartsTests: XCTestCase {
         case closeCompleted
         case shutdown
         case shutdownCompleted
+        case connecting
+        case connected
     }
 
     struct Row {
@@ -102,6 +104,25 @@ final class LoopPartsTests: XCTestCase {
                 holdings: Self.queued, effects: [.send], phase: .inputClosed, pending: [.send]),
             Row(name: "peer EOF: no receive, even under the bound", events: [.peerClosed, .posted(.send)],
                 holdings: Self.queued, effects: [], phase: .inputClosed, pending: [.send]),
+            // An outbound connection's connect.
+            Row(name: "connecting: nothing sent or received, output may wait",
+                events: [.connecting, .posted([.socket, .connect, .connectTimeout])], holdings: Self.queued, effects: [],
+                phase: .connecting, pending: [.socket, .connect, .connectTimeout]),
+            Row(name: "connected, output queued: send it, receive",
+                events: [.connecting, .posted([.connect, .connectTimeout]), .ended([.connect, .connectTimeout]), .connected],
+                holdings: Self.queued, effects: [.send, .receive], phase: .open, pending: [.send]),
+            Row(name: "a close while connecting is an abort: cancel the connect",
+                events: [.connecting, .posted([.connect, .connectTimeout]), .close], holdings: Self.queued,
+                effects: [.cancelConnect], phase: .closing, pending: [.connect, .connectTimeout, .cancelConnect]),
+            Row(name: "a stop while connecting: cancel the connect",
+                events: [.connecting, .posted([.connect, .connectTimeout]), .failed], holdings: Self.quiet,
+                effects: [.cancelConnect], phase: .closing, pending: [.connect, .connectTimeout, .cancelConnect]),
+            Row(name: "the connect failed: close once nothing is in flight",
+                events: [.connecting, .posted([.connect, .connectTimeout]), .ended([.connect, .connectTimeout]), .failed],
+                holdings: Self.queued, effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "a shutdown asked while connecting waits for the connect",
+                events: [.connecting, .posted(.connect), .shutdown], holdings: Self.quiet, effects: [],
+                phase: .connecting, pending: [.connect]),
             // Output shut by the handler (a half-close from our side).
             Row(name: "shutdown asked, output queued: send first", events: [.posted(.recv), .shutdown],
                 holdings: Self.queued, effects: [.send], phase: .open, pending: [.recv, .send]),
@@ -171,6 +192,8 @@ final class LoopPartsTests: XCTestCase {
                 case .closeCompleted: l.closeCompleted()
                 case .shutdown: _ = l.shutdownRequested()
                 case .shutdownCompleted: l.shutdownCompleted()
+                case .connecting: l.connecting()
+                case .connected: l.connected()
                 }
             }
             let effects = l.settle(row.holdings, Self.bounds)
