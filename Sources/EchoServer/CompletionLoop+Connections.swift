@@ -33,7 +33,7 @@ extension CompletionLoop where Receiver: ~Copyable {
 
     /// One of an outbound connection's connect requests completed (its socket, its connect, the
     /// connect's timeout). Once none is in flight: connected, the connection opens as an accepted
-    /// one does; otherwise it closes, and its handler hears why (``ConnectionHandler/connectFailed(_:_:)``).
+    /// one does; otherwise it closes, and its handler hears why (``ConnectionHandler/connectFailed(_:_:ring:)``).
     func onConnecting(_ completion: Completion, _ c: ConnectionRef, _ request: PendingRequests) throws(URingError) {
         c.pointee.lifecycle.ended(request)
         switch request {

@@ -42,7 +42,7 @@ public struct RingContext {
     /// (``KernelFeatures/directSocket``), linked to its connect and the connect's timeout; otherwise
     /// it is a plain socket. The handler hears ``ConnectionHandler/opened(_:)`` once it connects (it
     /// is then like an accepted connection, ``Connection/isOutbound``), or
-    /// ``ConnectionHandler/connectFailed(_:_:)``. Bytes written to it before it connects are sent
+    /// ``ConnectionHandler/connectFailed(_:_:ring:)``. Bytes written to it before it connects are sent
     /// once it does.
     /// - Parameters:
     ///   - address: the peer.

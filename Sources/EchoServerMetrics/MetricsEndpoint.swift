@@ -27,7 +27,8 @@ public struct MetricsEndpoint: Sendable {
     /// The ring that serves it, `0..<threads`.
     public var ring: Int = 0
     /// Metrics connections open at once (1...1024), in sessions of their own beside the server's
-    /// connection cap; a new one replaces the oldest.
+    /// connection cap. Over it a new connection waits for a place; one idle for a second gives
+    /// way to it, a connection mid-request or mid-answer never does.
     public var maxConnections: Int = 16
     /// The largest request head (request line and headers, and any body), 256...1048576 bytes;
     /// a larger one is answered 431 and the connection closed.
@@ -66,7 +67,8 @@ public struct MetricsEndpoint: Sendable {
             }
         }
         listener.ring = ring
-        listener.maxConnections = maxConnections
+        // As many again may wait for a place (MetricsHTTPHandler admits them as places free).
+        listener.maxConnections = 2 * maxConnections
         listener.requirements = { configuration in
             if !(256...1 << 20).contains(maxRequestBytes) {
                 return "maxRequestBytes must be 256...1048576, got \(maxRequestBytes)"

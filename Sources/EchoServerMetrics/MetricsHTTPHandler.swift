@@ -6,10 +6,15 @@ import URing
 /// Anything but `GET`/`HEAD /metrics` is answered 404; a malformed request 400, an oversized one
 /// 431 or 413 (then the connection closes).
 ///
-/// Bounded: a request head of at most `maxRequestBytes`; at most `maxConnections` connections (a
-/// new one replaces the oldest, so clients that never finish a request cannot lock scrapers
-/// out); at most 64 KiB of answers queued per connection, the rest sent as the peer reads, with
-/// the connection's receiving paused meanwhile. The exposition runs on the ring's thread, at
+/// Bounded: a request head of at most `maxRequestBytes`; at most `maxConnections` connections
+/// served at once. Over that, a new connection waits (its receiving paused) until a place frees:
+/// one closes, or one that has made no progress for a second (idle between requests, a request
+/// that never completes, answers its client does not read) is evicted in its favour; a connection
+/// mid-request or mid-answer is never evicted while it moves. So busy keep-alive scrapers keep
+/// their places, and clients that never finish a request cannot lock scrapers out. At most 64 KiB
+/// of answers queued per connection, the rest sent as the peer reads, with the connection's
+/// receiving paused meanwhile. An error answer is followed by a FIN, and what the client still
+/// sends is read and dropped until its own FIN, so the answer arrives rather than a reset. The exposition runs on the ring's thread, at
 /// most once per 100 ms (a rendering is reused for that long).
 ///
 /// Use it as a whole server's handler, or let `Server` serve it beside your protocol through a
@@ -26,6 +31,12 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     var cachedAt: UInt64 = 0
     var connections: [Int: ConnectionState] = [:]
     var opened: UInt64 = 0
+    /// Connections served now (the others wait).
+    var served = 0
+    /// Connections waiting for a place, oldest first.
+    var waiters: [ConnectionID] = []
+    /// A served connection that has made no progress for this long may be evicted for a waiter.
+    static let evictAfterNanoseconds: UInt64 = 1_000_000_000
 
     struct ConnectionState {
         let id: ConnectionID
@@ -40,11 +51,17 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         var outputQueued = 0
         var closeWhenSent = false
         var paused = false
+        /// Waiting for a place: not served yet.
+        var waiting = false
+        /// When it last made progress: opened, a request answered, answer bytes sent. Bytes of an
+        /// unfinished request are not progress (a trickler never makes any).
+        var lastProgress: UInt64 = 0
     }
 
     /// A handler serving what `exposition` writes.
     /// - Parameters:
-    ///   - maxConnections: connections served at once; a new one replaces the oldest.
+    ///   - maxConnections: connections served at once; over it a new one waits, and one without
+    ///     progress for a second gives way to it.
     ///   - maxRequestBytes: the largest request head, and the largest body.
     ///   - exposition: appends the exposition (Prometheus text format) to its argument.
     public init(
@@ -56,20 +73,69 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     }
 
     public mutating func opened(_ connection: Connection) {
-        if connections.count >= maxConnections, let oldest = connections.values.min(by: { $0.sequence < $1.sequence }) {
-            connections[oldest.id.index] = nil
-            connection.ring.abort(oldest.id)
-        }
         opened &+= 1
-        connections[connection.index] = ConnectionState(id: connection.id, sequence: opened)
+        var state = ConnectionState(id: connection.id, sequence: opened)
+        state.lastProgress = Posix.monotonicNanoseconds()
+        if served < maxConnections {
+            served += 1
+        } else {
+            // Over the cap: it waits, not read, until a place frees; the housekeeping tick looks
+            // again for a place (writable with nothing queued comes on the next tick).
+            state.waiting = true
+            waiters.append(connection.id)
+            connection.ring.pauseReceiving(connection.id)
+            connection.requestWritable()
+        }
+        connections[connection.index] = state
+        if !waiters.isEmpty { admitWaiters(connection.ring) }
     }
 
-    public mutating func closed(_ connection: ConnectionID) {
-        if connections[connection.index]?.id == connection { connections[connection.index] = nil }
+    public mutating func closed(_ connection: ConnectionID, ring: RingContext) {
+        guard let state = connections[connection.index], state.id == connection else { return }
+        connections[connection.index] = nil
+        if state.waiting {
+            waiters.removeAll { $0 == connection }
+        } else {
+            served -= 1
+            admitWaiters(ring)
+        }
+    }
+
+    /// Gives places to waiters: free ones first, then those of served connections that made no
+    /// progress for ``evictAfterNanoseconds`` (the stalest first), which are aborted.
+    mutating func admitWaiters(_ ring: RingContext) {
+        var now: UInt64 = 0
+        while let next = waiters.first {
+            if served >= maxConnections {
+                if now == 0 { now = Posix.monotonicNanoseconds() }
+                var victim: ConnectionState?
+                for state in connections.values where !state.waiting && now &- state.lastProgress >= Self.evictAfterNanoseconds {
+                    if victim == nil || state.lastProgress < victim!.lastProgress { victim = state }
+                }
+                guard let victim else { return }
+                connections[victim.id.index] = nil
+                served -= 1
+                ring.abort(victim.id)
+            }
+            waiters.removeFirst()
+            guard var state = connections[next.index], state.id == next else { continue }
+            state.waiting = false
+            state.lastProgress = Posix.monotonicNanoseconds()
+            served += 1
+            connections[next.index] = state
+            ring.resumeReceiving(next)
+        }
     }
 
     public mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        if !waiters.isEmpty { admitWaiters(connection.ring) }
         guard var state = connections[connection.index], state.id == connection.id, !state.closeWhenSent else {
+            return .nothing  // after an error answer: read and dropped until the client's FIN
+        }
+        if state.waiting {
+            // Bytes that came before its receiving paused: kept for when it is served.
+            state.input.append(contentsOf: UnsafeRawBufferPointer(bytes))
+            connections[connection.index] = state
             return .nothing
         }
         connections[connection.index] = nil  // no copy of the buffers while they change
@@ -86,7 +152,12 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     }
 
     public mutating func writable(_ connection: Connection) {
+        if !waiters.isEmpty { admitWaiters(connection.ring) }
         guard var state = connections[connection.index], state.id == connection.id else { return }
+        if state.waiting {
+            connection.requestWritable()  // look again on the next tick
+            return
+        }
         connections[connection.index] = nil
         serve(&state, connection)
         connections[connection.index] = state
@@ -95,7 +166,9 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     /// Answers every complete request in the input, in order, while the answers fit.
     mutating func serve(_ state: inout ConnectionState, _ connection: Connection) {
         while flush(&state, connection) {
-            if state.closeWhenSent { return connection.close() }
+            // Error answers, and Connection: close: a FIN after the answer; the client's own FIN
+            // then closes the connection (inputEnded), and what it sends meanwhile is dropped.
+            if state.closeWhenSent { return connection.shutdownOutput() }
             if state.skip > 0 {
                 let n = min(state.skip, state.input.count - state.start)
                 state.start += n
@@ -158,7 +231,9 @@ public struct MetricsHTTPHandler: ConnectionHandler {
                 connection.write(UnsafeRawBufferPointer(rebasing: all[state.outputQueued..<state.outputQueued + chunk]))
             }
             switch result {
-            case .queued: state.outputQueued += chunk
+            case .queued:
+                state.outputQueued += chunk
+                state.lastProgress = Posix.monotonicNanoseconds()
             case .full: return false  // writable(_:) follows
             case .closed:
                 state.output = []

@@ -42,9 +42,9 @@ public struct SlotPool: ~Copyable {
     /// - Parameters:
     ///   - ring: the ring whose file table this pool manages.
     ///   - capacity: number of slots.
-    /// - Throws: `URingError` from `io_uring_register_files_sparse` (`EINVAL` for 0 slots).
     ///   - reserved: slots at the end of the table for ``acquireReserved()``, kept out of the
     ///     kernel's choice (0: none).
+    /// - Throws: `URingError` from `io_uring_register_files_sparse` (`EINVAL` for 0 slots).
     public init(ring: borrowing Ring, capacity: UInt32, reserved: UInt32 = 0) throws(URingError) {
         guard capacity > 0, reserved < capacity else {
             throw URingError("io_uring_register_files_sparse", errno: .invalidArgument)

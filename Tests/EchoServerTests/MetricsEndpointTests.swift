@@ -203,6 +203,88 @@ final class MetricsEndpointTests: ServerTestCase {
         }
     }
 
+    /// One keep-alive scrape on `s`: the status line's code, or nil.
+    func scrape(_ s: TestSocket) throws -> Int? {
+        try s.writeAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        var got: [UInt8] = []
+        while true {
+            got += try s.readExactly(1)
+            if got.count >= 4 && Array(got.suffix(4)) == Array("\r\n\r\n".utf8) { break }
+        }
+        let head = String(decoding: got, as: UTF8.self)
+        guard let line = head.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-length:") }),
+            let length = Int(line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces))
+        else { return nil }
+        _ = try s.readExactly(length)
+        return Int(head.split(separator: " ")[1])
+    }
+
+    /// Over the cap a new connection waits; busy keep-alive scrapers keep their places (they used
+    /// to be evicted, the oldest first, by every newcomer); the waiter is served once a place frees.
+    func testBusyScrapersKeepTheirPlacesAndANewcomerWaitsForOne() throws {
+        try withEndpointServer(endpoint: { $0.maxConnections = 2 }) { server, _, metricsPort in
+            let busy = try (0..<2).map { _ in try TestSocket.connect(port: metricsPort) }
+            defer { busy.forEach { $0.close() } }
+            for s in busy {
+                s.setTimeout(seconds: 5)
+                XCTAssertEqual(try scrape(s), 200)
+            }
+            let newcomer = try TestSocket.connect(port: metricsPort)
+            defer { newcomer.close() }
+            newcomer.setTimeout(seconds: 5)
+            try newcomer.writeAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            // Two seconds of busy scraping (a scrape every 20 ms each): all answered, none evicted.
+            let until = ContinuousClock.now + .seconds(2)
+            var scrapes = 0
+            while ContinuousClock.now < until {
+                for s in busy { XCTAssertEqual(try scrape(s), 200, "a busy scraper keeps its place") }
+                scrapes += 2
+                usleep(20_000)
+            }
+            XCTAssertGreaterThan(scrapes, 20)
+            // A place frees: the newcomer's request is answered.
+            busy[0].close()
+            let answer = String(decoding: try newcomer.readExactly(12), as: UTF8.self)
+            XCTAssertEqual(answer, "HTTP/1.1 200")
+        }
+    }
+
+    /// Connections idle for a second give their places to a waiting newcomer.
+    func testIdleConnectionsGiveTheirPlacesToANewcomer() throws {
+        try withEndpointServer(endpoint: { $0.maxConnections = 2 }) { server, _, metricsPort in
+            let idle = try (0..<2).map { _ in try TestSocket.connect(port: metricsPort) }
+            defer { idle.forEach { $0.close() } }
+            for s in idle {
+                s.setTimeout(seconds: 5)
+                XCTAssertEqual(try scrape(s), 200)
+            }
+            let started = ContinuousClock.now
+            XCTAssertEqual(try httpGet(port: metricsPort).status, 200, "served once an idle one is evicted")
+            let waited = ContinuousClock.now - started
+            XCTAssertGreaterThanOrEqual(waited, .milliseconds(500), "it waited for the idle ones to be idle a while")
+            XCTAssertLessThan(waited, .seconds(4))
+        }
+    }
+
+    /// An error answer arrives whole even when the client sent more behind the bad request: a FIN
+    /// after the answer, the rest read and dropped (a close with unread bytes sent a reset, which
+    /// could destroy the answer before the client read it).
+    func testAnErrorAnswerArrivesEvenWithMoreBytesBehindTheBadRequest() throws {
+        try withEndpointServer { server, _, metricsPort in
+            for _ in 0..<20 {
+                let s = try TestSocket.connect(port: metricsPort)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                var request = Array("BAD REQUEST\r\n\r\n".utf8)
+                request += [UInt8](repeating: 0x41, count: 100_000)
+                try? s.writeAll(request)
+                usleep(20_000)
+                let answer = (try? s.readToEnd()).map { String(decoding: $0, as: UTF8.self) } ?? "reset"
+                XCTAssertTrue(answer.hasPrefix("HTTP/1.1 400"), "got \(answer.prefix(40))")
+            }
+        }
+    }
+
     /// The endpoint's connections have sessions of their own: with the echo side at its cap, a
     /// scrape still gets in, and scrapes never take an echo connection's place.
     func testScrapesNeitherTakeNorNeedTheServersConnections() throws {
