@@ -30,7 +30,7 @@ DOC = os.path.join(ROOT, "docs", "architecture.md")
 ALLOWED = {
     # IOCP (the design this one ports)
     "CreateIoCompletionPort", "GetQueuedCompletionStatus", "PostQueuedCompletionStatus",
-    "OverlappedEx", "AcceptEx", "WSARecv", "WSASend", "DisconnectEx", "TransmitFile",
+    "OverlappedEx", "AcceptEx", "WSARecv", "WSASend", "DisconnectEx", "TransmitFile", "ConnectEx", "TransmitPackets",
     "CancelIoEx", "IoCount",
     # system calls, libc and C names
     "connect", "socket", "close", "listen", "accept", "recv", "send", "sendmsg", "malloc",

@@ -12,8 +12,13 @@ public struct AsyncConnection: Sendable {
     public let id: ConnectionID
     /// A handle for other tasks and threads (``ConnectionHandle``).
     public let handle: ConnectionHandle
-    /// Which of the server's listeners accepted it: 0 for the main one.
+    /// Which of the server's listeners accepted it: 0 for the main one, -1 for an outbound
+    /// connection (``AsyncServer/withConnection(to:timeout:_:)``).
     public let listener: Int
+
+    /// Whether the server opened it (``AsyncServer/withConnection(to:timeout:_:)``) rather than
+    /// accepted it.
+    public var isOutbound: Bool { listener < 0 }
 
     init(ring: AsyncRing, id: ConnectionID, handle: ConnectionHandle, listener: Int) {
         self.ring = ring
@@ -142,9 +147,26 @@ public struct AsyncConnection: Sendable {
                 case .full: throw .invalidChunk  // next() was called since, or it was written already
                 }
             }
-            // Another connection's chunk (a proxy, say): a copy, while it is valid.
-            guard chunk.isValid else { throw .invalidChunk }
-            try await write(chunk.bytes)
+            try await copy(chunk)
+        }
+
+        /// Writes another connection's chunk (a proxy, say): its bytes are copied into the output
+        /// at once when there is room (no allocation); else kept in an array while this waits,
+        /// since the chunk's buffer goes back if its connection closes meanwhile. Apart from
+        /// ``write(_:)-(InboundChunk)`` so that the zero-copy path's frame stays small.
+        nonisolated(nonsending) func copy(_ chunk: InboundChunk) async throws(AsyncConnectionError) {
+            let id = connection.id
+            let result = await connection.onRing(WriteResult.closed) { ring in
+                guard chunk.isValid else { return .full }
+                return ring.core.write(chunk.buffer, to: id)
+            }
+            switch result {
+            case .queued: return
+            case .closed: throw .closed
+            case .full:
+                guard chunk.isValid else { throw .invalidChunk }
+                try await write(chunk.bytes)
+            }
         }
     }
 }

@@ -26,6 +26,8 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     var moreWriters: [Int: [UnsafeContinuation<Void, Never>]] = [:]
     /// Each connection's chunk counter: a chunk is valid while its number is the current one.
     var chunkNumbers: [UInt64] = []
+    /// The task waiting for each outbound connection's connect (``AsyncServer/withConnection(to:timeout:_:)``).
+    var connectWaiters: [UnsafeContinuation<ConnectFailure?, Never>?] = []
 
     init(index: Int) {
         self.index = index
@@ -46,6 +48,7 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
         readers = Array(repeating: nil, count: capacity)
         writers = Array(repeating: nil, count: capacity)
         chunkNumbers = Array(repeating: 0, count: capacity)
+        connectWaiters = Array(repeating: nil, count: capacity)
     }
 
     func opened(_ connection: Connection) {
@@ -53,6 +56,17 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
         let index = connection.index
         epochs[index] = connection.id.epoch
         chunkNumbers[index] = 0
+        if connection.isOutbound {
+            if let waiter = connectWaiters[index] {
+                connectWaiters[index] = nil
+                waiter.resume(returning: nil)
+            } else {
+                // Opened by a listener's sync handler (outbound connections reach the main
+                // handler): no task owns it, so it is not left open.
+                connection.abort()
+            }
+            return
+        }
         acceptedContinuation.yield(
             AsyncConnection(ring: self, id: connection.id, handle: connection.handle, listener: connection.listener))
     }
@@ -72,6 +86,13 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     }
 
     func writable(_ connection: Connection) { wakeWriter(connection.index) }
+
+    func connectFailed(_ id: ConnectionID, _ failure: ConnectFailure) {
+        if let waiter = connectWaiters[id.index] {
+            connectWaiters[id.index] = nil
+            waiter.resume(returning: failure)
+        }
+    }
 
     func closed(_ id: ConnectionID) {
         epochs[id.index] = 0
@@ -128,6 +149,30 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
         }
     }
 
+    /// Opens a connection to `address` from this ring and waits until it connects or fails. A
+    /// cancelled task cancels the connect.
+    nonisolated(nonsending) func connect(to address: SocketAddress, timeout: Duration) async -> Result<AsyncConnection, ConnectFailure> {
+        guard let port, let core = core ?? LoopCore.current, core.mailboxes.ports[core.ringIndex] === port else { return .failure(.cancelled) }
+        self.core = core
+        let id: ConnectionID
+        switch core.connect(to: address, timeout: timeout) {
+        case .failure(let failure): return .failure(failure)
+        case .success(let connected): id = connected
+        }
+        let executor = port.executor
+        let failure = await withTaskCancellationHandler {
+            await withUnsafeContinuation { connectWaiters[id.index] = $0 }
+        } onCancel: {
+            // From any thread: the abort goes to the ring as a job (a handle cannot reach a
+            // connection before it opens). Rare, so the task it takes is no matter.
+            Task(executorPreference: executor) { [self] in
+                if executor.isCurrent { self.core.requestClose(id, abort: true) }
+            }
+        }
+        if let failure { return .failure(failure) }
+        return .success(AsyncConnection(ring: self, id: id, handle: ConnectionHandle(port: port, id: id), listener: -1))
+    }
+
     /// Whether `chunk` is still the one its connection's consumer has.
     @inline(__always)
     func isCurrent(_ chunk: InboundChunk) -> Bool {
@@ -181,4 +226,7 @@ struct AsyncBridge: ConnectionHandler {
     mutating func inputEnded(_ connection: Connection) { ring.inputEnded(connection) }
     mutating func writable(_ connection: Connection) { ring.writable(connection) }
     mutating func closed(_ connection: ConnectionID) { ring.closed(connection) }
+    mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring context: RingContext) {
+        ring.connectFailed(connection, failure)
+    }
 }

@@ -30,6 +30,8 @@ public final class AsyncServer: Sendable {
     let server: Server<AsyncBridge>
     let rings: [AsyncRing]
     private let body: (@Sendable (AsyncConnection) async throws -> Void)?
+    /// The ring the next ``withConnection(to:timeout:_:)`` from outside the rings connects from.
+    let nextConnectRing = Atomic<Int>(0)
 
     /// A server; nothing is bound until ``serve(_:)`` (or ``run()``).
     /// - Parameters:
@@ -105,14 +107,18 @@ public final class AsyncServer: Sendable {
     ///   queued is sent; a thrown error aborts the connection (and ends nothing else).
     /// - Throws: ``ServerError`` when the server cannot start or a ring fails.
     public func serve(_ body: @escaping @Sendable (AsyncConnection) async throws -> Void) async throws {
-        do {
-            try server.start()
+        do throws(ServerError) {
+            // ``Server/start()``, with the rings attached before anyone learns that the server
+            // listens (``listeningAddress``): a connect from then on finds its ring.
+            let address = try server.startRings()
+            for ring in rings {
+                if let port = server.port(ofRing: ring.index) { ring.attach(port) }
+            }
+            server.started(.success(address))
         } catch {
+            if error != .alreadyStarted { server.started(.failure(error)) }
             if error == .stopped { return }
             throw error
-        }
-        for ring in rings {
-            if let port = server.port(ofRing: ring.index) { ring.attach(port) }
         }
         await withTaskCancellationHandler {
             await withDiscardingTaskGroup { group in

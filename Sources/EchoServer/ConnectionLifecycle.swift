@@ -93,6 +93,9 @@ struct ConnectionLifecycle: Hashable {
         var buffersHeld: Int32
         /// Outbound buffers its queue holds.
         var outboundHeld: Int32
+        /// Whether received bytes are held for a consumer (``Connection/holdReceived()``): input
+        /// is not done until they are taken.
+        var inputHeld = false
     }
 
     /// Where receiving pauses: at any one of these; it resumes once all are at half or below.
@@ -261,10 +264,11 @@ struct ConnectionLifecycle: Hashable {
             effects.insert(.shutdown)
             pending.insert(.shutdown)
         } else if phase == .inputClosed && !holdings.queued && !pending.contains(.send) && !pending.contains(.shutdown)
-            && (flags.contains(.closeRequested) || flags.contains(.outputShut))
+            && (flags.contains(.closeRequested) || (flags.contains(.outputShut) && !holdings.inputHeld))
         {
-            // Input closed, output drained, a close asked for (or the output shut: both directions
-            // are done): close (cancelling the receive if one is still armed).
+            // Input closed, output drained, a close asked for (or the output shut and the input
+            // taken by its consumer: both directions are done): close (cancelling the receive if
+            // one is still armed).
             phase = .closing
             cancel(.recv, &effects)
             closeIfIdle(&effects)

@@ -62,7 +62,7 @@ struct ConnectionRecord: SessionRecord {
     var holdings: ConnectionLifecycle.Holdings {
         .init(
             queued: output.head >= 0, queuedBytes: output.bytes, buffersHeld: buffersHeld,
-            outboundHeld: output.outboundHeld)
+            outboundHeld: output.outboundHeld, inputHeld: inbound.head >= 0 || inbound.current >= 0)
     }
 }
 

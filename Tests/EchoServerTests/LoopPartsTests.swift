@@ -43,6 +43,8 @@ final class LoopPartsTests: XCTestCase {
     static let overBuffers = L.Holdings(queued: true, queuedBytes: 4096, buffersHeld: 16, outboundHeld: 0)
     static let overOutbound = L.Holdings(queued: true, queuedBytes: 4096, buffersHeld: 0, outboundHeld: 16)
     static let aboveHalf = L.Holdings(queued: true, queuedBytes: 40_000, buffersHeld: 2, outboundHeld: 0)
+    /// Received bytes held for a consumer (an async connection's inbound, a proxy's other side).
+    static let inputHeld = L.Holdings(queued: false, queuedBytes: 0, buffersHeld: 2, outboundHeld: 0, inputHeld: true)
 
     /// Every transition of a connection, as a table: the events, then one settle with the row's
     /// holdings; its effects, the phase and the requests in flight after it.
@@ -136,6 +138,15 @@ final class LoopPartsTests: XCTestCase {
             Row(name: "output shut, then the peer's FIN: close",
                 events: [.shutdown, .settle(Self.quiet), .shutdownCompleted, .peerClosed],
                 holdings: Self.quiet, effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "output shut, the peer's FIN, its bytes still held: open until they are taken",
+                events: [.shutdown, .settle(Self.quiet), .shutdownCompleted, .peerClosed],
+                holdings: Self.inputHeld, effects: [], phase: .inputClosed, pending: []),
+            Row(name: "output shut, the peer's FIN, the held bytes taken: close",
+                events: [.shutdown, .settle(Self.quiet), .shutdownCompleted, .peerClosed, .settle(Self.inputHeld)],
+                holdings: Self.quiet, effects: [.close], phase: .closing, pending: [.close]),
+            Row(name: "a close asked drops held bytes: close",
+                events: [.peerClosed, .close], holdings: Self.inputHeld, effects: [.close], phase: .closing,
+                pending: [.close]),
             Row(name: "the peer's FIN first, then a shutdown: the FIN goes, then close",
                 events: [.peerClosed, .shutdown], holdings: Self.quiet, effects: [.shutdown], phase: .inputClosed,
                 pending: [.shutdown]),

@@ -21,6 +21,28 @@ func snippet2() async throws {
 
     var config = ServerConfiguration()
     config.port = 7777
+    config.maxOutboundConnections = 1024  // outbound connections have their own cap (0 by default)
+    let backend = SocketAddress(host: "127.0.0.1", port: 8080)!
+    let server = AsyncServer(configuration: config)
+    try await server.serve { client in
+        try await server.withConnection(to: backend, timeout: .seconds(2)) { upstream in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {                                  // client -> backend
+                    for await chunk in client.inbound { try await upstream.outbound.write(chunk) }
+                    await upstream.outbound.finish()             // the client's FIN, passed on
+                }
+                for await chunk in upstream.inbound { try await client.outbound.write(chunk) }
+                try await group.waitForAll()
+            }
+        }   // a refused or timed-out connect throws ConnectFailure (.refused, .timedOut, ...)
+    }
+}
+
+// README.md, Swift block 3
+func snippet3() async throws {
+
+    var config = ServerConfiguration()
+    config.port = 7777
     config.mode = .pooled                 // preallocated sessions + fixed-file slots
     config.receive = .bufferRing          // multishot recv over a shared provided-buffer ring
     let server = Server(configuration: config)    // an echo server
@@ -29,8 +51,8 @@ func snippet2() async throws {
     server.wait()                         // until server.stop() from any thread
 }
 
-// README.md, Swift block 3
-func snippet3() async throws {
+// README.md, Swift block 4
+func snippet4() async throws {
 
     struct Counter: ConnectionHandler {
         mutating func opened(_ connection: Connection) { connection.write("hello\n") }
@@ -43,8 +65,8 @@ func snippet3() async throws {
     try server.start()
 }
 
-// README.md, Swift block 4
-func snippet4() async throws {
+// README.md, Swift block 5
+func snippet5() async throws {
 
     struct Later: ConnectionHandler {
         mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
@@ -59,8 +81,8 @@ func snippet4() async throws {
     }
 }
 
-// README.md, Swift block 5
-func snippet5() async throws {
+// README.md, Swift block 6
+func snippet6() async throws {
 
     let ring = try Ring()                    // SINGLE_ISSUER|DEFER_TASKRUN when the kernel has it
     let listener = try Sockets.listen(on: SocketAddress(host: "127.0.0.1", port: 7777)!)
@@ -73,5 +95,5 @@ func snippet5() async throws {
     }
 }
 
-let snippets: [() async throws -> Void] = [snippet1, snippet2, snippet3, snippet4, snippet5]
+let snippets: [() async throws -> Void] = [snippet1, snippet2, snippet3, snippet4, snippet5, snippet6]
 print("\(snippets.count) README snippets compiled")
