@@ -23,6 +23,7 @@ bench-build: deps
 	$(SWIFT) build -c release --package-path Benchmarks --product nio-echo
 	$(SWIFT) build -c release --package-path Benchmarks --product nio-async-echo
 	$(SWIFT) build -c release --package-path Examples --product async-echo
+	$(SWIFT) build -c release --package-path Examples --product tcp-proxy
 	$(SWIFT) build -c release --package-path Benchmarks --product epoll-echo
 	$(SWIFT) build -c release --package-path Benchmarks --product uring-c-echo
 
@@ -31,6 +32,7 @@ bench: bench-build
 	@command -v python3 >/dev/null || (apt-get update -qq && apt-get install -y -qq python3)
 	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
 	python3 Benchmarks/scripts/bench.py
+	if [ "$${BENCH_PROXY:-1}" != 0 ]; then python3 Benchmarks/scripts/proxy_bench.py; fi
 
 # SOAK_MINUTES (default 10) of mixed load against each mode, a line per minute and a verdict.
 soak: bench-build

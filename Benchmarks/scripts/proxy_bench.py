@@ -10,7 +10,7 @@ measured window, divided by the messages echoed end to end: each message crosses
 per connection in churn, and its RSS growth per proxied pair with 9,000 pairs held open (10,000 would
 need more descriptors than this machine's hard limit of 20,000 allows HAProxy and nginx).
 
-    python3 Benchmarks/scripts/proxy_bench.py          # BENCH_REPEATS (3), BENCH_DURATION (3 s)
+    python3 Benchmarks/scripts/proxy_bench.py          # BENCH_REPEATS (3), BENCH_DURATION (3 s); BENCH_QUICK=1
 
 Writes the table to stdout and between the proxy markers of docs/benchmarks.md. Loopback only;
 every run is bounded in time."""
@@ -19,8 +19,10 @@ import json, os, resource, shutil, socket, statistics, subprocess, sys, tempfile
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "Benchmarks", ".build", "release")
 PROXY = os.path.join(ROOT, "Examples", ".build", "release", "tcp-proxy")
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
-DURATION = os.environ.get("BENCH_DURATION", "3")
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "3"))
+DURATION = os.environ.get("BENCH_DURATION", "1.5" if QUICK else "3")
+WARMUP = "0.5" if QUICK else "1"
 WORKLOADS = [
     ("persistent 1000x128B", ["--mode", "persistent", "--connections", "1000", "--size", "128"], "messages_per_sec", "server_cpu_us_per_msg"),
     ("persistent 50x4KiB", ["--mode", "persistent", "--connections", "50", "--size", "4096"], "messages_per_sec", "server_cpu_us_per_msg"),
@@ -130,7 +132,7 @@ def run(command, workload):
             raise RuntimeError(f"{command(port)[0]} did not start: {proc.stderr.read().decode()[:400]}")
         time.sleep(0.3)
         load = ["taskset", "-c", "1", os.path.join(BIN, "uring-echo-bench"), "--port", str(port), "--server-pid",
-                str(proc.pid), "--duration", DURATION, "--warmup", "1", "--json"] + workload[1]
+                str(proc.pid), "--duration", DURATION, "--warmup", WARMUP, "--json"] + workload[1]
         out = subprocess.run(load, capture_output=True, text=True, timeout=300, preexec_fn=many_files)
         if out.returncode != 0:
             raise RuntimeError(f"load failed: {out.stdout[-400:]} {out.stderr[-400:]}")
@@ -169,7 +171,7 @@ def main():
         echo.terminate(); echo.wait(timeout=15)
     lines = [f"Measured {datetime.date.today().isoformat()} on Linux {platform.release()}, {os.cpu_count()} cores: the "
              f"proxy on core 0, the load generator and the C epoll echo upstream on core 1; medians of {REPEATS} "
-             f"interleaved run(s) of {DURATION} s after 1 s warm-up (`python3 Benchmarks/scripts/proxy_bench.py`, "
+             f"interleaved run(s) of {DURATION} s after {WARMUP} s warm-up (`python3 Benchmarks/scripts/proxy_bench.py`, "
              f"{round(time.time() - started)} s).", "",
              "| workload | proxy | result | proxy CPU | vs HAProxy | vs nginx | p99 µs | errors |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
