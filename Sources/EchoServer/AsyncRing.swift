@@ -13,6 +13,8 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     /// any connection reaches a task (the task group's `addTask` orders the write before every
     /// read), and read on every await of a connection's task, so without a lock.
     nonisolated(unsafe) private(set) var executor: RingExecutor?
+    /// Set (releasing) once ``executor`` is: what a thread outside the server's tasks reads first.
+    private let attached = Atomic<Bool>(false)
     /// The ring's port (its connections' handles go through it), once started.
     private let portBox = Mutex<RingPort?>(nil)
 
@@ -39,6 +41,7 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     func attach(_ port: RingPort) {
         portBox.withLock { $0 = port }
         executor = port.executor
+        attached.store(true, ordering: .releasing)
     }
 
     // MARK: Ring-thread side (the bridge handler's callbacks)
@@ -118,6 +121,9 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
         }
     }
 
+    /// The ring's executor for a caller on any thread (nil before the server has started).
+    var attachedExecutor: RingExecutor? { attached.load(ordering: .acquiring) ? executor : nil }
+
     /// Whether the caller runs on the ring's thread: a task resumed after its ring has exited runs
     /// on the global executor, and must not touch the ring's state.
     @inline(__always)
@@ -166,7 +172,8 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
             // From any thread: the abort goes to the ring as a job (a handle cannot reach a
             // connection before it opens). Rare, so the task it takes is no matter.
             Task(executorPreference: executor) { [self] in
-                if executor.isCurrent { self.core.requestClose(id, abort: true) }
+                // Only while it still connects: once open, the connection is the body's.
+                if executor.isCurrent, connectWaiters[id.index] != nil { self.core.requestClose(id, abort: true) }
             }
         }
         if let failure { return .failure(failure) }

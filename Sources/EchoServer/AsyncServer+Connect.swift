@@ -34,12 +34,13 @@ extension AsyncServer {
     public func withConnection<Result>(
         to address: SocketAddress, timeout: Duration = .seconds(10), _ body: (AsyncConnection) async throws -> Result
     ) async throws -> Result {
-        if let ring = rings.first(where: { $0.onRing }) {
+        if let ring = rings.first(where: { $0.attachedExecutor?.isCurrent == true }) {
             return try await Self.withConnection(on: ring, to: address, timeout: timeout, body)
         }
         // From elsewhere: the next ring in turn, with the whole exchange on its thread.
-        let ring = rings[nextConnectRing.wrappingAdd(1, ordering: .relaxed).oldValue % rings.count]
-        guard let executor = ring.executor, !executor.hasExited else { throw ConnectFailure.cancelled }
+        let turn = UInt(bitPattern: nextConnectRing.wrappingAdd(1, ordering: .relaxed).oldValue)
+        let ring = rings[Int(turn % UInt(rings.count))]
+        guard let executor = ring.attachedExecutor, !executor.hasExited else { throw ConnectFailure.cancelled }
         return try await withTaskExecutorPreference(executor) {
             guard ring.onRing else { throw ConnectFailure.cancelled }
             return try await Self.withConnection(on: ring, to: address, timeout: timeout, body)

@@ -25,6 +25,7 @@ extension LoopCore {
         guard current >= 0 else { return }
         c.pointee.inbound.current = -1
         releaseReceived(current, c)
+        c.pointee.lastActivity = now  // its consumer moves: not idle
         touch(c)  // receiving may resume
     }
 

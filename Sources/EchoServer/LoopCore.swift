@@ -37,6 +37,12 @@ final class LoopCore {
     /// Outbound connections open (or connecting) now, and how many may be.
     @exclusivity(unchecked) var outboundOpen = 0
     let outboundCapacity: Int
+    /// The listener whose handler the loop is calling now (0: the main one, or none): set by the
+    /// router around each other listener's callbacks, so a connect made there is that listener's.
+    @exclusivity(unchecked) var dispatchingListener: UInt8 = 0
+    /// Which listener's handler opened each outbound connection, by session index: its callbacks
+    /// (opened, connectFailed) go to that handler.
+    @exclusivity(unchecked) var outboundOrigin: [UInt8] = []
     @exclusivity(unchecked) var features: KernelFeatures
     @exclusivity(unchecked) var now: UInt64 = 0
     @exclusivity(unchecked) var stopping = false
@@ -248,6 +254,12 @@ final class LoopCore {
             return .failure(.capReached)
         }
         c.pointee.listener = ConnectionRecord.outbound
+        if dispatchingListener != 0 {
+            if outboundOrigin.isEmpty { outboundOrigin = Array(repeating: 0, count: sessions.capacity) }
+            outboundOrigin[c.pointee.session.index] = dispatchingListener
+        } else if !outboundOrigin.isEmpty {
+            outboundOrigin[c.pointee.session.index] = 0
+        }
         c.pointee.lastActivity = now
         c.pointee.lastProgress = now
         c.pointee.lifecycle.connecting()

@@ -26,9 +26,10 @@ public struct MetricsEndpoint: Sendable {
     public var port: UInt16
     /// The ring that serves it, `0..<threads`.
     public var ring: Int = 0
-    /// Metrics connections open at once (1...1024), in sessions of their own beside the server's
-    /// connection cap. Over it a new connection waits for a place; one idle for a second gives
-    /// way to it, a connection mid-request or mid-answer never does.
+    /// Metrics connections served at once (1...1024), in sessions of their own beside the server's
+    /// connection cap. Over it a new connection waits for a place (as many as this wait, within
+    /// 1024 in all); one idle for a second gives way to a waiter that has sent its request, a
+    /// connection mid-request or mid-answer never does.
     public var maxConnections: Int = 16
     /// The largest request head (request line and headers, and any body), 256...1048576 bytes;
     /// a larger one is answered 431 and the connection closed.
@@ -67,9 +68,15 @@ public struct MetricsEndpoint: Sendable {
             }
         }
         listener.ring = ring
-        // As many again may wait for a place (MetricsHTTPHandler admits them as places free).
-        listener.maxConnections = 2 * maxConnections
+        // As many again may wait for a place (MetricsHTTPHandler admits them as places free), and
+        // one more is let in to displace a waiter that has sent no request; within the listener's
+        // own bound (an out-of-range maxConnections is named by the requirements below).
+        let served = min(max(maxConnections, 1), 1024)
+        listener.maxConnections = min(2 * served + 1, 1024)
         listener.requirements = { configuration in
+            if !(1...1024).contains(maxConnections) {
+                return "maxConnections must be 1...1024, got \(maxConnections)"
+            }
             if !(256...1 << 20).contains(maxRequestBytes) {
                 return "maxRequestBytes must be 256...1048576, got \(maxRequestBytes)"
             }

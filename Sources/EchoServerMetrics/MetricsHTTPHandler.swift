@@ -7,15 +7,19 @@ import URing
 /// 431 or 413 (then the connection closes).
 ///
 /// Bounded: a request head of at most `maxRequestBytes`; at most `maxConnections` connections
-/// served at once. Over that, a new connection waits (its receiving paused) until a place frees:
+/// served at once. Over that, a new connection waits, read but not answered, until a place frees:
 /// one closes, or one that has made no progress for a second (idle between requests, a request
-/// that never completes, answers its client does not read) is evicted in its favour; a connection
-/// mid-request or mid-answer is never evicted while it moves. So busy keep-alive scrapers keep
-/// their places, and clients that never finish a request cannot lock scrapers out. At most 64 KiB
+/// that never completes, answers its client does not read) is evicted in favour of a waiter that
+/// has sent a whole request (the first such, in arrival order); a connection mid-request or
+/// mid-answer is never evicted while it moves. At most `maxConnections` wait; a newcomer beyond
+/// them displaces the oldest waiter that has sent no whole request, or is closed if every waiter
+/// has. So busy keep-alive scrapers keep their places, and connections that never finish a
+/// request hold neither the served places nor the waiting ones against a scraper. At most 64 KiB
 /// of answers queued per connection, the rest sent as the peer reads, with the connection's
 /// receiving paused meanwhile. An error answer is followed by a FIN, and what the client still
-/// sends is read and dropped until its own FIN, so the answer arrives rather than a reset. The exposition runs on the ring's thread, at
-/// most once per 100 ms (a rendering is reused for that long).
+/// sends is read and dropped until its own FIN, so the answer arrives rather than a reset. The
+/// exposition runs on the ring's thread, at most once per 100 ms (a rendering is reused for that
+/// long).
 ///
 /// Use it as a whole server's handler, or let `Server` serve it beside your protocol through a
 /// ``MetricsEndpoint``.
@@ -79,15 +83,30 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         if served < maxConnections {
             served += 1
         } else {
-            // Over the cap: it waits, not read, until a place frees; the housekeeping tick looks
-            // again for a place (writable with nothing queued comes on the next tick).
+            // Over the cap: it waits, read (up to a request) but not answered, until a place frees;
+            // the housekeeping tick looks again for a place (writable with nothing queued comes on
+            // the next tick). Beyond the waiting places it displaces a waiter with no request yet.
+            if waiters.count >= maxConnections {
+                guard let stale = waiters.firstIndex(where: { !hasRequest($0) }) else {
+                    connection.abort()  // every waiter has a request to be answered: this one goes
+                    return
+                }
+                let victim = waiters.remove(at: stale)
+                connections[victim.index] = nil
+                connection.ring.abort(victim)
+            }
             state.waiting = true
             waiters.append(connection.id)
-            connection.ring.pauseReceiving(connection.id)
             connection.requestWritable()
         }
         connections[connection.index] = state
         if !waiters.isEmpty { admitWaiters(connection.ring) }
+    }
+
+    /// Whether waiter `id` has sent a whole request head.
+    func hasRequest(_ id: ConnectionID) -> Bool {
+        guard let state = connections[id.index], state.id == id else { return false }
+        return Self.headEnd(state.input, from: state.start) != nil
     }
 
     public mutating func closed(_ connection: ConnectionID, ring: RingContext) {
@@ -101,15 +120,18 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         }
     }
 
-    /// Gives places to waiters: free ones first, then those of served connections that made no
-    /// progress for ``evictAfterNanoseconds`` (the stalest first), which are aborted.
+    /// Gives places to waiters that have sent a request, in arrival order: free places first,
+    /// then those of served connections that made no progress for ``evictAfterNanoseconds`` (the
+    /// stalest first), which are aborted. An admitted waiter's request is answered at its next
+    /// writable (the next tick).
     mutating func admitWaiters(_ ring: RingContext) {
-        var now: UInt64 = 0
-        while let next = waiters.first {
+        while let i = waiters.firstIndex(where: { hasRequest($0) }) {
+            let next = waiters[i]
             if served >= maxConnections {
-                if now == 0 { now = Posix.monotonicNanoseconds() }
+                let now = Posix.monotonicNanoseconds()
                 var victim: ConnectionState?
-                for state in connections.values where !state.waiting && now &- state.lastProgress >= Self.evictAfterNanoseconds {
+                for state in connections.values
+                where !state.waiting && now > state.lastProgress && now - state.lastProgress >= Self.evictAfterNanoseconds {
                     if victim == nil || state.lastProgress < victim!.lastProgress { victim = state }
                 }
                 guard let victim else { return }
@@ -117,13 +139,13 @@ public struct MetricsHTTPHandler: ConnectionHandler {
                 served -= 1
                 ring.abort(victim.id)
             }
-            waiters.removeFirst()
+            waiters.remove(at: i)
             guard var state = connections[next.index], state.id == next else { continue }
             state.waiting = false
             state.lastProgress = Posix.monotonicNanoseconds()
             served += 1
             connections[next.index] = state
-            ring.resumeReceiving(next)
+            ring.requestWritable(next)
         }
     }
 
@@ -133,9 +155,17 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             return .nothing  // after an error answer: read and dropped until the client's FIN
         }
         if state.waiting {
-            // Bytes that came before its receiving paused: kept for when it is served.
+            // Kept for when it is served; a waiter that sends more than a request head and a body
+            // before it is served is not a scraper.
+            guard state.input.count + bytes.count <= 2 * maxRequestBytes else {
+                connections[connection.index] = nil
+                waiters.removeAll { $0 == connection.id }
+                connection.abort()
+                return .nothing
+            }
             state.input.append(contentsOf: UnsafeRawBufferPointer(bytes))
             connections[connection.index] = state
+            if Self.headEnd(state.input, from: state.start) != nil { admitWaiters(connection.ring) }
             return .nothing
         }
         connections[connection.index] = nil  // no copy of the buffers while they change
@@ -168,7 +198,15 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         while flush(&state, connection) {
             // Error answers, and Connection: close: a FIN after the answer; the client's own FIN
             // then closes the connection (inputEnded), and what it sends meanwhile is dropped.
-            if state.closeWhenSent { return connection.shutdownOutput() }
+            if state.closeWhenSent {
+                // Its receiving may have paused while the answer waited on the budget: the
+                // client's FIN must be read to close.
+                if state.paused {
+                    state.paused = false
+                    connection.ring.resumeReceiving(connection.id)
+                }
+                return connection.shutdownOutput()
+            }
             if state.skip > 0 {
                 let n = min(state.skip, state.input.count - state.start)
                 state.start += n

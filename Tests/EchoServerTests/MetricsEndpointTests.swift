@@ -266,6 +266,86 @@ final class MetricsEndpointTests: ServerTestCase {
         }
     }
 
+    /// Every documented cap is served: 1024 places (waiting places beyond them are what the
+    /// listener's own cap leaves).
+    func testTheLargestDocumentedCapIsServed() throws {
+        for cap in [600, 1024] {
+            try withEndpointServer(endpoint: { $0.maxConnections = cap }) { _, _, metricsPort in
+                XCTAssertEqual(try httpGet(port: metricsPort).status, 200, "maxConnections \(cap)")
+            }
+        }
+    }
+
+    /// Connections that never send a request hold neither the served places nor the waiting ones
+    /// against a scraper: it displaces a waiter that has sent nothing and is served once an idle
+    /// one has been idle a second (before, with the served places and the waiting ones full of
+    /// idle connections, the scraper was refused at once).
+    func testIdleConnectionsInEveryPlaceCannotLockAScraperOut() throws {
+        try withEndpointServer(endpoint: { $0.maxConnections = 2 }) { server, _, metricsPort in
+            // 2 served, 2 waiting, and more arriving (each displaces a waiter): none sends anything.
+            let idle = try (0..<6).map { _ in try TestSocket.connect(port: metricsPort) }
+            defer { idle.forEach { $0.close() } }
+            usleep(100_000)
+            let started = ContinuousClock.now
+            let s = try TestSocket.connect(port: metricsPort)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            XCTAssertEqual(try scrape(s), 200, "the scraper is served")
+            XCTAssertLessThan(ContinuousClock.now - started, .seconds(4))
+        }
+    }
+
+    /// Waiters admitted one after another are each answered: an admitted waiter is not evicted
+    /// at once for the next (its progress time was later than the clock read of the eviction).
+    func testWaitersAdmittedInARowAreEachAnswered() throws {
+        try withEndpointServer(endpoint: { $0.maxConnections = 2 }) { server, _, metricsPort in
+            let busy = try TestSocket.connect(port: metricsPort)
+            defer { busy.close() }
+            busy.setTimeout(seconds: 5)
+            XCTAssertEqual(try scrape(busy), 200)
+            let idle = try TestSocket.connect(port: metricsPort)
+            defer { idle.close() }
+            idle.setTimeout(seconds: 5)
+            XCTAssertEqual(try scrape(idle), 200)
+            let waiters = try (0..<2).map { _ in try TestSocket.connect(port: metricsPort) }
+            defer { waiters.forEach { $0.close() } }
+            for w in waiters {
+                w.setTimeout(seconds: 6)
+                try w.writeAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            }
+            // The busy one keeps scraping; the idle one gives way after a second, then each waiter
+            // in turn once the one before it has been answered and idle a second.
+            let until = ContinuousClock.now + .milliseconds(3500)
+            while ContinuousClock.now < until {
+                XCTAssertEqual(try scrape(busy), 200)
+                usleep(50_000)
+            }
+            for (i, w) in waiters.enumerated() {
+                let answer = (try? w.readExactly(12)).map { String(decoding: $0, as: UTF8.self) } ?? "reset or nothing"
+                XCTAssertEqual(answer, "HTTP/1.1 200", "waiter \(i)")
+            }
+        }
+    }
+
+    /// A `Connection: close` answer larger than the 64 KiB queued at once: after it, the client's
+    /// FIN still closes the connection (its receiving was paused while the answer waited, and
+    /// stayed paused, so the FIN was never read and the connection lingered).
+    func testAClosingAnswerLargerThanTheBudgetStillEndsWithTheClientsFIN() throws {
+        let big = [UInt8](repeating: UInt8(ascii: "#"), count: 300_000)
+        try withEndpointServer(endpoint: { $0.exposition = { $0 += big } }) { server, _, metricsPort in
+            let before = server.statistics.sessions.inUse
+            let s = try TestSocket.connect(port: metricsPort)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            try s.writeAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            usleep(200_000)  // the answer waits on the budget, receiving paused
+            let answer = try s.readToEnd()
+            XCTAssertGreaterThan(answer.count, 300_000)
+            s.shutdownWrite()
+            XCTAssertTrue(eventually(.seconds(3)) { server.statistics.sessions.inUse == before }, "the connection closed")
+        }
+    }
+
     /// An error answer arrives whole even when the client sent more behind the bad request: a FIN
     /// after the answer, the rest read and dropped (a close with unread bytes sent a reset, which
     /// could destroy the answer before the client read it).
@@ -320,7 +400,9 @@ final class MetricsEndpointTests: ServerTestCase {
         for (change, fragment) in [
             ({ (e: inout MetricsEndpoint) in e.ring = 2 }, "ring must be 0...1"),
             ({ (e: inout MetricsEndpoint) in e.host = "localhost" }, "host 'localhost'"),
-            ({ (e: inout MetricsEndpoint) in e.maxConnections = 0 }, "maxConnections must be 1...1024"),
+            ({ (e: inout MetricsEndpoint) in e.maxConnections = 0 }, "maxConnections must be 1...1024, got 0"),
+            ({ (e: inout MetricsEndpoint) in e.maxConnections = 1025 }, "maxConnections must be 1...1024, got 1025"),
+            ({ (e: inout MetricsEndpoint) in e.maxConnections = .max }, "maxConnections must be 1...1024, got \(Int.max)"),
             ({ (e: inout MetricsEndpoint) in e.maxRequestBytes = 10 }, "maxRequestBytes must be 256...1048576"),
         ] as [((inout MetricsEndpoint) -> Void, String)] {
             var endpoint = MetricsEndpoint(port: 0) { _ in }

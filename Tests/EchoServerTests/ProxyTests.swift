@@ -192,6 +192,44 @@ final class ProxyTests: ServerTestCase {
         }  // and it left nothing (withServer checks)
     }
 
+    /// A proxy served as another listener of a server whose own handler is an echo: the
+    /// outbound connections it opens are its own (they went to the main handler, which echoed the
+    /// upstream's bytes back to it, and the proxy never heard its connection open).
+    func testAProxyOnAnotherListenerGetsItsOwnOutboundConnections() throws {
+        var upstreamConfig = config(.pooled, .bufferRing)
+        upstreamConfig.maxConnections = 16
+        let upstream = Server(configuration: upstreamConfig)
+        try upstream.start()
+        defer {
+            upstream.stop()
+            upstream.wait()
+        }
+        let upstreamAddress = try XCTUnwrap(upstream.boundAddress)
+        for (mode, receive) in [(PoolMode.pooled, ReceiveStrategy.bufferRing), (PoolMode.unpooled, ReceiveStrategy.perSessionBuffer)] {
+            var c = proxyConfig(mode, receive)
+            c.threads = 1
+            let side = Listener(name: "proxy", host: "127.0.0.1", port: 0) {
+                TCPProxy(upstream: upstreamAddress, connectTimeout: .seconds(2))
+            }
+            let server = Server(configuration: c, listeners: [side]) { EchoHandler() }
+            try server.start()
+            defer {
+                server.stop()
+                server.wait()
+            }
+            let proxyPort = try XCTUnwrap(server.address(ofListener: "proxy")).port
+            let bytes = patternBytes(seed: 5, count: 200_000)
+            let s = try TestSocket.connect(port: proxyPort)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            let writer = Thread { try? s.writeAll(bytes) }
+            writer.start()
+            let back = try s.readExactly(bytes.count)
+            XCTAssertTrue(back == bytes, "\(mode)/\(receive): through the side listener's proxy and back")
+            XCTAssertTrue(eventually { server.statistics.connects == 1 }, "\(mode)")
+        }
+    }
+
     func testAnUpstreamThatRefusesClosesTheClientAtOnce() throws {
         let closedPort = try ConnectTests.portNobodyListensOn()
         let c = proxyConfig(.pooled, .bufferRing)
