@@ -57,6 +57,8 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         var paused = false
         /// Waiting for a place: not served yet.
         var waiting = false
+        /// The client's FIN came: close once its requests are answered.
+        var inputDone = false
         /// When it last made progress: opened, a request answered, answer bytes sent. Bytes of an
         /// unfinished request are not progress (a trickler never makes any).
         var lastProgress: UInt64 = 0
@@ -181,6 +183,21 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         return .nothing
     }
 
+    /// The client's FIN (a request and then a half-close is legal): what it asked for is answered
+    /// first, then the connection closes; a waiter without a whole request closes at once.
+    public mutating func inputEnded(_ connection: Connection) {
+        guard var state = connections[connection.index], state.id == connection.id else { return connection.close() }
+        let pending = Self.headEnd(state.input, from: state.start) != nil
+        if state.waiting && !pending {
+            connections[connection.index] = nil
+            waiters.removeAll { $0 == connection.id }
+            return connection.close()
+        }
+        guard pending || state.outputQueued < state.output.count else { return connection.close() }
+        state.inputDone = true
+        connections[connection.index] = state
+    }
+
     public mutating func writable(_ connection: Connection) {
         if !waiters.isEmpty { admitWaiters(connection.ring) }
         guard var state = connections[connection.index], state.id == connection.id else { return }
@@ -250,6 +267,9 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         }
         // Answers wait for the peer to read: stop reading its requests meanwhile.
         let waiting = state.outputQueued < state.output.count
+        if state.inputDone && !waiting && Self.headEnd(state.input, from: state.start) == nil {
+            return connection.close()  // the client's FIN came and everything it asked is answered
+        }
         if waiting != state.paused {
             state.paused = waiting
             if waiting { connection.ring.pauseReceiving(connection.id) } else { connection.ring.resumeReceiving(connection.id) }

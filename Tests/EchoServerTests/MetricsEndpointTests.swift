@@ -346,6 +346,33 @@ final class MetricsEndpointTests: ServerTestCase {
         }
     }
 
+    /// A client that sends its request and then its FIN (an HTTP/1.0-style half-close, as
+    /// `socat` or `nc -N` do) gets its whole answer, also one larger than the 64 KiB queued at once
+    /// and also while it waits for a place (the FIN closed it after the first 64 KiB, or at once).
+    func testARequestFollowedByTheClientsFINIsAnsweredWhole() throws {
+        let big = [UInt8](repeating: UInt8(ascii: "#"), count: 300_000)
+        try withEndpointServer(endpoint: {
+            $0.exposition = { $0 += big }
+            $0.maxConnections = 1
+        }) { server, _, metricsPort in
+            func halfClosedScrape() throws -> Int {
+                let s = try TestSocket.connect(port: metricsPort)
+                defer { s.close() }
+                s.setTimeout(seconds: 6)
+                try s.writeAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+                s.shutdownWrite()
+                return try s.readToEnd().count
+            }
+            XCTAssertGreaterThan(try halfClosedScrape(), 300_000, "served at once")
+            // The one place taken by an idle keep-alive scraper: this one waits, then is answered.
+            let idle = try TestSocket.connect(port: metricsPort)
+            defer { idle.close() }
+            idle.setTimeout(seconds: 5)
+            XCTAssertEqual(try scrape(idle), 200)
+            XCTAssertGreaterThan(try halfClosedScrape(), 300_000, "answered after waiting")
+        }
+    }
+
     /// An error answer arrives whole even when the client sent more behind the bad request: a FIN
     /// after the answer, the rest read and dropped (a close with unread bytes sent a reset, which
     /// could destroy the answer before the client read it).
