@@ -356,9 +356,9 @@ final class LoopCore {
         try postAll(effects, c)
     }
 
-    /// The effects ``post(_:_:)`` posts inline (a constant: an array literal here would allocate
-    /// on every call in a debug build).
-    static let inlineEffects: ConnectionLifecycle.Effects = [.send, .close]
+    /// The effects ``post(_:_:)`` handles inline (a receive is the receive path's to post); a
+    /// constant: an array literal here would allocate on every call in a debug build.
+    static let inlineEffects: ConnectionLifecycle.Effects = [.send, .close, .receive]
 
     /// Closes `c`'s socket or slot: quietly (no completion on success) where the kernel allows.
     @inline(__always)

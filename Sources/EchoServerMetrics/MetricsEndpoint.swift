@@ -61,18 +61,20 @@ public struct MetricsEndpoint: Sendable {
     /// ``exposition`` and, after it, the server's own completions-per-turn histogram.
     func listener(histograms: ServerHistograms) -> Listener {
         let (exposition, maxConnections, maxRequestBytes) = (exposition, maxConnections, maxRequestBytes)
+        // As many again may wait for a place (MetricsHTTPHandler admits them as places free), and
+        // one more is let in to displace a waiter that has sent no request; within the listener's
+        // own bound (an out-of-range maxConnections is named by the requirements below). The
+        // listener's sessions are its cap plus one: the newcomer's.
+        let served = min(max(maxConnections, 1), 1024)
+        let cap = min(2 * served + 1, 1024)
         var listener = Listener(name: "metrics endpoint", host: host, port: port) {
-            MetricsHTTPHandler(maxConnections: maxConnections, maxRequestBytes: maxRequestBytes) { buffer in
+            MetricsHTTPHandler(maxConnections: maxConnections, maxWaiting: cap - served, maxRequestBytes: maxRequestBytes) { buffer in
                 exposition(&buffer)
                 histograms.append(to: &buffer)
             }
         }
         listener.ring = ring
-        // As many again may wait for a place (MetricsHTTPHandler admits them as places free), and
-        // one more is let in to displace a waiter that has sent no request; within the listener's
-        // own bound (an out-of-range maxConnections is named by the requirements below).
-        let served = min(max(maxConnections, 1), 1024)
-        listener.maxConnections = min(2 * served + 1, 1024)
+        listener.maxConnections = cap
         listener.requirements = { configuration in
             if !(1...1024).contains(maxConnections) {
                 return "maxConnections must be 1...1024, got \(maxConnections)"

@@ -26,6 +26,8 @@ import URing
 public struct MetricsHTTPHandler: ConnectionHandler {
     let exposition: @Sendable (inout [UInt8]) -> Void
     let maxConnections: Int
+    /// Connections that may wait for a place.
+    let maxWaiting: Int
     let maxRequestBytes: Int
     /// A rendering is reused for this long, so a flood of requests costs copies, not renderings.
     static let cacheNanoseconds: UInt64 = 100_000_000
@@ -39,6 +41,8 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     var served = 0
     /// Connections waiting for a place, oldest first.
     var waiters: [ConnectionID] = []
+    /// How many of them have sent a whole request.
+    var readyWaiters = 0
     /// A served connection that has made no progress for this long may be evicted for a waiter.
     static let evictAfterNanoseconds: UInt64 = 1_000_000_000
 
@@ -59,6 +63,12 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         var waiting = false
         /// The client's FIN came: close once its requests are answered.
         var inputDone = false
+        /// A waiter that has sent a whole request head (its receiving then pauses until served).
+        var ready = false
+        /// How far a waiter's input has been searched for the end of a head (searched once).
+        var scanned = 0
+        /// Admitted from waiting, its request not answered yet: not evicted before it is.
+        var admitted = false
         /// When it last made progress: opened, a request answered, answer bytes sent. Bytes of an
         /// unfinished request are not progress (a trickler never makes any).
         var lastProgress: UInt64 = 0
@@ -73,8 +83,15 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     public init(
         maxConnections: Int = 16, maxRequestBytes: Int = 8192, exposition: @escaping @Sendable (inout [UInt8]) -> Void
     ) {
+        self.init(maxConnections: maxConnections, maxWaiting: maxConnections, maxRequestBytes: maxRequestBytes, exposition: exposition)
+    }
+
+    /// A handler with `maxWaiting` waiting places (``MetricsEndpoint`` fits them in its
+    /// listener's bound).
+    init(maxConnections: Int, maxWaiting: Int, maxRequestBytes: Int, exposition: @escaping @Sendable (inout [UInt8]) -> Void) {
         self.exposition = exposition
         self.maxConnections = max(1, maxConnections)
+        self.maxWaiting = max(0, maxWaiting)
         self.maxRequestBytes = max(256, maxRequestBytes)
     }
 
@@ -85,11 +102,10 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         if served < maxConnections {
             served += 1
         } else {
-            // Over the cap: it waits, read (up to a request) but not answered, until a place frees;
-            // the housekeeping tick looks again for a place (writable with nothing queued comes on
-            // the next tick). Beyond the waiting places it displaces a waiter with no request yet.
-            if waiters.count >= maxConnections {
-                guard let stale = waiters.firstIndex(where: { !hasRequest($0) }) else {
+            // Over the cap: it waits, read up to its request but not answered, until a place
+            // frees. Beyond the waiting places it displaces a waiter with no request yet.
+            if waiters.count >= maxWaiting {
+                guard let stale = waiters.firstIndex(where: { connections[$0.index]?.ready != true }) else {
                     connection.abort()  // every waiter has a request to be answered: this one goes
                     return
                 }
@@ -99,16 +115,8 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             }
             state.waiting = true
             waiters.append(connection.id)
-            connection.requestWritable()
         }
         connections[connection.index] = state
-        if !waiters.isEmpty { admitWaiters(connection.ring) }
-    }
-
-    /// Whether waiter `id` has sent a whole request head.
-    func hasRequest(_ id: ConnectionID) -> Bool {
-        guard let state = connections[id.index], state.id == id else { return false }
-        return Self.headEnd(state.input, from: state.start) != nil
     }
 
     public mutating func closed(_ connection: ConnectionID, ring: RingContext) {
@@ -116,6 +124,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         connections[connection.index] = nil
         if state.waiting {
             waiters.removeAll { $0 == connection }
+            if state.ready { readyWaiters -= 1 }
         } else {
             served -= 1
             admitWaiters(ring)
@@ -124,57 +133,86 @@ public struct MetricsHTTPHandler: ConnectionHandler {
 
     /// Gives places to waiters that have sent a request, in arrival order: free places first,
     /// then those of served connections that made no progress for ``evictAfterNanoseconds`` (the
-    /// stalest first), which are aborted. An admitted waiter's request is answered at its next
-    /// writable (the next tick).
+    /// stalest first), which are aborted; a connection admitted and not yet answered is not. An
+    /// admitted waiter's receiving resumes and its request is answered at its next writable. While
+    /// ready waiters remain, the first asks for writable, so the housekeeping tick looks again.
     mutating func admitWaiters(_ ring: RingContext) {
-        while let i = waiters.firstIndex(where: { hasRequest($0) }) {
+        guard readyWaiters > 0 else { return }
+        while readyWaiters > 0, let i = waiters.firstIndex(where: { connections[$0.index]?.ready == true }) {
             let next = waiters[i]
             if served >= maxConnections {
                 let now = Posix.monotonicNanoseconds()
                 var victim: ConnectionState?
                 for state in connections.values
-                where !state.waiting && now > state.lastProgress && now - state.lastProgress >= Self.evictAfterNanoseconds {
+                where !state.waiting && !state.admitted && now > state.lastProgress
+                    && now - state.lastProgress >= Self.evictAfterNanoseconds
+                {
                     if victim == nil || state.lastProgress < victim!.lastProgress { victim = state }
                 }
-                guard let victim else { return }
+                guard let victim else {
+                    ring.requestWritable(next)  // look again on the next tick
+                    return
+                }
                 connections[victim.id.index] = nil
                 served -= 1
                 ring.abort(victim.id)
             }
             waiters.remove(at: i)
+            readyWaiters -= 1
             guard var state = connections[next.index], state.id == next else { continue }
             state.waiting = false
+            state.admitted = true
             state.lastProgress = Posix.monotonicNanoseconds()
             served += 1
             connections[next.index] = state
+            ring.resumeReceiving(next)
             ring.requestWritable(next)
         }
     }
 
+    /// Where a request head that starts at `start` ends, blank lines before it skipped (as
+    /// ``serve(_:_:)`` skips them), searching from `from`: nil while it is not whole.
+    static func requestEnd(_ input: [UInt8], start: Int, from: Int) -> Int? {
+        var first = start
+        while first < input.count && (input[first] == UInt8(ascii: "\r") || input[first] == UInt8(ascii: "\n")) { first += 1 }
+        return headEnd(input, from: max(first, from)).map(\.next)
+    }
+
     public mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
-        if !waiters.isEmpty { admitWaiters(connection.ring) }
         guard var state = connections[connection.index], state.id == connection.id, !state.closeWhenSent else {
             return .nothing  // after an error answer: read and dropped until the client's FIN
         }
+        connections[connection.index] = nil  // no copy of the buffers while they change
         if state.waiting {
             // Kept for when it is served; a waiter that sends more than a request head and a body
             // before it is served is not a scraper.
             guard state.input.count + bytes.count <= 2 * maxRequestBytes else {
-                connections[connection.index] = nil
                 waiters.removeAll { $0 == connection.id }
+                if state.ready { readyWaiters -= 1 }
                 connection.abort()
                 return .nothing
             }
             state.input.append(contentsOf: UnsafeRawBufferPointer(bytes))
+            if !state.ready {
+                // Only the new bytes are searched (and the two before them, for a head end that
+                // straddles), so a trickling waiter costs linear time.
+                if Self.requestEnd(state.input, start: state.start, from: max(0, state.scanned - 2)) != nil {
+                    state.ready = true
+                    readyWaiters += 1
+                    connection.ring.pauseReceiving(connection.id)  // bounded until it is served
+                }
+                state.scanned = state.input.count
+            }
             connections[connection.index] = state
-            if Self.headEnd(state.input, from: state.start) != nil { admitWaiters(connection.ring) }
+            if state.ready { admitWaiters(connection.ring) }
             return .nothing
         }
-        connections[connection.index] = nil  // no copy of the buffers while they change
         // A client that keeps sending while its answers wait is paused; this only bounds what was
         // already in flight.
         guard state.input.count - state.start + bytes.count <= 2 * maxRequestBytes + 65536 else {
+            served -= 1
             connection.abort()
+            admitWaiters(connection.ring)
             return .nothing
         }
         state.input.append(contentsOf: UnsafeRawBufferPointer(bytes))
@@ -187,7 +225,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     /// first, then the connection closes; a waiter without a whole request closes at once.
     public mutating func inputEnded(_ connection: Connection) {
         guard var state = connections[connection.index], state.id == connection.id else { return connection.close() }
-        let pending = Self.headEnd(state.input, from: state.start) != nil
+        let pending = Self.requestEnd(state.input, start: state.start, from: state.start) != nil
         if state.waiting && !pending {
             connections[connection.index] = nil
             waiters.removeAll { $0 == connection.id }
@@ -199,12 +237,12 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     }
 
     public mutating func writable(_ connection: Connection) {
-        if !waiters.isEmpty { admitWaiters(connection.ring) }
         guard var state = connections[connection.index], state.id == connection.id else { return }
         if state.waiting {
-            connection.requestWritable()  // look again on the next tick
+            admitWaiters(connection.ring)  // the tick of the first ready waiter: look again
             return
         }
+        state.admitted = false
         connections[connection.index] = nil
         serve(&state, connection)
         connections[connection.index] = state

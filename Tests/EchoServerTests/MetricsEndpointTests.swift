@@ -373,6 +373,40 @@ final class MetricsEndpointTests: ServerTestCase {
         }
     }
 
+    /// Waiters that sent only blank lines have no request (the server skips blank lines before
+    /// one): a scraper displaces them (they counted as requests, so every waiting place looked
+    /// taken and the scraper was refused).
+    func testBlankLinesAreNoRequestAndDoNotHoldAWaitingPlace() throws {
+        try withEndpointServer(endpoint: { $0.maxConnections = 1 }) { server, _, metricsPort in
+            let idle = try TestSocket.connect(port: metricsPort)
+            defer { idle.close() }
+            idle.setTimeout(seconds: 5)
+            XCTAssertEqual(try scrape(idle), 200)
+            let blank = try (0..<2).map { _ in try TestSocket.connect(port: metricsPort) }
+            defer { blank.forEach { $0.close() } }
+            for b in blank { try b.writeAll(Array("\r\n\r\n".utf8)) }
+            usleep(100_000)
+            let s = try TestSocket.connect(port: metricsPort)
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            XCTAssertEqual(try scrape(s), 200, "the scraper displaced a waiter with no request")
+        }
+    }
+
+    /// With 600 places the listener's bound (1,024) leaves 424 waiting places, not 600: idle
+    /// connections filling all of them still cannot lock a scraper out.
+    func testALargeCapStillLetsAScraperDisplaceAnIdleWaiter() throws {
+        try withEndpointServer(endpoint: { $0.maxConnections = 600 }) { server, _, metricsPort in
+            let idle = try (0..<1025).map { _ in try TestSocket.connect(port: metricsPort) }
+            defer { idle.forEach { $0.close() } }
+            usleep(300_000)
+            let s = try TestSocket.connect(port: metricsPort)
+            defer { s.close() }
+            s.setTimeout(seconds: 6)
+            XCTAssertEqual(try scrape(s), 200, "the scraper is served")
+        }
+    }
+
     /// An error answer arrives whole even when the client sent more behind the bad request: a FIN
     /// after the answer, the rest read and dropped (a close with unread bytes sent a reset, which
     /// could destroy the answer before the client read it).
