@@ -51,6 +51,17 @@ public struct AsyncConnection: Sendable {
         }
     }
 
+    /// Its task is done with it: close once what is queued is sent, or abort (after an error);
+    /// through the handle if the ring has exited.
+    nonisolated(nonsending) func finish(abort: Bool) async {
+        let id = id
+        let done = await onRing(false) { ring in
+            ring.finish(id, abort: abort)
+            return true
+        }
+        if !done { if abort { handle.abort() } else { handle.close() } }
+    }
+
     /// A connection's input: an `AsyncSequence` of ``InboundChunk``s, ending at the peer's FIN or
     /// when the connection closes.
     public struct Inbound: AsyncSequence, Sendable {

@@ -56,20 +56,12 @@ extension AsyncServer {
         case .failure(let failure): throw failure
         case .success(let connected): connection = connected
         }
-        func finish(abort: Bool) async {
-            let id = connection.id
-            let done = await connection.onRing(false) { ring in
-                ring.finish(id, abort: abort)
-                return true
-            }
-            if !done { if abort { connection.handle.abort() } else { connection.handle.close() } }
-        }
         do {
             let result = try await body(connection)
-            await finish(abort: false)
+            await connection.finish(abort: false)
             return result
         } catch {
-            await finish(abort: true)
+            await connection.finish(abort: true)
             throw error
         }
     }

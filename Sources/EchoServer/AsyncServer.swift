@@ -153,12 +153,7 @@ public final class AsyncServer: Sendable {
         } catch {
             abort = true
         }
-        let id = connection.id
-        let done = await connection.onRing(false) { ring in
-            ring.finish(id, abort: abort)
-            return true
-        }
-        if !done { if abort { connection.handle.abort() } else { connection.handle.close() } }
+        await connection.finish(abort: abort)
     }
 }
 
