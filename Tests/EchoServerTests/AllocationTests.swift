@@ -25,6 +25,27 @@ final class AllocationMarks: Sendable {
     }
 }
 
+/// The load every allocation count here is taken under: `messages.warmup + messages.measured`
+/// ping-pongs of 64 bytes on one connection, then `connections` connections that each send
+/// `each` (the ping-pong's payload when nil), read it back and close.
+func driveAllocationLoad(
+    port: UInt16, seed: UInt64, messages: AllocationMarks, connections: Int, each: [UInt8]? = nil,
+    file: StaticString = #filePath, line: UInt = #line
+) throws {
+    let payload = patternBytes(seed: seed, count: 64)
+    let s = try TestSocket.connect(port: port)
+    s.setTimeout(seconds: 5)
+    for _ in 0..<(messages.warmup + messages.measured) {
+        try s.writeAll(payload)
+        XCTAssertEqual(try s.readExactly(64), payload, file: file, line: line)
+    }
+    s.close()
+    let each = each ?? payload
+    for i in 0..<connections {
+        XCTAssertEqual(try ServerTestCase.roundTrip(port: port, each), each, "connection \(i)", file: file, line: line)
+    }
+}
+
 /// Echo in place, or echo through ``Connection/write(_:)`` (a copy into pooled outbound buffers),
 /// marking messages and closes.
 struct MarkingHandler: ConnectionHandler {
@@ -71,16 +92,7 @@ final class AllocationTests: ServerTestCase {
                 try XCTSkipUnless(
                     server.statistics.features.contains(.incrementalBuffers), "this kernel refuses IOU_PBUF_RING_INC")
             }
-            let payload = patternBytes(seed: 7, count: 64)
-            let s = try TestSocket.connect(port: port)
-            for _ in 0..<(messages.warmup + messages.measured) {
-                try s.writeAll(payload)
-                XCTAssertEqual(try s.readExactly(64), payload)
-            }
-            s.close()
-            for i in 0..<(closes.warmup + closes.measured) {
-                XCTAssertEqual(try Self.roundTrip(port: port, payload), payload, "connection \(i)")
-            }
+            try driveAllocationLoad(port: port, seed: 7, messages: messages, connections: closes.warmup + closes.measured)
             XCTAssertTrue(eventually { server.statistics.closed == UInt64(closes.warmup + closes.measured + 1) })
         }
         return (messages.perEvent, closes.perEvent)
@@ -164,17 +176,9 @@ final class AllocationTests: ServerTestCase {
             try withServer(c, handler: {
                 MarkingProxy(proxy: TCPProxy(upstream: address), messages: messages, connections: connections)
             }) { server, port in
-                let payload = patternBytes(seed: 9, count: 64)
-                let s = try TestSocket.connect(port: port)
-                s.setTimeout(seconds: 5)
-                for _ in 0..<(messages.warmup + messages.measured) {
-                    try s.writeAll(payload)
-                    XCTAssertEqual(try s.readExactly(64), payload)
-                }
-                s.close()
-                for i in 0..<(connections.warmup + connections.measured + 1) {
-                    XCTAssertEqual(try Self.roundTrip(port: port, [1, 2, 3]), [1, 2, 3], "connection \(i)")
-                }
+                try driveAllocationLoad(
+                    port: port, seed: 9, messages: messages, connections: connections.warmup + connections.measured + 1,
+                    each: [1, 2, 3])
                 XCTAssertTrue(eventually { server.statistics.outboundActive == 0 && server.statistics.active == 0 })
             }
             print("allocations proxy/pooled/\(receive): \(messages.perEvent) per relayed message, \(connections.perEvent) per proxied connection")

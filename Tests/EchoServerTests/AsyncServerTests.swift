@@ -210,17 +210,8 @@ final class AsyncServerTests: ServerTestCase {
                     try await connection.outbound.write(chunk)
                 }
             }) { server, port in
-                let payload = patternBytes(seed: 7, count: 64)
-                let s = try TestSocket.connect(port: port)
-                s.setTimeout(seconds: 5)
-                for _ in 0..<(messages.warmup + messages.measured) {
-                    try s.writeAll(payload)
-                    XCTAssertEqual(try s.readExactly(64), payload)
-                }
-                s.close()
-                for i in 0..<(closes.warmup + closes.measured) {
-                    XCTAssertEqual(try Self.roundTrip(port: port, [1, 2, 3]), [1, 2, 3], "connection \(i)")
-                }
+                try driveAllocationLoad(
+                    port: port, seed: 7, messages: messages, connections: closes.warmup + closes.measured, each: [1, 2, 3])
                 XCTAssertTrue(eventually { server.statistics.closed == UInt64(closes.warmup + closes.measured + 1) })
             }
             let label = "async/\(mode)/\(receive)"
