@@ -3,9 +3,15 @@ extension MetricsHTTPHandler {
     /// Where a request head that starts at `start` ends, blank lines before it skipped (as
     /// ``serve(_:_:)`` skips them), searching from `from`: nil while it is not whole.
     static func requestEnd(_ input: [UInt8], start: Int, from: Int) -> Int? {
+        headEnd(input, from: max(skippingBlankLines(input, from: start), from)).map(\.next)
+    }
+
+    /// Where the request line after `start` begins: RFC 9112 §2.2, empty lines before a request
+    /// line are ignored.
+    static func skippingBlankLines(_ input: [UInt8], from start: Int) -> Int {
         var first = start
         while first < input.count && (input[first] == UInt8(ascii: "\r") || input[first] == UInt8(ascii: "\n")) { first += 1 }
-        return headEnd(input, from: max(first, from)).map(\.next)
+        return first
     }
 
     struct Request {

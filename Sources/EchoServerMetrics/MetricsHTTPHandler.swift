@@ -123,12 +123,17 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         guard let state = connections[connection.index], state.id == connection else { return }
         connections[connection.index] = nil
         if state.waiting {
-            waiters.removeAll { $0 == connection }
-            if state.ready { readyWaiters -= 1 }
+            dropWaiter(state)
         } else {
             served -= 1
             admitWaiters(ring)
         }
+    }
+
+    /// Takes waiter `state` out of the queue (and out of the ready count if it was ready).
+    mutating func dropWaiter(_ state: ConnectionState) {
+        waiters.removeAll { $0 == state.id }
+        if state.ready { readyWaiters -= 1 }
     }
 
     /// Gives places to waiters that have sent a request, in arrival order: free places first,
@@ -179,8 +184,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             // Kept for when it is served; a waiter that sends more than a request head and a body
             // before it is served is not a scraper.
             guard state.input.count + bytes.count <= 2 * maxRequestBytes else {
-                waiters.removeAll { $0 == connection.id }
-                if state.ready { readyWaiters -= 1 }
+                dropWaiter(state)
                 connection.abort()
                 return .nothing
             }
@@ -220,7 +224,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         let pending = Self.requestEnd(state.input, start: state.start, from: state.start) != nil
         if state.waiting && !pending {
             connections[connection.index] = nil
-            waiters.removeAll { $0 == connection.id }
+            dropWaiter(state)
             return connection.close()
         }
         guard pending || state.outputQueued < state.output.count else { return connection.close() }
@@ -260,12 +264,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
                 state.skip -= n
                 if state.skip > 0 { break }
             }
-            // RFC 9112 §2.2: empty lines before a request line are ignored.
-            while state.start < state.input.count
-                && (state.input[state.start] == UInt8(ascii: "\r") || state.input[state.start] == UInt8(ascii: "\n"))
-            {
-                state.start += 1
-            }
+            state.start = Self.skippingBlankLines(state.input, from: state.start)
             guard let end = Self.headEnd(state.input, from: state.start) else {
                 if state.input.count - state.start > maxRequestBytes {
                     respond(&state, status: "431 Request Header Fields Too Large")
