@@ -89,11 +89,8 @@ final class AsyncConnectTests: ServerTestCase {
                     defer { s.close() }
                     s.setTimeout(seconds: 30)
                     let bytes = patternBytes(seed: 21, count: 4 << 20)
-                    let writer = Thread {
-                        try? s.writeAll(bytes)
-                        s.shutdownWrite()
-                    }
-                    writer.start()
+                    let writer = SocketWriter(s, bytes, then: { s.shutdownWrite() })
+                    defer { writer.stop() }
                     let back = try s.readToEnd()
                     XCTAssertTrue(back == bytes, "\(mode)/\(receive): \(back.count) of \(bytes.count) bytes back, in order")
                     // Many at once, over both rings.

@@ -153,8 +153,8 @@ final class AsyncServerTests: ServerTestCase {
                 s.setTimeout(seconds: 30)
                 let total = 4 << 20
                 let bytes = patternBytes(seed: 5, count: total)
-                let writer = Thread { try? s.writeAll(bytes) }
-                writer.start()
+                let writer = SocketWriter(s, bytes)
+                defer { writer.stop() }
                 usleep(300_000)
                 let held = server.statistics.buffersHeld
                 XCTAssertLessThanOrEqual(held, 16 + 2, "\(receive): the lagging consumer holds at most its share")

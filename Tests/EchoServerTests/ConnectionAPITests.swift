@@ -300,8 +300,11 @@ final class ConnectionAPITests: ServerTestCase {
                 try sink.writeAll(Array("sink".utf8))
                 XCTAssertTrue(eventually { relay.subscriber.get != nil })
                 let source = try TestSocket.connect(port: port)
-                defer { source.close() }
-                Thread { try? source.writeAll(block) }.start()
+                let writer = SocketWriter(source, block)
+                defer {
+                    writer.stop()
+                    source.close()
+                }
                 var got: [UInt8] = []
                 got.reserveCapacity(total)
                 while true {

@@ -45,8 +45,8 @@ final class ProxyTests: ServerTestCase {
                 s.setTimeout(seconds: 30)
                 let total = mode == .pooled && receive == .bufferRing ? 100 << 20 : 16 << 20
                 let bytes = patternBytes(seed: 11, count: total)
-                let writer = Thread { try? s.writeAll(bytes) }
-                writer.start()
+                let writer = SocketWriter(s, bytes)
+                defer { writer.stop() }
                 let back = try s.readExactly(total)
                 XCTAssertTrue(back == bytes, "\(mode)/\(receive): \(total) bytes through the proxy and back, in order")
                 XCTAssertTrue(eventually { proxy.statistics.connects == 1 })
@@ -97,10 +97,12 @@ final class ProxyTests: ServerTestCase {
         c.maxBuffersPerConnection = 16
         try withProxy(c, upstream: { EchoHandler() }) { proxy, port, _ in
             let stalled = try TestSocket.connect(port: port)
-            defer { stalled.close() }
             let bytes = patternBytes(seed: 6, count: 64 << 20)
-            let writer = Thread { try? stalled.writeAll(bytes) }  // blocks once everything is full
-            writer.start()
+            let writer = SocketWriter(stalled, bytes)  // blocks once everything is full
+            defer {
+                writer.stop()
+                stalled.reset()
+            }
             usleep(500_000)
             let s = proxy.statistics
             XCTAssertLessThanOrEqual(s.buffersHeld, 2 * 16 + 4, "held receive buffers stay within two shares")
@@ -109,7 +111,6 @@ final class ProxyTests: ServerTestCase {
             // Another pair goes on.
             let other = patternBytes(seed: 7, count: 100_000)
             XCTAssertTrue(try Self.roundTrip(port: port, other) == other)
-            stalled.reset()
         }
     }
 
@@ -124,15 +125,16 @@ final class ProxyTests: ServerTestCase {
         c.maxBuffersPerConnection = 16
         try withProxy(c, upstream: { NeverReads() }) { proxy, port, _ in
             let s = try TestSocket.connect(port: port)
-            defer { s.close() }
-            let writer = Thread { try? s.writeAll(patternBytes(seed: 8, count: 64 << 20)) }
-            writer.start()
+            let writer = SocketWriter(s, patternBytes(seed: 8, count: 64 << 20))
+            defer {
+                writer.stop()
+                s.reset()
+            }
             usleep(500_000)
             let stats = proxy.statistics
             XCTAssertLessThanOrEqual(stats.buffersHeld, 16 + 4, "the client side holds at most its share")
             XCTAssertLessThanOrEqual(stats.outboundBuffersInUse, (1 << 20) / c.bufferSize + 2, "one output bound")
             XCTAssertLessThan(stats.bytesIn, 8 << 20, "the client's sending stalled")
-            s.reset()
         }
     }
 
@@ -222,8 +224,8 @@ final class ProxyTests: ServerTestCase {
             let s = try TestSocket.connect(port: proxyPort)
             defer { s.close() }
             s.setTimeout(seconds: 5)
-            let writer = Thread { try? s.writeAll(bytes) }
-            writer.start()
+            let writer = SocketWriter(s, bytes)
+            defer { writer.stop() }
             let back = try s.readExactly(bytes.count)
             XCTAssertTrue(back == bytes, "\(mode)/\(receive): through the side listener's proxy and back")
             XCTAssertTrue(eventually { server.statistics.connects == 1 }, "\(mode)")

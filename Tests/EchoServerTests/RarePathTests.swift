@@ -106,7 +106,7 @@ final class RarePathTests: ServerTestCase {
                 let b = try TestSocket.connect(port: port)
                 setsockopt(b.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
                 let flood = [UInt8](repeating: 0x42, count: 12 << 20)
-                Thread { try? b.writeAll(flood) }.start()
+                let flooder = SocketWriter(b, flood)
                 XCTAssertTrue(eventually { server.statistics.accepted == 2 })
                 XCTAssertTrue(eventually(.seconds(8)) { server.statistics.active == 0 }, "\(mode)/\(receive): \(server.statistics)")
                 // The handler-closed one always ends as stalled output. The flooder usually does too;
@@ -117,6 +117,7 @@ final class RarePathTests: ServerTestCase {
                 XCTAssertGreaterThanOrEqual(s.stalledClosed, 1, "\(mode)/\(receive): closed for stalled output: \(s)")
                 XCTAssertEqual(s.stalledClosed + s.idleClosed, 2, "\(mode)/\(receive): both closed by a timeout: \(s)")
                 a.close()
+                flooder.stop()
                 b.close()
             }
         }

@@ -3,6 +3,7 @@
 // io_uring availability check. Not part of any product.
 import CTestSupport
 import Glibc
+import Synchronization
 import URing
 
 /// Why io_uring cannot be used here, or `nil` when it can.
@@ -77,6 +78,14 @@ public var allocationCounterAvailable: Bool { ctest_allocation_counter_available
 public struct TestSocket: Sendable {
     /// The descriptor.
     public let fd: Int32
+    /// Whether it has been closed, shared by the copies of this value: a second close (a reset,
+    /// then the test's deferred close) does nothing, rather than close whatever descriptor has
+    /// taken the number since (another test socket, or the server's own in unpooled mode).
+    private let closed = ClosedFlag()
+
+    private final class ClosedFlag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
 
     /// Wraps an existing descriptor.
     public init(fd: Int32) { self.fd = fd }
@@ -191,13 +200,63 @@ public struct TestSocket: Sendable {
 
     /// Closes with SO_LINGER 0 so the peer sees a reset (RST) instead of FIN.
     public func reset() {
+        guard !closed.value.exchange(true, ordering: .acquiringAndReleasing) else { return }
         var l = linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
         Glibc.close(fd)
     }
 
-    /// Closes the descriptor.
-    public func close() { Glibc.close(fd) }
+    /// Closes the descriptor (once: later calls, and a reset after it, do nothing).
+    public func close() {
+        guard !closed.value.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        Glibc.close(fd)
+    }
+}
+
+/// Bytes written to a ``TestSocket`` from a thread of its own, so that a test can read while they
+/// go out. The socket must not be closed while the thread may still write: its number would be
+/// reused by the next socket opened, and the rest of these bytes would go into that one (found
+/// when a stalled 64 MiB writer of one test put 13 MB into the next test's connection). So a test
+/// closes it only after ``wait()`` (the writer finished) or ``stop()`` (a stalled writer ended).
+public final class SocketWriter: @unchecked Sendable {  // `thread` and `joined` are used by the creating thread only
+    private final class Body {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+    private let socket: TestSocket
+    private var thread = pthread_t()
+    private var joined = false
+
+    /// Starts writing `bytes` to `socket` (errors end the writing quietly), then runs `then`.
+    public init(_ socket: TestSocket, _ bytes: [UInt8], then: (@Sendable () -> Void)? = nil) {
+        self.socket = socket
+        let body = Unmanaged.passRetained(Body {
+            try? socket.writeAll(bytes)
+            then?()
+        })
+        let created = pthread_create(&thread, nil, { argument in
+            Unmanaged<Body>.fromOpaque(argument!).takeRetainedValue().run()
+            return nil
+        }, body.toOpaque())
+        precondition(created == 0, "pthread_create failed: \(created)")
+    }
+
+    /// Waits until the writer has finished.
+    public func wait() {
+        guard !joined else { return }
+        pthread_join(thread, nil)
+        joined = true
+    }
+
+    /// Ends a writer that may be blocked (both directions of the socket are shut, which fails its
+    /// send), and waits for it. The socket stays open until the test closes it.
+    public func stop() {
+        Glibc.shutdown(socket.fd, Int32(SHUT_RDWR))
+        wait()
+    }
+
+    /// A writer dropped unfinished is stopped: its thread never outlives it.
+    deinit { if !joined { stop() } }
 }
 
 /// A deterministic byte pattern: byte i of stream `seed`.
