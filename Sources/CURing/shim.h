@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <string.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/prctl.h>
 
 // Small helpers for what Swift cannot reach cleanly (anonymous unions,
@@ -110,6 +111,33 @@ static inline unsigned short curing_buf_ring_bid(void *br, unsigned int index, u
 #define CURING_RECVSEND_BUNDLE (1U << 4)
 /// io_uring_params.features: the kernel supports IORING_RECVSEND_BUNDLE.
 #define CURING_FEAT_RECVSEND_BUNDLE (1U << 14)
+
+/* A socket command (`IORING_OP_URING_CMD` on a socket): `SOCKET_URING_OP_SETSOCKOPT`, Linux 6.7.
+ * It sets an option on a socket that may exist only as a registered-file slot, which no
+ * setsockopt(2) can reach. The kernel reads `level` and `optname` where `addr` is, `optlen` where
+ * `file_index` is, and the pointer to the value where `addr3` is; newer headers name those fields,
+ * this liburing's do not, so they are written by offset. The value is read when the request runs,
+ * which in a linked chain is later than the submit: it must stay valid (the constants below). */
+#define CURING_SOCKET_URING_OP_SETSOCKOPT 3u
+
+static inline void curing_prep_setsockopt(struct io_uring_sqe *sqe, int fd, int level, int optname,
+                                          const void *optval, unsigned int optlen) {
+    io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, NULL, 0, 0);
+    unsigned int cmd_op = CURING_SOCKET_URING_OP_SETSOCKOPT;
+    memcpy((char *)sqe + offsetof(struct io_uring_sqe, off), &cmd_op, sizeof(cmd_op));
+    unsigned int level_name[2] = {(unsigned int)level, (unsigned int)optname};
+    memcpy((char *)sqe + offsetof(struct io_uring_sqe, addr), level_name, sizeof(level_name));
+    memcpy((char *)sqe + offsetof(struct io_uring_sqe, file_index), &optlen, sizeof(optlen));
+    unsigned long long value = (unsigned long long)(uintptr_t)optval;
+    memcpy((char *)sqe + offsetof(struct io_uring_sqe, addr3), &value, sizeof(value));
+}
+
+/// Option values a linked `curing_prep_setsockopt` may point at: they outlive every request.
+static const int curing_option_on = 1;
+static const struct linger curing_linger_reset = {1, 0};
+
+static inline const void *curing_option_on_pointer(void) { return &curing_option_on; }
+static inline const void *curing_linger_reset_pointer(void) { return &curing_linger_reset; }
 
 static inline void curing_buf_ring_advance(void *br, int count) {
     io_uring_buf_ring_advance((struct io_uring_buf_ring *)br, count);

@@ -27,7 +27,8 @@ public struct AsyncConnection: Sendable {
         self.listener = listener
     }
 
-    /// The bytes the peer sends, chunk by chunk, until its FIN (or the connection closes).
+    /// The bytes the peer sends, chunk by chunk, until its FIN (or the connection closes, or the
+    /// iterating task is cancelled: the iteration then ends, as Swift's `AsyncSequence`s do).
     ///
     /// Receiving pauses while the consumer lags: chunks not yet taken count in the connection's
     /// share of receive buffers (``ServerConfiguration/maxBuffersPerConnection``), and past it the
@@ -76,7 +77,7 @@ public struct AsyncConnection: Sendable {
         public struct Iterator: AsyncIteratorProtocol {
             let connection: AsyncConnection
 
-            /// The next chunk, waiting for it; nil at the input's end.
+            /// The next chunk, waiting for it; nil at the input's end, or once the task is cancelled.
             public nonisolated(nonsending) mutating func next() async -> InboundChunk? {
                 let id = connection.id
                 return await connection.onRing(nil) { await $0.next(id) }
@@ -89,12 +90,15 @@ public struct AsyncConnection: Sendable {
         let connection: AsyncConnection
 
         /// Queues a copy of `bytes`, after what is queued, waiting while the connection's output is
-        /// at its bound (``ServerConfiguration/maxOutputBytesPerConnection``) until the peer has
-        /// read enough. Several tasks may write to one connection; each write's bytes stay together.
+        /// at its bound (``ServerConfiguration/maxOutputBytesPerConnection``), or its share of the
+        /// ring's outbound buffers is taken, until the peer has read enough. Several tasks may
+        /// write to one connection; each write's bytes stay together.
         /// - Parameter bytes: what to send.
         /// - Throws: ``AsyncConnectionError/closed`` if the connection has closed;
         ///   ``AsyncConnectionError/tooLarge`` for bytes larger than the output bound itself (or
-        ///   than all the ring's outbound buffers).
+        ///   than one connection can ever hold of the ring's outbound buffers);
+        ///   ``AsyncConnectionError/cancelled`` if the task was cancelled while the write waited
+        ///   (nothing was queued).
         public nonisolated(nonsending) func write(_ bytes: UnsafeRawBufferPointer) async throws(AsyncConnectionError) {
             let id = connection.id
             // The bytes are only read on the ring, while this task waits for the write.
@@ -102,10 +106,16 @@ public struct AsyncConnection: Sendable {
             let result = await connection.onRing(WriteResult.closed) { ring in
                 await ring.write(count: bytes.count, to: id) { ring.core.write(bytes, to: id) }
             }
+            try Self.outcome(result)
+        }
+
+        /// What a write's result means to its caller: nil is a cancelled wait.
+        static func outcome(_ result: WriteResult?) throws(AsyncConnectionError) {
             switch result {
             case .queued: return
             case .full: throw .tooLarge
             case .closed: throw .closed
+            case nil: throw .cancelled
             }
         }
 
@@ -117,11 +127,7 @@ public struct AsyncConnection: Sendable {
             let result = await connection.onRing(WriteResult.closed) { ring in
                 await ring.write(count: bytes.count, to: id) { bytes.withUnsafeBytes { ring.core.write($0, to: id) } }
             }
-            switch result {
-            case .queued: return
-            case .full: throw .tooLarge
-            case .closed: throw .closed
-            }
+            try Self.outcome(result)
         }
 
         /// Queues the UTF-8 bytes of `text`, waiting for room.
@@ -193,6 +199,8 @@ public enum AsyncConnectionError: Error, Sendable, Hashable {
     /// The ``InboundChunk`` written is no longer valid: its connection's `next()` was called since,
     /// it was written already, or it was read away from its connection's ring.
     case invalidChunk
+    /// The task was cancelled while the write waited for room: nothing was queued.
+    case cancelled
 }
 
 /// Received bytes, zero copy: a view of the receive buffer they landed in, valid until the next

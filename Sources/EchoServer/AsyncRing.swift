@@ -104,14 +104,14 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
         wakeWriter(id.index)
     }
 
-    private func wakeReader(_ index: Int) {
+    func wakeReader(_ index: Int) {
         if let reader = readers[index] {
             readers[index] = nil
             reader.resume(returning: nil)
         }
     }
 
-    private func wakeWriter(_ index: Int) {
+    func wakeWriter(_ index: Int) {
         if let writer = writers[index] {
             writers[index] = nil
             writer.resume()
@@ -138,7 +138,8 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     }
 
     /// The next chunk of `id`'s input, waiting for it; nil at its end (the peer's FIN, or the
-    /// connection closed). The previous chunk goes back first.
+    /// connection closed), or once the calling task is cancelled. The previous chunk goes back
+    /// first.
     nonisolated(nonsending) func next(_ id: ConnectionID) async -> InboundChunk? {
         while true {
             guard let c = record(id) else { return nil }
@@ -149,9 +150,24 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
             }
             // Nothing held: the input has ended, or wait for more. One reader waits at a time: a
             // second one reading the same connection at once gets the end.
-            if c.pointee.lifecycle.phase != .open || readers[id.index] != nil { return nil }
-            _ = await withUnsafeContinuation { readers[id.index] = $0 }
-            guard onRing else { return nil }
+            if c.pointee.lifecycle.phase != .open || readers[id.index] != nil || Task.isCancelled { return nil }
+            let index = id.index
+            _ = await withTaskCancellationHandler {
+                await withUnsafeContinuation { readers[index] = $0 }
+            } onCancel: {
+                onRingLater { ring in ring.wakeReader(index) }
+            }
+            guard onRing, !Task.isCancelled else { return nil }
+        }
+    }
+
+    /// Runs `body` on the ring's thread soon, from any thread (a cancellation handler): as a job
+    /// of its executor. Rare, so the task it takes is no matter. Nothing runs once the ring has
+    /// exited (its teardown has woken every waiter).
+    private nonisolated func onRingLater(_ body: @escaping @Sendable (AsyncRing) -> Void) {
+        guard let executor = attachedExecutor else { return }
+        Task(executorPreference: executor) { [self] in
+            if executor.isCurrent { body(self) }
         }
     }
 
@@ -187,17 +203,26 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     }
 
     /// Writes `count` bytes to `id` (`attempt` tries the write), waiting while its output is at
-    /// its bound.
-    nonisolated(nonsending) func write(count: Int, to id: ConnectionID, _ attempt: () -> WriteResult) async -> WriteResult {
+    /// its bound or its share of the outbound buffers is taken.
+    /// - Returns: what the write did; nil when the task was cancelled while it waited (nothing
+    ///   queued).
+    nonisolated(nonsending) func write(count: Int, to id: ConnectionID, _ attempt: () -> WriteResult) async -> WriteResult? {
         while true {
             let result = attempt()
             guard result == .full, count <= core.largestWrite, record(id) != nil else { return result }
-            await withUnsafeContinuation { (writer: UnsafeContinuation<Void, Never>) in
-                if writers[id.index] == nil {
-                    writers[id.index] = writer
-                } else {
-                    moreWriters[id.index, default: []].append(writer)
+            if Task.isCancelled { return nil }
+            let index = id.index
+            await withTaskCancellationHandler {
+                await withUnsafeContinuation { (writer: UnsafeContinuation<Void, Never>) in
+                    if writers[index] == nil {
+                        writers[index] = writer
+                    } else {
+                        moreWriters[index, default: []].append(writer)
+                    }
                 }
+            } onCancel: {
+                // Every writer of the connection looks again; those not cancelled wait again.
+                onRingLater { ring in ring.wakeWriter(index) }
             }
             guard onRing else { return .closed }
         }
@@ -212,9 +237,14 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
         return .queued
     }
 
-    /// The connection's task ended: close after what is queued, or at once after an error.
+    /// The connection's task ended: close after what is queued, or at once after an error. The
+    /// chunk being consumed goes back, and is no longer valid (a chunk returned from the body, or
+    /// kept past it, would read another connection's bytes once its buffer is reused).
     func finish(_ id: ConnectionID, abort: Bool) {
-        if let c = record(id) { core.releaseCurrent(c) }
+        if let c = record(id) {
+            core.releaseCurrent(c)
+            chunkNumbers[id.index] &+= 1
+        }
         core.requestClose(id, abort: abort)
     }
 }

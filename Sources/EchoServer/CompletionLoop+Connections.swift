@@ -79,9 +79,9 @@ extension CompletionLoop where Receiver: ~Copyable {
         for part in 0..<parts {
             guard let (bytes, segment) = receiver.take(completion, c, part: part) else {
                 // The bytes could not be held (an incremental ring's slice table ran out): the
-                // stream has a hole, so the connection ends.
+                // stream has a hole, so the connection ends, with a reset.
                 core.stats.errors &+= 1
-                c.pointee.lifecycle.failed()
+                c.pointee.lifecycle.failed(reset: true)
                 return try settle(c)
             }
             core.stats.bytesIn &+= UInt64(bytes.count)
@@ -157,7 +157,7 @@ extension CompletionLoop where Receiver: ~Copyable {
         default:
             // Reset or another error: nothing more will be read or written.
             core.stats.errors &+= 1
-            c.pointee.lifecycle.failed()
+            c.pointee.lifecycle.failed(abnormal: true)
         }
         try settle(c)
     }
@@ -167,16 +167,21 @@ extension CompletionLoop where Receiver: ~Copyable {
         if c.pointee.lifecycle.phase == .closing { return try settle(c) }
         guard completion.result >= 0 else {
             core.stats.errors &+= 1
-            c.pointee.lifecycle.failed()
+            c.pointee.lifecycle.failed(abnormal: true)
             return try settle(c)
         }
         let sent = Int(completion.result)
         core.stats.bytesOut &+= UInt64(sent)
         c.pointee.bytesOut &+= UInt64(sent)
+        if sent > 0 {
+            // The peer took bytes: progress for the idle and the stall timeouts.
+            c.pointee.lastActivity = core.now
+            c.pointee.lastProgress = core.now
+        }
         if c.pointee.remoteQueued > 0 {
             let returned = min(sent, c.pointee.remoteQueued)
             c.pointee.remoteQueued -= returned
-            core.remote.returnRoom(c.pointee.session.index, returned)
+            core.remote.returnRoom(c.pointee.session.index, returned, epoch: c.pointee.session.epoch)
         }
         var remaining = sent  // a short send continues where it stopped
         while remaining > 0 {
@@ -228,6 +233,10 @@ extension CompletionLoop where Receiver: ~Copyable {
     /// The connection is closed: its queued buffers, its slot and its session go back, and the
     /// handler hears of it.
     func recycle(_ c: ConnectionRef) throws(URingError) {
+        // Abnormal: failed so, or bytes queued or held for a consumer are dropped with it.
+        let end: ConnectionEnd =
+            c.pointee.lifecycle.flags.contains(.abnormal) || c.pointee.output.head >= 0 || c.pointee.inbound.head >= 0
+                || c.pointee.inbound.current >= 0 ? .abnormal : .clean
         c.pointee.lifecycle.closeCompleted()
         // Buffers still queued for sending, or held for a consumer, go back.
         var segment = core.queue.detachAll(c)
@@ -279,7 +288,7 @@ extension CompletionLoop where Receiver: ~Copyable {
         if let failure {
             handler.connectFailed(id, failure, ring: RingContext(core))
         } else {
-            handler.closed(id, ring: RingContext(core))
+            handler.closed(id, end: end, ring: RingContext(core))
         }
         try settleTouched()
         try resumeAccepting()

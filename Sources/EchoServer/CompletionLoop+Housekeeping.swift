@@ -9,8 +9,15 @@ extension CompletionLoop where Receiver: ~Copyable {
         if !core.stopping {
             for i in 0..<core.sessions.capacity {
                 guard let c = core.sessions.record(at: i) else { continue }
-                if housekeeping.sweep(c, core) {
+                switch housekeeping.sweep(c, core) {
+                case .keep: break
+                case .idle:
                     c.pointee.lifecycle.failed()
+                    try settle(c)
+                    continue
+                case .stalled:
+                    // The peer stopped reading: a reset frees its queue at once, on both ends.
+                    c.pointee.lifecycle.failed(reset: true)
                     try settle(c)
                     continue
                 }

@@ -126,6 +126,9 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             let harvested = try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try handle(c) }
             core.stats.completionsPerTurn.record(harvested)
             try receiver.afterBatch(core: core)
+            // Shared outbound buffers came free: writers of any connection that waited for them may
+            // go on (one check per turn; a load when nobody waits).
+            if core.queue.takeSharedFreed() { core.remote.wakeAllWriters() }
         }
     }
 
@@ -216,6 +219,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         case .acceptsCancelled: break
         case .mail(let from): if from < core.mailboxes.count { try deliverMail(from: from) }
         case .mailSent(let to): core.onMessageSent(completion, to: to)
+        case .socketOption: if let errno = completion.error { core.onSocketOptionFailed(errno) }
         }
     }
 
@@ -232,7 +236,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             if let c = core.sessions.record(at: i) {
                 core.remote.closed(c.pointee.session.index)
                 if c.pointee.announced {
-                    handler.closed(core.connectionID(c), ring: RingContext(core))
+                    handler.closed(core.connectionID(c), end: .abnormal, ring: RingContext(core))
                 } else if c.pointee.listener == ConnectionRecord.outbound {
                     handler.connectFailed(core.connectionID(c), .cancelled, ring: RingContext(core))
                 }

@@ -46,6 +46,15 @@ public protocol ConnectionHandler: SendableMetatype {
     ///   - connection: its identity, stale from now on.
     ///   - ring: the ring, for this call only.
     mutating func closed(_ connection: ConnectionID, ring: RingContext)
+    /// A connection ended, with how: cleanly, or abnormally (a reset by the peer, an error, an
+    /// abort, output the peer stopped reading, or a close that dropped queued or held bytes), so
+    /// that a relay can pass an abnormal end on as one (abort the other side) rather than as a
+    /// clean end of stream with bytes missing. By default calls ``closed(_:ring:)``.
+    /// - Parameters:
+    ///   - connection: its identity, stale from now on.
+    ///   - end: how it ended.
+    ///   - ring: the ring, for this call only.
+    mutating func closed(_ connection: ConnectionID, end: ConnectionEnd, ring: RingContext)
     /// An outbound connection (``RingContext/connect(to:timeout:)``) did not open: it was refused,
     /// timed out, had no route, or was cancelled. Its ID, returned by `connect`, is stale from now
     /// on; it hears no `opened` and no `closed`.
@@ -85,8 +94,21 @@ extension ConnectionHandler {
     public mutating func closed(_ connection: ConnectionID) {}
     /// Calls ``closed(_:)``.
     public mutating func closed(_ connection: ConnectionID, ring: RingContext) { closed(connection) }
+    /// Calls ``closed(_:ring:)``.
+    public mutating func closed(_ connection: ConnectionID, end: ConnectionEnd, ring: RingContext) {
+        closed(connection, ring: ring)
+    }
     /// Does nothing.
     public mutating func received(message: RingMessage, ring: RingContext) {}
     /// Does nothing.
     public mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring: RingContext) {}
+}
+
+/// How a connection ended (``ConnectionHandler/closed(_:end:ring:)``).
+public enum ConnectionEnd: Sendable, Hashable {
+    /// Both directions finished, or a close after the queued output: nothing was dropped.
+    case clean
+    /// Reset by the peer, an error, an abort, output the peer stopped reading, or a close (an idle
+    /// timeout, a stop) that dropped bytes still queued or held: the other end may be missing some.
+    case abnormal
 }

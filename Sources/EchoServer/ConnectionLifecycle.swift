@@ -54,9 +54,16 @@ struct ConnectionLifecycle: Hashable {
         static let shutdownRequested = Flags(rawValue: 1 << 7)
         /// The output is shut: the FIN went out.
         static let outputShut = Flags(rawValue: 1 << 8)
+        /// The close resets the connection (`SO_LINGER` 0: an RST, not a FIN): an abort, or output
+        /// the peer stopped taking.
+        static let resetOnClose = Flags(rawValue: 1 << 9)
+        /// It ended abnormally: reset by the peer, an error, an abort or stalled output (its peer
+        /// may be missing bytes); told to the handler (``ConnectionEnd/abnormal``).
+        static let abnormal = Flags(rawValue: 1 << 10)
 
         // Combinations, made once: an array literal would build an array on each use in debug builds.
         static let closeAsked = Flags(rawValue: closeRequested.rawValue | abortRequested.rawValue)
+        static let abortAsked = Flags(rawValue: abortRequested.rawValue | resetOnClose.rawValue | abnormal.rawValue)
         static let abortOrShutdown = Flags(rawValue: abortRequested.rawValue | shutdownRequested.rawValue)
         static let holdingReceive = Flags(
             rawValue: pausedForBound.rawValue | pausedByHandler.rawValue | waitingForBuffers.rawValue)
@@ -135,18 +142,23 @@ struct ConnectionLifecycle: Hashable {
 
     /// A reset or another error, an abort, the idle timeout, stalled output, or a stop: nothing more
     /// is read or written.
-    mutating func failed() {
+    /// - Parameters:
+    ///   - abnormal: an error or a reset: the handler hears ``ConnectionEnd/abnormal``.
+    ///   - reset: the close resets the connection (stalled output); implies `abnormal`.
+    mutating func failed(abnormal: Bool = false, reset: Bool = false) {
         guard phase != .closing && phase != .closed else { return }
         phase = .closing
         flags.remove(.waitingForBuffers)
         flags.insert(.cancelInFlight)
+        if abnormal || reset { flags.insert(.abnormal) }
+        if reset { flags.insert(.resetOnClose) }
     }
 
-    /// The handler asked to close: after its output (`abort` false) or at once.
+    /// The handler asked to close: after its output (`abort` false) or at once, with a reset.
     /// - Returns: false (nothing changes) when the connection is closing already.
     mutating func closeRequested(abort: Bool) -> Bool {
         guard phase != .closing && phase != .closed else { return false }
-        flags.insert(abort ? .abortRequested : .closeRequested)
+        flags.insert(abort ? Flags.abortAsked : .closeRequested)
         return true
     }
 

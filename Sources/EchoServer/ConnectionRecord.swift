@@ -29,9 +29,12 @@ struct ConnectionRecord: SessionRecord {
     /// and whether its timeout fired.
     var connectError: Int32 = 0
     var connectTimedOut = false
-    /// Monotonic time of the last received byte, in nanoseconds.
+    /// Monotonic time of the last progress either way, in nanoseconds: bytes received, or bytes the
+    /// peer took (a send completed). The idle timeout counts from it.
     var lastActivity: UInt64 = 0
-    /// Monotonic time the send queue last moved (a send posted or completed), in nanoseconds.
+    /// Monotonic time the current wait of the send queue began (a send posted after the queue was
+    /// empty, or the last send completed), in nanoseconds. The stall timeout counts from it while
+    /// output is queued.
     var lastProgress: UInt64 = 0
     /// Total bytes received.
     var bytesIn: UInt64 = 0

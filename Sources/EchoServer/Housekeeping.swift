@@ -10,6 +10,7 @@ struct Housekeeping {
     /// read may be pending until the ring exits).
     let wakeBuffer: UnsafeMutableRawBufferPointer
     let idleNanoseconds: UInt64
+    let stallNanoseconds: UInt64
     let publish: (ServerStatistics, Bool) -> Void
     var stopDeadline: UInt64 = 0
     var ticks: UInt64 = 0
@@ -20,6 +21,7 @@ struct Housekeeping {
         self.publish = publish
         wakeBuffer = core.mailboxes.wakeBuffer(core.ringIndex)
         idleNanoseconds = configuration.idleTimeout.map { UInt64($0.nanoseconds) } ?? 0
+        stallNanoseconds = UInt64(configuration.stallTimeout.nanoseconds)
     }
 
     func armTick(_ core: LoopCore) throws(URingError) {
@@ -30,31 +32,35 @@ struct Housekeeping {
         try core.ring.prepareRead(.fd(wakeFD), into: wakeBuffer, tag: ControlTag.wake.rawValue)
     }
 
-    /// The timeout sweep, over every connection not already closing: one whose queued output has
-    /// not moved for the idle timeout is closed, whatever its state (open, half-closed, paused at
-    /// its bound); one with nothing queued that received nothing for the idle timeout is closed
-    /// too, unless the handler paused its receiving.
-    /// - Returns: whether `c` is to be closed (counted; the loop closes it).
-    func sweep(_ c: ConnectionRef, _ core: LoopCore) -> Bool {
+    /// Why the sweep closes a connection.
+    enum Verdict {
+        case keep
+        /// No progress either way for the idle timeout: closed (a FIN once nothing is queued).
+        case idle
+        /// Queued output the peer has taken none of for the stall timeout: the peer stopped
+        /// reading, and the connection is reset.
+        case stalled
+    }
+
+    /// The timeout sweep, over every connection not connecting or already closing:
+    /// - **stalled**: output is queued and the peer has taken none of it (no send completed) for
+    ///   the stall timeout, whatever the state (open, half-closed, paused at its bound), with or
+    ///   without an idle timeout;
+    /// - **idle**: no progress either way for the idle timeout: nothing received, and nothing of
+    ///   what it queued taken by the peer (a connection that only sends is not idle while its peer
+    ///   reads), unless the handler paused its receiving.
+    /// - Returns: the verdict (counted; the loop closes the connection).
+    func sweep(_ c: ConnectionRef, _ core: LoopCore) -> Verdict {
         let lifecycle = c.pointee.lifecycle
-        guard idleNanoseconds > 0, lifecycle.phase != .closing else { return false }
-        if c.pointee.output.head >= 0 {
-            guard core.now &- c.pointee.lastProgress > idleNanoseconds else { return false }
+        guard lifecycle.phase == .open || lifecycle.phase == .inputClosed else { return .keep }
+        if c.pointee.output.head >= 0 && core.now &- c.pointee.lastProgress > stallNanoseconds {
             core.stats.stalledClosed &+= 1
-        } else if lifecycle.phase == .inputClosed {
-            // The peer finished and the handler keeps the connection open: idle once nothing was
-            // received or sent for the idle timeout.
-            guard core.now &- max(c.pointee.lastActivity, c.pointee.lastProgress) > idleNanoseconds else {
-                return false
-            }
-            core.stats.idleClosed &+= 1
-        } else {
-            guard lifecycle.phase == .open && !lifecycle.flags.contains(.pausedByHandler),
-                core.now &- c.pointee.lastActivity > idleNanoseconds
-            else { return false }
-            core.stats.idleClosed &+= 1
+            return .stalled
         }
-        return true
+        guard idleNanoseconds > 0, core.now &- c.pointee.lastActivity > idleNanoseconds else { return .keep }
+        if lifecycle.phase == .open && lifecycle.flags.contains(.pausedByHandler) { return .keep }
+        core.stats.idleClosed &+= 1
+        return .idle
     }
 
     /// Stop: no new accepts; the caller closes every connection. The timer keeps ticking so the

@@ -51,6 +51,14 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// descriptor, no `socket()` call, the slot reused like an accepted connection's. Without it
     /// the socket is a plain descriptor from `socket()`.
     public static let directSocket = KernelFeatures(rawValue: 1 << 11)
+    /// The ring sets socket options itself (`IORING_OP_URING_CMD` with `SOCKET_URING_OP_SETSOCKOPT`,
+    /// Linux 6.7), on sockets that live only in a registered-file slot: `TCP_NODELAY` on an
+    /// outbound socket made straight into its slot (linked before its connect), `SO_LINGER` 0
+    /// before an abort's `close_direct`, so the peer gets a reset. Without it, outbound sockets are
+    /// plain descriptors (``directSocket`` is not used; `setsockopt(2)` sets the option), and an
+    /// abort of a connection in a slot ends with a FIN. A kernel whose opcode probe has
+    /// `URING_CMD` but that refuses the command drops it at its first use.
+    public static let socketCommands = KernelFeatures(rawValue: 1 << 12)
 
     /// What a server uses by default where the kernel has it: everything but
     /// ``incrementalBuffers``, which is opt-in (it receives single-shot, and saves memory only with
@@ -67,7 +75,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         (.deferTaskrun, "deferTaskrun"), (.messageRing, "messageRing"), (.registeredRing, "registeredRing"),
         (.directMultishotAccept, "directMultishotAccept"), (.recvBundles, "recvBundles"),
         (.incrementalBuffers, "incrementalBuffers"), (.receiveLimit, "receiveLimit"),
-        (.quietClose, "quietClose"), (.directSocket, "directSocket"),
+        (.quietClose, "quietClose"), (.directSocket, "directSocket"), (.socketCommands, "socketCommands"),
     ]
 
     /// A feature's name in kebab case, as command lines spell it: `recvBundles` → `recv-bundles`.
@@ -109,6 +117,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
             features.formUnion([.multishotAccept, .fixedFiles, .directMultishotAccept, .directSocket])
         }
         if probe.supports(.sendZeroCopy) { features.insert(.bufferRing) }
+        if probe.supports(.uringCommand) { features.insert(.socketCommands) }
         return features
     }
 

@@ -54,9 +54,13 @@ struct ListenerRouter<Main: ConnectionHandler>: ConnectionHandler {
         if listener == 0 { main.inputEnded(connection) } else { side(listener, connection.ring.core) { $0.inputEnded(connection) } }
     }
 
-    mutating func closed(_ connection: ConnectionID, ring: RingContext) {
+    mutating func closed(_ connection: ConnectionID, end: ConnectionEnd, ring: RingContext) {
         let listener = Int(listenerOf[connection.index])
-        if listener == 0 { main.closed(connection, ring: ring) } else { side(listener, ring.core) { $0.closed(connection, ring: ring) } }
+        if listener == 0 {
+            main.closed(connection, end: end, ring: ring)
+        } else {
+            side(listener, ring.core) { $0.closed(connection, end: end, ring: ring) }
+        }
     }
 
     mutating func received(message: RingMessage, ring: RingContext) { main.received(message: message, ring: ring) }

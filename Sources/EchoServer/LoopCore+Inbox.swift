@@ -27,14 +27,24 @@ extension LoopCore {
 // The ring's inbox: writes, closes and aborts from other threads (``ConnectionHandle``), applied on
 // the ring's thread at the top of a loop turn, in the order each writer pushed them.
 extension LoopCore {
-    /// Whether the inbox has records (one atomic load per loop turn).
+    /// Whether the inbox has records, or closes wait for its next drain (one atomic load per loop
+    /// turn in the common case).
     @inline(__always)
-    var inboxNotified: Bool { remote.inbox.notified.load(ordering: .acquiring) }
+    var inboxNotified: Bool {
+        remote.inbox.notified.load(ordering: .acquiring) || remote.requestsPending.load(ordering: .relaxed)
+            || !deferred.isEmpty
+    }
 
-    /// Applies every record pushed so far. A write to a connection that has closed since gives its
-    /// reservations back and is dropped, as any write to a closing connection is.
-    /// Messages for the handler (``RingHandle``) go to `message`, in order with the rest.
+    /// Applies every record pushed so far, then the closes that had to wait for it: those kept in
+    /// the sessions' request words by callers that found the inbox full (taken before the drain,
+    /// so each follows the records its caller pushed before), then those asked on this thread
+    /// while the inbox held records (``requestClose(_:abort:)``). A write to a connection that has
+    /// closed since gives its reservations back and is dropped, as any write to a closing
+    /// connection is. Messages for the handler (``RingHandle``) go to `message`, in order with the
+    /// rest.
     func drainInbox(message: (UInt64, UnsafeRawBufferPointer) throws(URingError) -> Void) throws(URingError) {
+        var kept: [(index: Int, tag: UInt64, bits: UInt64)] = []
+        remote.takeRequests { index, tag, bits in kept.append((index, tag, bits)) }
         // An exchange, not a store: a store may pass the loads of the drain, and a record pushed
         // between them would find the mark still set and wake no one.
         _ = remote.inbox.notified.exchange(false, ordering: .acquiringAndReleasing)
@@ -51,7 +61,7 @@ extension LoopCore {
             else {
                 if operation == .write {
                     remote.returnRoom(index, bytes.count, epoch: epoch)
-                    remote.returnBuffers(remote.buffers(for: bytes.count))
+                    queue.release(remote.buffers(for: bytes.count), of: index)
                 }
                 return
             }
@@ -61,15 +71,31 @@ extension LoopCore {
                 _ = queue.write(bytes, to: c, coalesce: true, reserved: remote.buffers(for: bytes.count))
                 c.pointee.remoteQueued += bytes.count
                 touch(c)
-            case .close:
-                if c.pointee.lifecycle.closeRequested(abort: false) { touch(c) }
-            case .abort:
-                if c.pointee.lifecycle.closeRequested(abort: true) { touch(c) }
-            case .shutdown:
-                if c.pointee.lifecycle.shutdownRequested() { touch(c) }
+            case .close, .abort, .shutdown:
+                apply(operation!, to: connectionID(c))
             case nil:
                 break
             }
         }
+        for request in kept {
+            guard let c = sessions.record(at: request.index),
+                RemoteConnections.tag(c.pointee.session.epoch) == request.tag
+            else { continue }
+            let id = connectionID(c)
+            if request.bits & RemoteConnections.Operation.abort.bit != 0 {
+                apply(.abort, to: id)
+            } else {
+                if request.bits & RemoteConnections.Operation.shutdown.bit != 0 { apply(.shutdown, to: id) }
+                if request.bits & RemoteConnections.Operation.close.bit != 0 { apply(.close, to: id) }
+            }
+        }
+        var i = 0
+        while i < deferred.count {  // not `for in`: unspecialized, its iterator allocates
+            apply(deferred[i].operation, to: deferred[i].id)
+            i += 1
+        }
+        deferred.removeAll(keepingCapacity: true)
+        // Inbox space came free: writers waiting for it may go on.
+        remote.wakeAllWriters()
     }
 }

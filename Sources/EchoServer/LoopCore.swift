@@ -51,8 +51,9 @@ final class LoopCore {
     let maxPending: Int
     /// A write that would queue more than this is refused.
     let maxOutput: Int
-    /// The largest write that can ever be queued: the output bound, or all the outbound buffers if
-    /// they hold less. A waiting writer asking for more would wait for good.
+    /// The largest write that can ever be queued: the output bound, or what one connection can
+    /// ever hold of the outbound buffers (its guarantee and half the shared pool) if that is less.
+    /// A waiting writer asking for more would wait for good.
     let largestWrite: Int
     /// ``ConnectionHandler/writable(_:)`` is called once a waiting queue drains to this.
     let lowWater: Int
@@ -85,10 +86,14 @@ final class LoopCore {
     @exclusivity(unchecked) var replyAnchorSession: Int32 = -1
     @exclusivity(unchecked) var replyAnchor: Int32 = -1
 
+    /// Closes, aborts and shutdowns asked on this thread while the inbox held records: applied after
+    /// the next drain, so they follow every write their caller pushed before (``requestClose(_:abort:)``).
+    @exclusivity(unchecked) var deferred: [(id: ConnectionID, operation: RemoteConnections.Operation)] = []
+
     init(
         configuration: ServerConfiguration, setup: consuming RingSetup, provided: ProvidedSegments,
         ringIndex: Int, mailboxes: Mailboxes, logger: Logger, listeners: RingListeners
-    ) {
+    ) throws(URingError) {
         let numbers = listeners.sides.map { Int($0.number) }
         var caps = Array(repeating: 0, count: (numbers.max() ?? 0) + 1)
         for side in listeners.sides { caps[Int(side.number)] = side.maxConnections + 1 }
@@ -113,10 +118,11 @@ final class LoopCore {
             capacity: configuration.acceptDepth + setup.spareSlots + (capacity - mainCapacity) + 64, empty: .none)
         remote = mailboxes.ports[ringIndex].remote
         precondition(remote.capacity >= capacity, "the ring's remote tables are sized for its sessions")
-        queue = SendQueue(
-            provided: provided, outbound: configuration.outboundBuffers, outboundSize: configuration.bufferSize,
-            sessions: useRing ? 0 : capacity, capacity: capacity, pool: remote)
+        queue = try SendQueue(
+            provided: provided, outboundSize: configuration.bufferSize, sessions: useRing ? 0 : capacity,
+            capacity: capacity, pool: remote)
         quietClose = features.contains(.quietClose)
+        deferred.reserveCapacity(64)
         closedIndices = .allocate(capacity: capacity)
         touchedNext = .allocate(capacity: capacity)
         touchedNext.initialize(repeating: -1, count: capacity)
@@ -124,7 +130,7 @@ final class LoopCore {
         isTouched.initialize(repeating: false, count: capacity)
         maxPending = configuration.maxPendingBytesPerConnection
         maxOutput = configuration.maxOutputBytesPerConnection
-        largestWrite = min(maxOutput, configuration.outboundBuffers * configuration.bufferSize)
+        largestWrite = min(maxOutput, (remote.guaranteed + remote.sharedTotal / 2) * configuration.bufferSize)
         lowWater = configuration.maxPendingBytesPerConnection / 2
         maxOutboundHeld = Int32(max(2, configuration.maxPendingBytesPerConnection / configuration.bufferSize))
         // The byte bound in buffers, plus two for a partly sent head and a partly filled tail: full
@@ -216,6 +222,28 @@ final class LoopCore {
         return .queued
     }
 
+    /// A write through a ``ConnectionHandle`` on the ring's own thread, with nothing in the inbox
+    /// before it: its room and buffers reserved as a remote write's are, then queued at once (as
+    /// the inbox's drain would queue it), so a close through the handle that follows finds it
+    /// queued.
+    func writeFromHandle(_ bytes: UnsafeRawBufferPointer, to id: ConnectionID, buffers: Int) -> WriteResult {
+        guard let c = connection(id), c.pointee.lifecycle.acceptsOutput else {
+            remote.returnRoom(id.index, bytes.count, epoch: id.epoch)
+            queue.release(buffers, of: id.index)
+            return .closed
+        }
+        // Room and buffers are reserved: this cannot be refused.
+        _ = queue.write(bytes, to: c, coalesce: true, reserved: buffers)
+        c.pointee.remoteQueued += bytes.count
+        touch(c)
+        return .queued
+    }
+
+    /// Whether an operation asked on this thread now could overtake an earlier write of its caller:
+    /// the inbox holds records, or requests kept for its next drain.
+    @inline(__always)
+    var inboxBusy: Bool { !remote.inbox.isEmpty || remote.requestsPending.load(ordering: .acquiring) || !deferred.isEmpty }
+
     func requestWritable(_ id: ConnectionID) {
         guard let c = connection(id), c.pointee.lifecycle.acceptsOutput else { return }
         c.pointee.lifecycle.writableRequested()
@@ -230,7 +258,9 @@ final class LoopCore {
             stats.connectsCapped &+= 1
             return .failure(.capReached)
         }
-        let direct = slots != nil && features.contains(.directSocket)
+        // Straight into a slot only where the ring can set TCP_NODELAY on it too (socket commands,
+        // Linux 6.7); otherwise a plain socket, whose option setsockopt(2) sets.
+        let direct = slots != nil && features.isSuperset(of: Self.directSocketFeatures)
         let file: FileRef
         var slot: Lease?
         if direct {
@@ -242,7 +272,11 @@ final class LoopCore {
             file = .slot(s.index)
         } else {
             do throws(URingError) {
-                file = .fd(try Sockets.makeTCP(family: address.family))
+                let fd = try Sockets.makeTCP(family: address.family)
+                // Small writes (a request in parts) go out at once, not behind the peer's delayed
+                // ACK. Accepted sockets inherit it from their listener.
+                try? Sockets.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+                file = .fd(fd)
             } catch {
                 stats.connectsFailed &+= 1
                 return .failure(.failed(error.errno))
@@ -266,13 +300,17 @@ final class LoopCore {
         outboundOpen += 1
         do throws(URingError) {
             // The chain goes in whole: a submission that ended inside it would break the link.
-            if ring.submissionSpace < 3 { try ring.submit() }
+            if ring.submissionSpace < 4 { try ring.submit() }
             if let slot {
                 // No SOCK_CLOEXEC: the kernel refuses it for a slot (a slot is no descriptor to inherit).
                 try ring.prepareSocket(
                     domain: address.family, type: Int32(SOCK_STREAM.rawValue),
                     intoSlot: slot.index, tag: c.pointee.tag(.socket), options: .link)
                 c.pointee.lifecycle.posted(.socket)
+                // TCP_NODELAY on the slot, before the connect: hard-linked (the connect goes on
+                // if it fails), and completing only if it fails (``ControlTag/socketOption``).
+                try ring.prepareSetSocketOption(
+                    file, .noDelay, tag: ControlTag.socketOption.rawValue, options: Self.optionRequest)
             }
             try ring.prepareConnect(file, to: address, tag: c.pointee.tag(.connect), options: .link)
             c.pointee.lifecycle.posted(.connect)
@@ -289,14 +327,37 @@ final class LoopCore {
         return .success(connectionID(c))
     }
 
+    /// Shuts `id`'s output after what is queued, and after what its caller pushed into the inbox
+    /// before (``requestClose(_:abort:)``).
     func requestShutdown(_ id: ConnectionID) {
-        guard let c = connection(id), c.pointee.lifecycle.shutdownRequested() else { return }
-        touch(c)
+        guard connection(id) != nil else { return }
+        if inboxBusy { return deferred.append((id, .shutdown)) }
+        apply(.shutdown, to: id)
     }
 
+    /// Closes `id` (after what is queued, or at once for an abort). Every way a close is asked on
+    /// the ring's thread comes here (``RingContext``, a handle on its own ring, the end of an async
+    /// connection's task), so it keeps its place after the writes its caller made before, whichever
+    /// way they went: queued at once, or pushed into the inbox (through a handle while the inbox
+    /// held records, or from another thread before the task came here). While the inbox holds
+    /// anything, the close waits for the next drain and follows it.
     func requestClose(_ id: ConnectionID, abort: Bool) {
-        guard let c = connection(id), c.pointee.lifecycle.closeRequested(abort: abort) else { return }
-        touch(c)
+        guard connection(id) != nil else { return }
+        if inboxBusy { return deferred.append((id, abort ? .abort : .close)) }
+        apply(abort ? .abort : .close, to: id)
+    }
+
+    /// A close, abort or shutdown, now.
+    func apply(_ operation: RemoteConnections.Operation, to id: ConnectionID) {
+        guard let c = connection(id) else { return }
+        let changed =
+            switch operation {
+            case .close: c.pointee.lifecycle.closeRequested(abort: false)
+            case .abort: c.pointee.lifecycle.closeRequested(abort: true)
+            case .shutdown: c.pointee.lifecycle.shutdownRequested()
+            case .write: false
+            }
+        if changed { touch(c) }
     }
 
     func queuedBytes(_ id: ConnectionID) -> Int? { connection(id)?.pointee.output.bytes }
@@ -360,13 +421,55 @@ final class LoopCore {
     /// constant: an array literal here would allocate on every call in a debug build.
     static let inlineEffects: ConnectionLifecycle.Effects = [.send, .close, .receive]
 
-    /// Closes `c`'s socket or slot: quietly (no completion on success) where the kernel allows.
+    /// A socket option ahead of the request that needs it: the chain goes on if it fails, and it
+    /// completes only if it does. A constant: an array literal allocates on every use in a debug build.
+    static let optionRequest: SubmissionOptions = [.hardLink, .skipSuccess]
+
+    /// What an outbound socket made straight into a slot needs.
+    static let directSocketFeatures: KernelFeatures = [.directSocket, .socketCommands]
+
+    /// Closes `c`'s socket or slot: quietly (no completion on success) where the kernel allows;
+    /// with a reset (`SO_LINGER` 0 first) after an abort or stalled output.
     @inline(__always)
     func postClose(_ c: ConnectionRef) throws(URingError) {
-        try ring.prepareClose(c.pointee.session.file, tag: c.pointee.tag(.close), options: quietClose ? .skipSuccess : [])
-        if quietClose {
+        // A close linked behind a socket option runs when that completes, later than the submit:
+        // it must not be taken as done (and its slot handed out again) before its own completion.
+        let linked = c.pointee.lifecycle.flags.contains(.resetOnClose) ? try prepareReset(c) : false
+        let quiet = quietClose && !linked
+        try ring.prepareClose(c.pointee.session.file, tag: c.pointee.tag(.close), options: quiet ? .skipSuccess : [])
+        if quiet {
             closedIndices[closedCount] = Int32(c.pointee.session.index)
             closedCount += 1
+        }
+    }
+
+    /// `SO_LINGER` 0 before `c`'s close, so the peer gets a reset: with setsockopt(2) on a
+    /// descriptor, by the ring on a slot (hard-linked to the close, which goes on if it fails). A
+    /// slot on a kernel without socket commands closes with a FIN.
+    /// - Returns: whether a request was linked before the close.
+    @inline(never)
+    func prepareReset(_ c: ConnectionRef) throws(URingError) -> Bool {
+        let file = c.pointee.session.file
+        if !file.isFixed {
+            try? Sockets.setResetOnClose(file.raw)
+            return false
+        }
+        guard features.contains(.socketCommands) else { return false }
+        if ring.submissionSpace < 2 { try ring.submit() }
+        try ring.prepareSetSocketOption(
+            file, .resetOnClose, tag: ControlTag.socketOption.rawValue, options: Self.optionRequest)
+        return true
+    }
+
+    /// A socket option the ring set failed (``ControlTag/socketOption``): a kernel without socket
+    /// commands (before 6.7) gives them up; anything else is logged.
+    func onSocketOptionFailed(_ errno: Errno) {
+        if errno == .notSupported || errno == .invalidArgument {
+            fallBack(
+                from: .socketCommands,
+                "the kernel refuses socket options set by the ring (\(errno)): outbound sockets are plain descriptors from now on, and aborts of connections in slots end with a FIN")
+        } else {
+            logger.debug("a socket option set by the ring failed: \(errno)")
         }
     }
 

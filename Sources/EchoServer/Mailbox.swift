@@ -28,6 +28,20 @@ final class Mailbox: @unchecked Sendable {  // storage is written only below `ta
 
     static func recordSize(_ count: Int) -> Int { (headerSize + count + 15) & ~15 }
 
+    /// Whether ``push(_:value:word:)`` of `count` bytes would fit now (other producers may take the
+    /// room first).
+    func hasRoom(for count: Int) -> Bool {
+        let size = Self.recordSize(count)
+        let t = tail.load(ordering: .sequentiallyConsistent)
+        let h = head.load(ordering: .sequentiallyConsistent)
+        let toEnd = capacity - t % capacity
+        return capacity - (t - h) >= (size <= toEnd ? size : size + toEnd)
+    }
+
+    /// Consumer: whether no record waits (one published meanwhile may be missed; none that was
+    /// published before the caller's last synchronization with its producer is).
+    var isEmpty: Bool { head.load(ordering: .relaxed) == tail.load(ordering: .acquiring) }
+
     /// Producer: appends a record; false when it does not fit now.
     func push(_ bytes: UnsafeRawBufferPointer, value: UInt64, word: UInt32 = 0) -> Bool {
         let size = Self.recordSize(bytes.count)

@@ -2,81 +2,170 @@ import Synchronization
 import URing
 
 /// What threads other than a ring's may know and reserve of its connections: the ring's side of
-/// ``ConnectionHandle``.
+/// ``ConnectionHandle``, and the accounts of its outbound buffers, which every write (local or
+/// remote) reserves from.
 ///
 /// - **Epochs.** Each session's current connection (0: none), published by the ring when it
 ///   accepts and recycles one: a handle whose epoch is not the current one gets `.closed`.
 /// - **Room.** The bytes writers on other threads may still have on their way to or queued on
-///   each connection (``ServerConfiguration/maxOutputBytesPerConnection`` at first); a writer
+///   each connection (``ServerConfiguration/maxOutputBytesPerConnection`` at first): a writer
 ///   reserves its bytes here before they go into the inbox, and the ring gives them back as they
-///   are sent: the output bound a remote write meets.
-/// - **Outbound buffers.** The ring's outbound buffers free to take, reserved the same way by
-///   every write, local or remote, so a reserved write always finds its buffers.
-/// - **Inbox.** The bytes themselves, and close and abort requests: one bounded queue per ring,
-///   many producers (a short lock among them), one consumer (the ring), one wake-up per batch.
-/// - **Waiters.** Async writers that found no room, resumed when room comes back.
+///   are sent. One atomic word per session holds the room *and* the connection it belongs to (a
+///   tag of its epoch), so a writer whose connection has closed can neither take the next
+///   connection's room nor give its own back to it.
+/// - **Outbound buffers, shared fairly.** Each session may hold ``guaranteed`` buffers whatever
+///   the others do (the ring has that many for every session); beyond them a connection takes
+///   buffers from a shared pool, but never so many that fewer would stay free than it holds of it
+///   (a dynamic threshold: with `n` connections that do not drain, each ends with about
+///   `1/(n+1)` of the pool, and as much stays free for the others). Charged per session, so a
+///   reservation made for a connection that closed meanwhile goes back to the same account.
+/// - **Inbox.** The bytes themselves, and close, abort and shutdown requests: one bounded queue per
+///   ring, many producers (a short lock among them), one consumer (the ring), one wake-up per
+///   batch. A close that finds the inbox full is not lost or waited for: it is kept in the
+///   session's request word (``requests``), taken by the ring before its next drain and applied
+///   after it, so it still follows every record its caller pushed before.
+/// - **Waiters.** Async writers that found no room or no buffers, resumed when their connection
+///   gets some back (or, for the shared pool and the inbox, after a ring turn that freed some),
+///   or when their task is cancelled.
 final class RemoteConnections: @unchecked Sendable {  // the tables are atomics; `waiters` is guarded by its lock; the inbox's producers hold `producers`
     let capacity: Int
     let epochs: UnsafeMutablePointer<Atomic<UInt64>>
-    let room: UnsafeMutablePointer<Atomic<Int>>
-    let hasWaiters: UnsafeMutablePointer<Atomic<Bool>>
-    let outboundFree: Atomic<Int>
+    /// Per session: its connection's epoch tag (high ``tagBits``) and room (low ``roomBits``).
+    let room: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Per session: outbound buffers its queue holds or writes on their way have reserved.
+    let held: UnsafeMutablePointer<Atomic<Int>>
+    /// Per session: close, abort and shutdown requests that found the inbox full (epoch tag high,
+    /// ``Operation`` bits low).
+    let requests: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Set when a session's request word was written: the ring takes them before its next drain.
+    let requestsPending = Atomic<Bool>(false)
+    /// Buffers each session may hold without taking from the shared pool.
+    let guaranteed: Int
+    /// The shared pool: its size, and how many of its buffers are free.
+    let sharedTotal: Int
+    let sharedFree: Atomic<Int>
     let outboundSize: Int
     /// The room a connection starts with.
     let maxRoom: Int
-    /// The largest write that can ever go through: the room, all the outbound buffers, and a
-    /// quarter of the inbox (a record never wraps, so a larger one might never fit).
+    /// The largest write that can ever go through: the room, the guaranteed buffers, and a quarter
+    /// of the inbox (a record never wraps, so a larger one might never fit).
     let largestWrite: Int
     let inbox: Mailbox
     let producers = PthreadMutex()
-    let waiters = PthreadLock<[Int: [UnsafeContinuation<Void, Never>]]>([:])
+    let waiters = PthreadLock(Waiters())
+    /// Writers waiting now, over all sessions: the ring looks at it after a turn that freed shared
+    /// buffers or inbox space.
+    let waiting = Atomic<Int>(0)
 
-    /// Operations an inbox record carries (the top byte of its value; the epoch below).
+    /// Async writers waiting, by session, each with a token to find it again on cancellation.
+    struct Waiters {
+        var bySession: [Int: [(token: UInt64, continuation: UnsafeContinuation<Void, Never>)]] = [:]
+        var nextToken: UInt64 = 0
+    }
+
+    /// Operations an inbox record carries (the top byte of its value; the epoch below), and the
+    /// bits of a session's request word.
     enum Operation: UInt64 {
         case write = 1
         case close = 2
         case abort = 3
         case shutdown = 4
+
+        /// Its bit in a request word (a write is never kept there).
+        var bit: UInt64 {
+            switch self {
+            case .write: 0
+            case .close: 1
+            case .abort: 2
+            case .shutdown: 4
+            }
+        }
     }
 
-    init(capacity: Int, inboxBytes: Int, outboundBuffers: Int, outboundSize: Int, maxOutput: Int = 1 << 20) {
+    static let roomBits: UInt64 = 41
+    static let roomMask: UInt64 = 1 << roomBits - 1
+    static let tagBits: UInt64 = 23
+
+    /// A connection's tag in the room and request words: never 0 (0 means closed).
+    @inline(__always)
+    static func tag(_ epoch: UInt64) -> UInt64 { epoch % (1 << tagBits - 1) + 1 }
+
+    /// - Parameters:
+    ///   - capacity: sessions.
+    ///   - inboxBytes: the inbox's size.
+    ///   - outboundBuffers: the shared pool of outbound buffers.
+    ///   - outboundSize: bytes per outbound buffer.
+    ///   - maxOutput: the room a connection starts with (at most 2^40).
+    ///   - guaranteedBuffers: outbound buffers each session may hold beyond the shared pool.
+    init(
+        capacity: Int, inboxBytes: Int, outboundBuffers: Int, outboundSize: Int, maxOutput: Int = 1 << 20,
+        guaranteedBuffers: Int = 16
+    ) {
         self.capacity = capacity
         epochs = .allocate(capacity: capacity)
         room = .allocate(capacity: capacity)
-        hasWaiters = .allocate(capacity: capacity)
+        held = .allocate(capacity: capacity)
+        requests = .allocate(capacity: capacity)
         for i in 0..<capacity {
             (epochs + i).initialize(to: Atomic(0))
             (room + i).initialize(to: Atomic(0))
-            (hasWaiters + i).initialize(to: Atomic(false))
+            (held + i).initialize(to: Atomic(0))
+            (requests + i).initialize(to: Atomic(0))
         }
-        outboundFree = Atomic(outboundBuffers)
+        guaranteed = max(guaranteedBuffers, 0)
+        sharedTotal = max(outboundBuffers, 0)
+        sharedFree = Atomic(sharedTotal)
         self.outboundSize = max(outboundSize, 1)
         maxRoom = maxOutput
         inbox = Mailbox(capacity: inboxBytes)
-        largestWrite = min(maxOutput, outboundBuffers * self.outboundSize, inboxBytes / 4)
+        largestWrite = min(maxOutput, guaranteed * self.outboundSize, inboxBytes / 4)
     }
 
     deinit {
         epochs.deinitialize(count: capacity)
         room.deinitialize(count: capacity)
-        hasWaiters.deinitialize(count: capacity)
+        held.deinitialize(count: capacity)
+        requests.deinitialize(count: capacity)
         epochs.deallocate()
         room.deallocate()
-        hasWaiters.deallocate()
+        held.deallocate()
+        requests.deallocate()
     }
+
+    /// Every outbound buffer the ring needs: each session's guarantee and the shared pool.
+    var totalBuffers: Int { capacity * guaranteed + sharedTotal }
+
+    // MARK: Outbound buffers
 
     /// Outbound buffers `count` bytes may take: the room of a partly filled last buffer is not
     /// counted on, so every write can take a fresh one.
     @inline(__always)
     func buffers(for count: Int) -> Int { (count + outboundSize - 1) / outboundSize }
 
-    /// Reserves `n` outbound buffers; false (nothing reserved) when fewer are free.
+    /// Reserves `n` outbound buffers for session `index`: from its guarantee while it lasts, then
+    /// from the shared pool, as long as the session's share of it would not pass what stays free.
+    /// - Returns: false (nothing reserved) when they cannot be had now.
     @inline(__always)
-    func reserveBuffers(_ n: Int) -> Bool {
+    func reserveBuffers(_ index: Int, _ n: Int) -> Bool {
         guard n > 0 else { return true }
-        var free = outboundFree.load(ordering: .relaxed)
-        while free >= n {
-            let (exchanged, original) = outboundFree.compareExchange(
+        var h = held[index].load(ordering: .relaxed)
+        while true {
+            let shared = max(0, h + n - guaranteed) - max(0, h - guaranteed)
+            if shared > 0 && !takeShared(shared, holding: max(0, h + n - guaranteed)) { return false }
+            let (exchanged, original) = held[index].compareExchange(
+                expected: h, desired: h + n, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            if shared > 0 { sharedFree.add(shared, ordering: .releasing) }
+            h = original
+        }
+    }
+
+    /// Takes `n` buffers of the shared pool for a connection that would then hold `holding` of it.
+    @inline(__always)
+    private func takeShared(_ n: Int, holding: Int) -> Bool {
+        var free = sharedFree.load(ordering: .relaxed)
+        while free - n >= holding {
+            let (exchanged, original) = sharedFree.compareExchange(
                 expected: free, desired: free - n, ordering: .acquiringAndReleasing)
             if exchanged { return true }
             free = original
@@ -84,74 +173,143 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         return false
     }
 
+    /// Gives `n` of session `index`'s buffers back (sent, dropped, or reserved and not needed).
+    /// - Returns: whether shared buffers came free (waiters on other sessions may go on).
     @inline(__always)
-    func returnBuffers(_ n: Int) { if n > 0 { outboundFree.add(n, ordering: .releasing) } }
+    @discardableResult
+    func releaseBuffers(_ index: Int, _ n: Int) -> Bool {
+        guard n > 0 else { return false }
+        // Sequentially consistent, as the waiters' readiness check (``couldReserveBuffers(_:_:)``)
+        // and their count that ``wakeWriters(_:)`` reads after this.
+        let before = held[index].wrappingSubtract(n, ordering: .sequentiallyConsistent).oldValue
+        let shared = max(0, before - guaranteed) - max(0, before - n - guaranteed)
+        if shared > 0 { sharedFree.add(shared, ordering: .releasing) }
+        return shared > 0
+    }
 
-    /// Reserves `n` bytes of a connection's room; false when it has less.
-    func reserveRoom(_ index: Int, _ n: Int) -> Bool {
-        var left = room[index].load(ordering: .relaxed)
-        while left >= n {
+    /// Whether `n` more buffers could be reserved for session `index` now (no reservation made).
+    func couldReserveBuffers(_ index: Int, _ n: Int) -> Bool {
+        let h = held[index].load(ordering: .sequentiallyConsistent)
+        let shared = max(0, h + n - guaranteed) - max(0, h - guaranteed)
+        return shared == 0 || sharedFree.load(ordering: .sequentiallyConsistent) - shared >= max(0, h + n - guaranteed)
+    }
+
+    // MARK: Room
+
+    /// Reserves `n` bytes of the room of connection `epoch` at `index`; false when it has less, or
+    /// the session's connection is no longer that one.
+    func reserveRoom(_ index: Int, _ n: Int, epoch: UInt64) -> Bool {
+        let tag = Self.tag(epoch)
+        var word = room[index].load(ordering: .relaxed)
+        while word >> Self.roomBits == tag && word & Self.roomMask >= UInt64(n) {
             let (exchanged, original) = room[index].compareExchange(
-                expected: left, desired: left - n, ordering: .acquiringAndReleasing)
+                expected: word, desired: word - UInt64(n), ordering: .acquiringAndReleasing)
             if exchanged { return true }
-            left = original
+            word = original
         }
         return false
     }
 
-    /// Gives `n` bytes of room back to a connection and wakes its waiting writers.
-    func returnRoom(_ index: Int, _ n: Int) {
-        // Sequentially consistent with the waiter's flag store and room load (waitForRoom): either
-        // the waiter sees this room, or this sees its flag.
-        room[index].add(n, ordering: .sequentiallyConsistent)
-        wakeWriters(index)
-    }
-
-    /// Gives back the room of a write dropped because its connection `epoch` has closed: only while
-    /// the session has not been reopened, whose room starts full again.
+    /// Gives `n` bytes of room back to connection `epoch` at `index` (none if the session's
+    /// connection is another one by now: it started with its room whole) and wakes its writers.
     func returnRoom(_ index: Int, _ n: Int, epoch: UInt64) {
-        guard epochs[index].load(ordering: .acquiring) == epoch else { return }
-        returnRoom(index, n)
-    }
-
-    /// Wakes the async writers waiting on `index` (room came back, or the connection ended).
-    func wakeWriters(_ index: Int) {
-        guard hasWaiters[index].load(ordering: .sequentiallyConsistent) else { return }
-        let woken = waiters.withLock { table -> [UnsafeContinuation<Void, Never>] in
-            hasWaiters[index].store(false, ordering: .releasing)
-            return table.removeValue(forKey: index) ?? []
-        }
-        for continuation in woken { continuation.resume() }
-    }
-
-    /// Waits until `index` may have room for another try (or its connection ended). Returns at
-    /// once if `ready()` already holds once the waiter is registered: no wake-up is lost between a
-    /// failed reservation and the wait.
-    func waitForRoom(_ index: Int, ready: () -> Bool) async {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let registered = waiters.withLock { table -> Bool in
-                hasWaiters[index].store(true, ordering: .sequentiallyConsistent)
-                if ready() { return false }
-                table[index, default: []].append(continuation)
-                return true
+        let tag = Self.tag(epoch)
+        var word = room[index].load(ordering: .relaxed)
+        while word >> Self.roomBits == tag {
+            // Sequentially consistent with the waiter's registration and readiness check
+            // (``wait(_:ready:)``): either the waiter sees this room, or this sees it waiting.
+            let (exchanged, original) = room[index].compareExchange(
+                expected: word, desired: word + UInt64(n), ordering: .sequentiallyConsistent)
+            if exchanged {
+                wakeWriters(index)
+                return
             }
-            if !registered { continuation.resume() }
+            word = original
         }
+    }
+
+    /// The room left to connection `epoch` at `index`: 0 once the session's connection is another.
+    func roomLeft(_ index: Int, epoch: UInt64) -> Int {
+        let word = room[index].load(ordering: .sequentiallyConsistent)
+        return word >> Self.roomBits == Self.tag(epoch) ? Int(word & Self.roomMask) : 0
     }
 
     /// The ring accepted `epoch` at `index`: its writers start with `maxOutput` bytes of room.
     func opened(_ index: Int, epoch: UInt64, maxOutput: Int) {
-        room[index].store(maxOutput, ordering: .relaxed)
+        requests[index].store(0, ordering: .relaxed)
+        room[index].store(Self.tag(epoch) << Self.roomBits | UInt64(maxOutput), ordering: .relaxed)
         epochs[index].store(epoch, ordering: .releasing)
     }
 
     /// The ring closed the connection at `index`: its handles get `.closed` from now on.
     func closed(_ index: Int) {
         epochs[index].store(0, ordering: .sequentiallyConsistent)
+        room[index].store(0, ordering: .sequentiallyConsistent)
         wakeWriters(index)
     }
 
-    /// Pushes a record for `index`/`epoch` into the inbox; false when it is full.
+    // MARK: Waiters
+
+    /// Wakes the async writers waiting on `index` (room or buffers came back, or the connection
+    /// ended).
+    func wakeWriters(_ index: Int) {
+        guard waiting.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        let woken = waiters.withLock { table in table.bySession.removeValue(forKey: index) ?? [] }
+        if !woken.isEmpty { waiting.subtract(woken.count, ordering: .relaxed) }
+        for waiter in woken { waiter.continuation.resume() }
+    }
+
+    /// Wakes every waiting writer: after a ring turn that freed shared buffers or inbox space,
+    /// which writers of any session may have waited for.
+    func wakeAllWriters() {
+        guard waiting.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        let woken = waiters.withLock { table in
+            defer { table.bySession.removeAll() }
+            return table.bySession.values.flatMap { $0 }
+        }
+        if !woken.isEmpty { waiting.subtract(woken.count, ordering: .relaxed) }
+        for waiter in woken { waiter.continuation.resume() }
+    }
+
+    /// Waits until `index` may have room and buffers for another try (or its connection ended, or
+    /// the task is cancelled). Returns at once if `ready()` already holds once the waiter is
+    /// registered: no wake-up is lost between a failed reservation and the wait.
+    func wait(_ index: Int, ready: () -> Bool) async {
+        let token = waiters.withLock { table -> UInt64 in
+            table.nextToken &+= 1
+            return table.nextToken
+        }
+        await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                let registered = waiters.withLock { table -> Bool in
+                    waiting.add(1, ordering: .sequentiallyConsistent)
+                    if ready() || Task.isCancelled {
+                        waiting.subtract(1, ordering: .relaxed)
+                        return false
+                    }
+                    table.bySession[index, default: []].append((token, continuation))
+                    return true
+                }
+                if !registered { continuation.resume() }
+            }
+        } onCancel: {
+            let found = waiters.withLock { table -> UnsafeContinuation<Void, Never>? in
+                guard var list = table.bySession[index], let i = list.firstIndex(where: { $0.token == token }) else {
+                    return nil
+                }
+                let waiter = list.remove(at: i)
+                table.bySession[index] = list.isEmpty ? nil : list
+                return waiter.continuation
+            }
+            if let found {
+                waiting.subtract(1, ordering: .relaxed)
+                found.resume()
+            }
+        }
+    }
+
+    // MARK: Inbox
+
     /// The word of an inbox record that is a message for the ring's handler (``RingHandle/post(_:value:)-(UnsafeRawBufferPointer,_)``),
     /// not an operation on a connection: its value is the poster's.
     static let messageWord = UInt32.max
@@ -163,9 +321,38 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         return producers.withLock { inbox.push(bytes, value: value, word: Self.messageWord) }
     }
 
+    /// Pushes a record for `index`/`epoch` into the inbox; false when it is full.
     func push(_ operation: Operation, _ index: Int, _ epoch: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
         producers.withLock {
             inbox.push(bytes, value: epoch | operation.rawValue << 56, word: UInt32(index))
+        }
+    }
+
+    /// Keeps a close, abort or shutdown of connection `epoch` at `index` in the session's request
+    /// word, for a caller that found the inbox full: never waits. A request for a connection that
+    /// has closed is dropped.
+    func keep(_ operation: Operation, _ index: Int, epoch: UInt64) {
+        let tag = Self.tag(epoch)
+        var word = requests[index].load(ordering: .relaxed)
+        while true {
+            guard epochs[index].load(ordering: .acquiring) == epoch else { return }
+            let desired = word >> Self.roomBits == tag ? word | operation.bit : tag << Self.roomBits | operation.bit
+            // Releasing: the ring, which takes the word with acquiring ordering before its drain,
+            // then sees every record this caller pushed before.
+            let (exchanged, original) = requests[index].compareExchange(
+                expected: word, desired: desired, ordering: .acquiringAndReleasing)
+            if exchanged { break }
+            word = original
+        }
+        requestsPending.store(true, ordering: .releasing)
+    }
+
+    /// The ring: takes every kept request (each session's word, cleared), oldest drain first.
+    func takeRequests(_ body: (_ index: Int, _ tag: UInt64, _ bits: UInt64) -> Void) {
+        guard requestsPending.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        for index in 0..<capacity where requests[index].load(ordering: .relaxed) != 0 {
+            let word = requests[index].exchange(0, ordering: .acquiringAndReleasing)
+            if word != 0 { body(index, word >> Self.roomBits, word & Self.roomMask) }
         }
     }
 }

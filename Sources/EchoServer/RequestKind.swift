@@ -26,6 +26,7 @@ enum RequestKind: UInt8, CaseIterable {
     case acceptsCancelled
     case mail
     case mailSent
+    case socketOption
 }
 
 extension RequestTag {

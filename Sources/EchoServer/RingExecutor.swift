@@ -2,6 +2,13 @@ import Glibc
 import Synchronization
 import URing
 
+/// The executor whose ring runs on the calling thread, if any (``RingExecutor/isCurrent``).
+private let currentExecutorKey: pthread_key_t = {
+    var key = pthread_key_t()
+    precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create")
+    return key
+}()
+
 /// A ring's thread as a `TaskExecutor`: the jobs of tasks that prefer it (an async connection's
 /// task, say) run on the ring's own thread, between loop turns, so a task that awaits its
 /// connection's bytes resumes where they arrive, with no thread hop (as SwiftNIO's event loops do
@@ -14,7 +21,7 @@ import URing
 /// jobs).
 /// Once the ring has exited, jobs go to the global concurrent executor: a task that outlives its
 /// ring still finishes (and finds its connection closed).
-final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is only touched under `lock`; `thread` is written before any job runs
+final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is only touched under `lock`; `localJobs` only on the ring's thread
     private let lock = PthreadLock(Queue())
     /// Set by an enqueue from another thread, cleared by the ring before it takes the jobs.
     private let wakePending = Atomic<Bool>(false)
@@ -23,9 +30,6 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
     /// Set when the ring has exited.
     private let exited = Atomic<Bool>(false)
     let wake: WakeDescriptor
-    /// The ring's thread, once it runs.
-    nonisolated(unsafe) private(set) var thread = pthread_t()
-    private let started = Atomic<Bool>(false)
 
     /// Jobs enqueued on the ring's own thread: touched only there.
     nonisolated(unsafe) private var localJobs: [UnownedJob] = []
@@ -40,15 +44,18 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
         localJobs.reserveCapacity(256)
     }
 
-    /// The ring's thread starts running jobs.
+    /// The ring's thread starts running jobs: it marks itself as this executor's (a thread-specific
+    /// value, cleared when it detaches). Not its `pthread_t`: a thread made after the ring's has
+    /// exited may be given the same id, and would pass for the ring's.
     func attach() {
-        thread = pthread_self()
-        started.store(true, ordering: .releasing)
+        pthread_setspecific(currentExecutorKey, UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque()))
     }
 
-    /// Whether the caller runs on the ring's thread.
+    /// Whether the caller runs on the ring's thread, while the ring runs.
     @inline(__always)
-    var isCurrent: Bool { started.load(ordering: .acquiring) && pthread_equal(thread, pthread_self()) != 0 }
+    var isCurrent: Bool {
+        pthread_getspecific(currentExecutorKey) == UnsafeMutableRawPointer(Unmanaged.passUnretained(self).toOpaque())
+    }
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
@@ -109,6 +116,7 @@ final class RingExecutor: TaskExecutor, @unchecked Sendable {  // `queue` is onl
     /// The ring has exited: what is queued, and what comes later, runs on the global executor. On
     /// the ring's thread.
     func detach() {
+        pthread_setspecific(currentExecutorKey, nil)
         let left = lock.withLock { queue -> [UnownedJob] in
             exited.store(true, ordering: .releasing)
             defer { queue.jobs.removeAll() }

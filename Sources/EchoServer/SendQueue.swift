@@ -1,4 +1,5 @@
 import Glibc
+import URing
 import SocketPool
 
 /// Every connection's send queue, over storage made once per ring.
@@ -13,7 +14,12 @@ import SocketPool
 /// | `sessionFirst + index` | session `index`'s own buffer (per-session receive, echoed in place) |
 ///
 /// Outbound buffers come from a LIFO free list: a write allocates nothing. A write appends to the
-/// last outbound segment while it has room, so many small writes go out in one send.
+/// last outbound segment while it has room, so many small writes go out in one send. Every write
+/// first reserves its buffers in the connection's account (``RemoteConnections/reserveBuffers(_:_:)``:
+/// its guarantee, then its fair share of the shared pool), so the free list holds a buffer for
+/// every reservation: one for each session's guarantee and the shared pool. Their memory is
+/// reserved address space, touched only as buffers are used (the free list is LIFO, so the same
+/// few are reused).
 struct SendQueue: ~Copyable {
     let length: UnsafeMutablePointer<Int32>
     let next: UnsafeMutablePointer<Int32>
@@ -24,12 +30,16 @@ struct SendQueue: ~Copyable {
     let outboundCount: Int
     let outboundSize: Int
     let outboundBase: UnsafeMutableRawPointer
+    let outboundBytes: Int
     let sessionFirst: Int32
     let outboundFree: UnsafeMutablePointer<Int32>
     private(set) var outboundAvailable: Int
-    /// The count of outbound buffers free to reserve, shared with writers on other threads: every
-    /// write reserves its buffers there first, so one reserved from elsewhere always finds them.
+    /// The accounts of the outbound buffers, shared with writers on other threads: every write
+    /// reserves its buffers there first, so one reserved from elsewhere always finds them.
     let pool: RemoteConnections
+    /// Set when a buffer of the shared pool came free: writers of other connections waiting for
+    /// one are woken after the loop's turn (``takeSharedFreed()``).
+    private(set) var sharedFreed = false
     /// Per session: a `msghdr` and ``maxGather`` iovecs for a send of several segments at once.
     let headers: UnsafeMutablePointer<msghdr>
     let iovecs: UnsafeMutablePointer<iovec>
@@ -37,12 +47,22 @@ struct SendQueue: ~Copyable {
 
     /// - Parameters:
     ///   - provided: the provided segments (none without a buffer ring).
-    ///   - outbound: outbound buffers of `outboundSize` bytes.
+    ///   - outboundSize: bytes per outbound buffer; `pool` says how many (``RemoteConnections/totalBuffers``).
     ///   - sessions: sessions with their own buffer (0 with a buffer ring).
+    /// - Throws: when the address space for the outbound buffers cannot be reserved.
     init(
-        provided providedSegments: ProvidedSegments, outbound: Int, outboundSize: Int, sessions: Int, capacity: Int,
+        provided providedSegments: ProvidedSegments, outboundSize: Int, sessions: Int, capacity: Int,
         pool: RemoteConnections
-    ) {
+    ) throws(URingError) {
+        let outbound = pool.totalBuffers
+        outboundBytes = max(outbound * outboundSize, 1)
+        // Reserved, not committed: pages are touched only as buffers are used.
+        guard let base = mmap(nil, outboundBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+            base != MAP_FAILED
+        else {
+            throw URingError("mmap \(outboundBytes) bytes of outbound buffers", errno: .current)
+        }
+        outboundBase = base
         self.pool = pool
         headers = .allocate(capacity: capacity)
         headers.initialize(repeating: msghdr(), count: capacity)
@@ -62,8 +82,6 @@ struct SendQueue: ~Copyable {
         outboundFirst = Int32(provided)
         outboundCount = outbound
         self.outboundSize = outboundSize
-        // Pages are touched only as buffers are used: the block costs address space, not memory.
-        outboundBase = .allocate(byteCount: max(outbound * outboundSize, 1), alignment: 64)
         sessionFirst = Int32(provided + outbound)
         outboundFree = .allocate(capacity: max(outbound, 1))
         for i in 0..<outbound { outboundFree[i] = outboundFirst + Int32(outbound - 1 - i) }
@@ -76,7 +94,7 @@ struct SendQueue: ~Copyable {
         length.deallocate()
         next.deallocate()
         providedAddress.deallocate()
-        outboundBase.deallocate()
+        munmap(outboundBase, outboundBytes)
         outboundFree.deallocate()
     }
 
@@ -122,22 +140,23 @@ struct SendQueue: ~Copyable {
     /// (unless `coalesce` is false), then into fresh outbound buffers. All or nothing.
     /// - Parameter reserved: outbound buffers already reserved for these bytes (a write from
     ///   another thread); what they do not need is given back.
-    /// - Returns: false (nothing queued) when the outbound buffers would run out, or `s` would hold
-    ///   more than `maxHeld` of them.
+    /// - Returns: false (nothing queued) when `s` cannot have the buffers now (its guarantee and
+    ///   its share of the shared pool are taken), or would hold more than `maxHeld` of them.
     mutating func write(
         _ bytes: UnsafeRawBufferPointer, to s: ConnectionRef, coalesce: Bool, maxHeld: Int = .max, reserved: Int = 0
     ) -> Bool {
         var remaining = bytes.count
+        let index = s.pointee.session.index
         let tail = s.pointee.output.tail
         let room = tail >= 0 && coalesce && isOutbound(tail) ? outboundSize - Int(length[Int(tail)]) : 0
         let needed = (max(remaining - room, 0) + outboundSize - 1) / outboundSize
         guard Int(s.pointee.output.outboundHeld) + needed <= maxHeld,
-            needed <= reserved || pool.reserveBuffers(needed - reserved)
+            needed <= reserved || pool.reserveBuffers(index, needed - reserved)
         else {
-            pool.returnBuffers(reserved)
+            release(reserved, of: index)
             return false
         }
-        if reserved > needed { pool.returnBuffers(reserved - needed) }
+        if reserved > needed { release(reserved - needed, of: index) }
         guard remaining > 0 else { return true }
         var source = bytes.baseAddress.unsafelyUnwrapped
         if room > 0 {
@@ -225,6 +244,20 @@ struct SendQueue: ~Copyable {
         s.pointee.output.outboundHeld -= 1
         outboundFree[outboundAvailable] = id
         outboundAvailable += 1
-        pool.returnBuffers(1)
+        release(1, of: s.pointee.session.index)
+    }
+
+    /// Gives `n` buffers of session `index`'s account back, and wakes its writers waiting for them.
+    @inline(__always)
+    mutating func release(_ n: Int, of index: Int) {
+        guard n > 0 else { return }
+        if pool.releaseBuffers(index, n) { sharedFreed = true }
+        pool.wakeWriters(index)
+    }
+
+    /// Whether a buffer of the shared pool came free since the last call.
+    mutating func takeSharedFreed() -> Bool {
+        defer { sharedFreed = false }
+        return sharedFreed
     }
 }

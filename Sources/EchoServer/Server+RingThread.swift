@@ -35,7 +35,7 @@ extension Server {
                     .slices(
                         count: IncrementalBufferReceiver.sliceCapacity(sessions: setup.capacity, maxHeldPerConnection: maxHeld))
                 }
-            let core = LoopCore(
+            let core = try LoopCore(
                 configuration: configuration, setup: setup, provided: provided, ringIndex: i, mailboxes: mailboxes,
                 logger: logger, listeners: listeners)
             mailboxes.ports[i].descriptor.store(core.ring.descriptor, ordering: .releasing)

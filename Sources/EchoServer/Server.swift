@@ -218,7 +218,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
                 capacity: configuration.connections(forRing: i) + configuration.outboundConnections(forRing: i)
                     + RingListeners(main: -1, sides: sides.filter { $0.ring == i }).extraSessions,
                 inboxBytes: configuration.mailboxBytes, outboundBuffers: configuration.outboundBuffers,
-                outboundSize: configuration.bufferSize, maxOutput: configuration.maxOutputBytesPerConnection)
+                outboundSize: configuration.bufferSize, maxOutput: configuration.maxOutputBytesPerConnection,
+                guaranteedBuffers: configuration.guaranteedOutboundBuffers)
         }
         let mailboxes = Mailboxes(
             count: threads, capacity: configuration.mailboxBytes, wakeDescriptors: wakes, remotes: remotes)

@@ -29,7 +29,10 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// registered-file slot) beside the inbound ones, preallocated like them; 0, the default,
     /// makes no room: every connect fails with ``ConnectFailure/capReached``.
     public var maxOutboundConnections: Int = 0
-    /// Close connections that sent nothing for this long; `nil` disables the check.
+    /// Close connections with no progress either way for this long: nothing received, and nothing
+    /// of what they queued taken by the peer (a connection that only sends, a download or a feed,
+    /// is not idle while the peer reads). `nil` disables the check; stalled output is closed
+    /// regardless (``stallTimeout``).
     public var idleTimeout: Duration? = .seconds(60)
     /// Fixed-file slots beyond ``maxConnections`` (pooled mode), so a client over the cap can still
     /// be accepted and closed cleanly. With 0, a full slot table pauses accepting instead, and
@@ -49,6 +52,19 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// refused (``WriteResult/full``). The ring's ``outboundBuffers`` are shared: size them for the
     /// number of slow readers a protocol must carry at once (default: 16 at the full bound).
     public var maxOutputBytesPerConnection: Int = 1 << 20
+    /// Outbound buffer bytes every connection is guaranteed, whatever the others hold: a write of
+    /// this much to a connection whose queue has drained always fits (``ConnectionHandle/largestWrite``
+    /// is at most this). Beyond it a connection takes buffers from the ring's shared pool
+    /// (``outboundBuffers``), at most as many as stay free there, so connections that do not
+    /// drain share the pool and leave as much for the rest. Counted in whole buffers of
+    /// ``bufferSize``. The guarantee is reserved address space, not memory: pages are used only
+    /// for bytes actually queued (with every connection stalled at its guarantee, connections ×
+    /// this).
+    public var guaranteedOutputBytesPerConnection: Int = 64 * 1024
+    /// How long a connection's queued output may go without the peer taking any of it (a send
+    /// completing) before the connection is closed with a reset: a peer that stopped reading.
+    /// Independent of ``idleTimeout``, and on without it.
+    public var stallTimeout: Duration = .seconds(60)
     /// Provided buffers one connection may hold (received and not yet sent) before its receiving
     /// pauses, so one stalled client cannot empty the ring for the others (at most the ring's size).
     public var maxBuffersPerConnection: Int = 16
@@ -85,6 +101,13 @@ public struct ServerConfiguration: Sendable, Hashable {
         var count = 1
         while count * 2 * size <= total && count * 2 <= 32768 { count *= 2 }
         return count >= 2 ? (count, size) : (2, total / 2)
+    }
+
+    /// Outbound buffers each connection is guaranteed (``guaranteedOutputBytesPerConnection``, at most
+    /// the output bound, in whole buffers; at least one).
+    public var guaranteedOutboundBuffers: Int {
+        let bytes = min(max(guaranteedOutputBytesPerConnection, 1), max(maxOutputBytesPerConnection, 1))
+        return max(1, (bytes + bufferSize - 1) / max(bufferSize, 1))
     }
 
     /// Connections per ring thread.
@@ -161,6 +184,17 @@ public struct ServerConfiguration: Sendable, Hashable {
             maxBuffersPerConnection)
         try check((0...1 << 20).contains(outboundBuffers), "outboundBuffers", "0...1048576", outboundBuffers)
         try check(
+            (1...1 << 30).contains(guaranteedOutputBytesPerConnection), "guaranteedOutputBytesPerConnection",
+            "1...1073741824 bytes", guaranteedOutputBytesPerConnection)
+        // The guarantees are reserved address space, every session's: keep it far inside a process's.
+        let sessionsPerRing = connectionsPerThread + (maxOutboundConnections + threads - 1) / threads
+        let reservedPerRing = (sessionsPerRing * guaranteedOutboundBuffers + outboundBuffers) * bufferSize
+        try check(
+            reservedPerRing <= 1 << 44, "guaranteedOutputBytesPerConnection",
+            "small enough that each ring's outbound buffers, \(sessionsPerRing) sessions × the guarantee plus "
+                + "outboundBuffers × bufferSize, reserve at most 16 TiB of address space",
+            guaranteedOutputBytesPerConnection)
+        try check(
             powerOfTwo(mailboxBytes, in: 4096...1 << 30), "mailboxBytes", "a power of two in 4096...1073741824 bytes",
             mailboxBytes)
         // Durations are compared as Durations, never converted first: a huge one would trap there.
@@ -174,6 +208,9 @@ public struct ServerConfiguration: Sendable, Hashable {
             tickInterval)
         try check(
             stopTimeout >= .zero && stopTimeout <= .seconds(3600), "stopTimeout", "0...3600 s (1 hour)", stopTimeout)
+        try check(
+            stallTimeout >= .milliseconds(1) && stallTimeout <= .seconds(7 * 86400), "stallTimeout",
+            "1 ms...604800 s (7 days)", stallTimeout)
         if let batch = batchWait {
             try check(
                 (1...4096).contains(batch.completions), "batchWait.completions", "1...4096", batch.completions)

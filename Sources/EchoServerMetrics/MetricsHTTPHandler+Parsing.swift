@@ -1,5 +1,11 @@
+import Synchronization
+
 // Reading HTTP/1.1 request heads: where a head ends, and what it asks.
 extension MetricsHTTPHandler {
+    /// Bytes ``headEnd(_:from:)`` has examined, over every handler of the process: how tests see
+    /// that a head arriving in pieces is searched once.
+    package static let headBytesExamined = Atomic<Int>(0)
+
     /// Where a request head that starts at `start` ends, blank lines before it skipped (as
     /// ``serve(_:_:)`` skips them), searching from `from`: nil while it is not whole.
     static func requestEnd(_ input: [UInt8], start: Int, from: Int) -> Int? {
@@ -25,6 +31,7 @@ extension MetricsHTTPHandler {
     /// Where the head that starts at `start` ends (the blank line; CRLF or bare LF line ends) and
     /// the body starts.
     static func headEnd(_ input: [UInt8], from start: Int) -> (head: Int, next: Int)? {
+        headBytesExamined.add(max(input.count - start, 0), ordering: .relaxed)
         var i = start
         while i < input.count, let newline = input[i...].firstIndex(of: UInt8(ascii: "\n")) {
             if newline + 1 < input.count && input[newline + 1] == UInt8(ascii: "\n") { return (newline + 1, newline + 2) }

@@ -11,12 +11,15 @@ import URing
 /// one closes, or one that has made no progress for a second (idle between requests, a request
 /// that never completes, answers its client does not read) is evicted in favour of a waiter that
 /// has sent a whole request (the first such, in arrival order); a connection mid-request or
-/// mid-answer is never evicted while it moves. At most `maxConnections` wait; a newcomer beyond
+/// mid-answer is never evicted while it moves, but one that has held its place for 5 s while
+/// others wait gives it up once its answers are queued (they go out, then a FIN), so busy
+/// keep-alive clients take turns with the waiting ones. At most `maxConnections` wait; a newcomer beyond
 /// them displaces the oldest waiter that has sent no whole request, or is closed if every waiter
 /// has. So busy keep-alive scrapers keep their places, and connections that never finish a
 /// request hold neither the served places nor the waiting ones against a scraper. At most 64 KiB
 /// of answers queued per connection, the rest sent as the peer reads, with the connection's
-/// receiving paused meanwhile. An error answer is followed by a FIN, and what the client still
+/// receiving paused meanwhile. A request head is searched once however it arrives (a head
+/// trickling in a byte at a time costs linear time). An error answer is followed by a FIN, and what the client still
 /// sends is read and dropped until its own FIN, so the answer arrives rather than a reset. The
 /// exposition runs on the ring's thread, at most once per 100 ms (a rendering is reused for that
 /// long).
@@ -45,6 +48,10 @@ public struct MetricsHTTPHandler: ConnectionHandler {
     var readyWaiters = 0
     /// A served connection that has made no progress for this long may be evicted for a waiter.
     static let evictAfterNanoseconds: UInt64 = 1_000_000_000
+    /// A served connection that has held its place this long gives it up to a waiter with a whole
+    /// request once its answers are queued (closed after them, a FIN): busy keep-alive clients
+    /// take turns with those waiting, rather than keep every place for good.
+    static let holdPlaceNanoseconds: UInt64 = 5_000_000_000
 
     struct ConnectionState {
         let id: ConnectionID
@@ -65,8 +72,11 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         var inputDone = false
         /// A waiter that has sent a whole request head (its receiving then pauses until served).
         var ready = false
-        /// How far a waiter's input has been searched for the end of a head (searched once).
+        /// How far the input has been searched for the end of the head that starts at `start`
+        /// (each byte searched once, however the head arrives).
         var scanned = 0
+        /// When it was given its place (opened with a free one, or admitted from waiting).
+        var servedSince: UInt64 = 0
         /// Admitted from waiting, its request not answered yet: not evicted before it is.
         var admitted = false
         /// When it last made progress: opened, a request answered, answer bytes sent. Bytes of an
@@ -99,6 +109,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         opened &+= 1
         var state = ConnectionState(id: connection.id, sequence: opened)
         state.lastProgress = Posix.monotonicNanoseconds()
+        state.servedSince = state.lastProgress
         if served < maxConnections {
             served += 1
         } else {
@@ -138,29 +149,43 @@ public struct MetricsHTTPHandler: ConnectionHandler {
 
     /// Gives places to waiters that have sent a request, in arrival order: free places first,
     /// then those of served connections that made no progress for ``evictAfterNanoseconds`` (the
-    /// stalest first), which are aborted; a connection admitted and not yet answered is not. An
-    /// admitted waiter's receiving resumes and its request is answered at its next writable. While
-    /// ready waiters remain, the first asks for writable, so the housekeeping tick looks again.
+    /// stalest first), which are aborted, then those of connections that have held their place for
+    /// ``holdPlaceNanoseconds`` with their answers all queued (the longest first), which close after
+    /// them (a FIN: a keep-alive client connects again and waits its turn); a connection admitted
+    /// and not yet answered is neither. An admitted waiter's receiving resumes and its request is
+    /// answered at its next writable. While ready waiters remain, the first asks for writable, so
+    /// the housekeeping tick looks again.
     mutating func admitWaiters(_ ring: RingContext) {
         guard readyWaiters > 0 else { return }
         while readyWaiters > 0, let i = waiters.firstIndex(where: { connections[$0.index]?.ready == true }) {
             let next = waiters[i]
             if served >= maxConnections {
                 let now = Posix.monotonicNanoseconds()
-                var victim: ConnectionState?
-                for state in connections.values
-                where !state.waiting && !state.admitted && now > state.lastProgress
-                    && now - state.lastProgress >= Self.evictAfterNanoseconds
-                {
-                    if victim == nil || state.lastProgress < victim!.lastProgress { victim = state }
+                var stale: ConnectionState?
+                var longest: ConnectionState?
+                for state in connections.values where !state.waiting && !state.admitted {
+                    if now > state.lastProgress && now - state.lastProgress >= Self.evictAfterNanoseconds {
+                        if stale == nil || state.lastProgress < stale!.lastProgress { stale = state }
+                    } else if now > state.servedSince && now - state.servedSince >= Self.holdPlaceNanoseconds
+                        && state.outputQueued == state.output.count && !state.closeWhenSent
+                    {
+                        if longest == nil || state.servedSince < longest!.servedSince { longest = state }
+                    }
                 }
-                guard let victim else {
+                if let stale {
+                    connections[stale.id.index] = nil
+                    served -= 1
+                    ring.abort(stale.id)
+                } else if let longest {
+                    // Its answers are queued: they go out, then the FIN; what it sends meanwhile is
+                    // not read (closing stops receiving).
+                    connections[longest.id.index] = nil
+                    served -= 1
+                    ring.close(longest.id)
+                } else {
                     ring.requestWritable(next)  // look again on the next tick
                     return
                 }
-                connections[victim.id.index] = nil
-                served -= 1
-                ring.abort(victim.id)
             }
             waiters.remove(at: i)
             readyWaiters -= 1
@@ -168,6 +193,8 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             state.waiting = false
             state.admitted = true
             state.lastProgress = Posix.monotonicNanoseconds()
+            state.servedSince = state.lastProgress
+            state.scanned = 0  // its head is searched again from its start, once, when it is served
             served += 1
             connections[next.index] = state
             ring.resumeReceiving(next)
@@ -265,7 +292,10 @@ public struct MetricsHTTPHandler: ConnectionHandler {
                 if state.skip > 0 { break }
             }
             state.start = Self.skippingBlankLines(state.input, from: state.start)
-            guard let end = Self.headEnd(state.input, from: state.start) else {
+            // Only what was not searched yet (and the two bytes before it, for an end that
+            // straddles): a head that trickles in costs linear time, not quadratic.
+            guard let end = Self.headEnd(state.input, from: max(state.start, state.scanned - 2)) else {
+                state.scanned = state.input.count
                 if state.input.count - state.start > maxRequestBytes {
                     respond(&state, status: "431 Request Header Fields Too Large")
                     continue
@@ -274,6 +304,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             }
             let head = Array(state.input[state.start..<end.head])
             state.start = end.next
+            state.scanned = 0
             if head.count > maxRequestBytes {
                 respond(&state, status: "431 Request Header Fields Too Large")
                 continue
@@ -292,6 +323,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
         }
         if state.start > 0 {
             state.input.removeFirst(state.start)
+            state.scanned = max(0, state.scanned - state.start)
             state.start = 0
         }
         // Answers wait for the peer to read: stop reading its requests meanwhile.
@@ -365,6 +397,7 @@ public struct MetricsHTTPHandler: ConnectionHandler {
             state.closeWhenSent = true
             state.input.removeAll()
             state.start = 0
+            state.scanned = 0
         }
     }
 }

@@ -33,6 +33,8 @@ public struct Opcode: RawRepresentable, Hashable, Sendable, CustomStringConverti
     public static let msgRing = Opcode(rawValue: 40)
     /// `IORING_OP_SOCKET` (Linux 5.19, the release of multishot accept and sparse file tables)
     public static let socket = Opcode(rawValue: 45)
+    /// `IORING_OP_URING_CMD` (Linux 5.19; socket commands such as `SETSOCKOPT` since 6.7)
+    public static let uringCommand = Opcode(rawValue: 46)
     /// `IORING_OP_SEND_ZC` (Linux 6.0, the release of multishot recv)
     public static let sendZeroCopy = Opcode(rawValue: 47)
 
@@ -41,7 +43,7 @@ public struct Opcode: RawRepresentable, Hashable, Sendable, CustomStringConverti
         let names: [UInt8: String] = [
             0: "NOP", 11: "TIMEOUT", 13: "ACCEPT", 14: "ASYNC_CANCEL", 15: "LINK_TIMEOUT", 16: "CONNECT",
             19: "CLOSE", 26: "SEND", 27: "RECV", 31: "PROVIDE_BUFFERS", 34: "SHUTDOWN", 40: "MSG_RING",
-            45: "SOCKET", 47: "SEND_ZC",
+            45: "SOCKET", 46: "URING_CMD", 47: "SEND_ZC",
         ]
         return names[rawValue] ?? "opcode \(rawValue)"
     }

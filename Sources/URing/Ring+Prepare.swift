@@ -290,6 +290,39 @@ extension Ring {
         finish(sqe, tag, options, fixed: false)
     }
 
+    /// A socket option a request can set (``prepareSetSocketOption(_:_:tag:options:)``).
+    public enum SocketOption: Sendable {
+        /// `TCP_NODELAY` on: small segments go out at once (no Nagle delay behind an unacked one).
+        case noDelay
+        /// `SO_LINGER` {on, 0}: the close that follows resets the connection (an RST, unsent data
+        /// dropped) instead of sending a FIN.
+        case resetOnClose
+    }
+
+    /// Prepares a `setsockopt` done by the ring (`IORING_OP_URING_CMD`,
+    /// `SOCKET_URING_OP_SETSOCKOPT`, Linux 6.7): the one way to set an option on a socket that
+    /// lives only in a registered-file slot. Older kernels fail it (`EOPNOTSUPP` or `EINVAL`).
+    /// - Parameters:
+    ///   - socket: the socket (slot or descriptor).
+    ///   - option: which option, set to its fixed value.
+    ///   - tag: the request's `user_data`.
+    ///   - options: submission flags (a link to the request that needs the option).
+    public func prepareSetSocketOption(
+        _ socket: FileRef, _ option: SocketOption, tag: UInt64, options: SubmissionOptions = []
+    ) throws(URingError) {
+        let sqe = try nextSQE()
+        switch option {
+        case .noDelay:
+            curing_prep_setsockopt(
+                sqe, socket.raw, Int32(IPPROTO_TCP), TCP_NODELAY, curing_option_on_pointer(),
+                UInt32(MemoryLayout<Int32>.size))
+        case .resetOnClose:
+            curing_prep_setsockopt(
+                sqe, socket.raw, SOL_SOCKET, SO_LINGER, curing_linger_reset_pointer(), UInt32(MemoryLayout<linger>.size))
+        }
+        finish(sqe, tag, options, fixed: socket.isFixed)
+    }
+
     /// Prepares a `shutdown(2)` (`IORING_OP_SHUTDOWN`).
     /// - Parameters:
     ///   - socket: the socket.

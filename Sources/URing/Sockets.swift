@@ -59,6 +59,17 @@ public enum Sockets {
         }
     }
 
+    /// Sets `SO_LINGER` {on, 0} on `fd`: its close then resets the connection (an RST, unsent data
+    /// dropped) instead of sending a FIN.
+    /// - Parameter fd: the socket.
+    /// - Throws: ``URingError`` for `setsockopt`.
+    public static func setResetOnClose(_ fd: Int32) throws(URingError) {
+        var value = linger(l_onoff: 1, l_linger: 0)
+        if setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size)) < 0 {
+            throw URingError("setsockopt SO_LINGER", errno: .current)
+        }
+    }
+
     /// The address a socket is bound to (`getsockname(2)`): how a listener on port 0 learns its port.
     /// - Parameter fd: the socket.
     /// - Returns: the local address.

@@ -32,8 +32,10 @@ struct UringEcho: ParsableCommand {
     var bufferSize = 4096
     @Option(help: "Connections served at once (1...1000000); more are accepted and closed at once.")
     var maxConnections = 4096
-    @Option(help: "Seconds a connection may stay silent before it is closed (1...604800, 7 days); 0 disables.")
+    @Option(help: "Seconds a connection may make no progress either way (nothing received, nothing sent taken by the peer) before it is closed (1...604800, 7 days); 0 disables.")
     var idleTimeout = 60
+    @Option(help: "Seconds queued output may go untaken by the peer before the connection is reset (1...604800); on with or without --idle-timeout.")
+    var stallTimeout = 60
     @Option(help: "Pooled mode: accepts kept posted at once, each into its own free slot (1...1024).")
     var acceptDepth = 8
     @Option(help: "Seconds between statistics lines on stdout (1...86400); 0 is off.")
@@ -64,6 +66,9 @@ struct UringEcho: ParsableCommand {
         // never reach a conversion to nanoseconds, which traps.
         if !(0...604_800).contains(idleTimeout) {
             throw ValidationError("--idle-timeout must be 0...604800 seconds (7 days; 0 disables), got \(idleTimeout)")
+        }
+        if !(1...604_800).contains(stallTimeout) {
+            throw ValidationError("--stall-timeout must be 1...604800 seconds (7 days), got \(stallTimeout)")
         }
         if !(0...4096).contains(batchWait) {
             throw ValidationError("--batch-wait must be 0...4096 completions (0 is off), got \(batchWait)")
@@ -120,6 +125,7 @@ struct UringEcho: ParsableCommand {
         c.bufferSize = bufferSize
         c.maxConnections = maxConnections
         c.idleTimeout = idleTimeout == 0 ? nil : .seconds(idleTimeout)
+        c.stallTimeout = .seconds(stallTimeout)
         c.acceptDepth = acceptDepth
         if batchWait > 0 { c.batchWait = BatchWait(completions: batchWait, timeout: .microseconds(batchTimeout)) }
         c.bufferRingEntries = bufferRingEntries
@@ -165,7 +171,7 @@ struct UringEcho: ParsableCommand {
         let stats = server.statistics
         printFlushed(
             "listening on \(server.boundAddress!) threads=\(threads) mode=\(mode.rawValue) recv=\(recv.rawValue) "
-                + "buffer-size=\(bufferSize) max-connections=\(maxConnections) idle-timeout=\(idleTimeout)s "
+                + "buffer-size=\(bufferSize) max-connections=\(maxConnections) idle-timeout=\(idleTimeout)s stall-timeout=\(stallTimeout)s "
                 + "batch-wait=\(batchWait == 0 ? "off" : "\(batchWait)/\(batchTimeout)us") "
                 + "setup=\(stats.setupFlags) features=\(stats.features)")
         if let address = server.metricsAddress { printFlushed("metrics on http://\(address)/metrics") }

@@ -204,4 +204,28 @@ final class AdversarialTests: ServerTestCase {
             }
         }
     }
+
+    /// Writes a greeting, then aborts.
+    struct AbortsAtOnce: ConnectionHandler {
+        mutating func opened(_ connection: Connection) {
+            connection.write("dropped")
+            connection.abort()
+        }
+        mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply { .nothing }
+    }
+
+    /// An abort resets the peer (SO_LINGER 0, then the close): it reads a reset, not a clean end
+    /// of stream, in every mode (a descriptor, or a registered-file slot).
+    func testAnAbortResetsThePeer() throws {
+        for (mode, receive) in Self.variants {
+            try withServer(config(mode, receive), handler: { AbortsAtOnce() }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                XCTAssertThrowsError(try s.readSome(), "\(mode)/\(receive): a reset") { error in
+                    XCTAssertEqual((error as? URingError)?.errno, .connectionReset, "\(mode)/\(receive): \(error)")
+                }
+            }
+        }
+    }
 }

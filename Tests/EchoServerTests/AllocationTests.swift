@@ -155,7 +155,9 @@ final class AllocationTests: ServerTestCase {
             }
             mutating func writable(_ connection: Connection) { proxy.writable(connection) }
             mutating func inputEnded(_ connection: Connection) { proxy.inputEnded(connection) }
-            mutating func closed(_ connection: ConnectionID, ring: RingContext) { proxy.closed(connection, ring: ring) }
+            mutating func closed(_ connection: ConnectionID, end: ConnectionEnd, ring: RingContext) {
+                proxy.closed(connection, end: end, ring: ring)
+            }
             mutating func connectFailed(_ connection: ConnectionID, _ failure: ConnectFailure, ring: RingContext) {
                 proxy.connectFailed(connection, failure, ring: ring)
             }

@@ -247,4 +247,69 @@ final class AsyncConnectTests: ServerTestCase {
             }
         }
     }
+
+    // MARK: Order, and chunks after the body
+
+    /// Keeps what each connection sends, by arrival.
+    struct Recorder: ConnectionHandler {
+        let got: Locked<[UInt8]>
+        mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+            got.with { $0 += Array(bytes) }
+            return .nothing
+        }
+    }
+
+    /// A write through the backend's handle, then the end of `withConnection`'s body: the close
+    /// comes after the write (it used to overtake it).
+    func testAHandleWriteThenTheEndOfWithConnectionsBodySendsTheWrite() async throws {
+        let got = Locked<[UInt8]>([])
+        var u = config(.pooled, .bufferRing)
+        u.maxConnections = 16
+        let upstream = Server(configuration: u) { Recorder(got: got) }
+        try upstream.start()
+        defer {
+            upstream.stop()
+            upstream.wait()
+        }
+        let address = try XCTUnwrap(upstream.boundAddress)
+        for (mode, receive) in Self.variants {
+            got.with { $0 = [] }
+            try await withConnectingServer(connectingConfig(mode, receive), body: { server, client in
+                try await server.withConnection(to: address) { backend in
+                    _ = await backend.handle.write("bye\n")
+                }
+                try await client.outbound.write("ok")
+            }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                XCTAssertEqual(try s.readToEnd(), Array("ok".utf8))
+                XCTAssertTrue(eventually { got.get == Array("bye\n".utf8) }, "\(mode)/\(receive): \(got.get)")
+            }
+        }
+    }
+
+    /// A chunk taken inside `withConnection`'s body and returned from it is no longer valid once
+    /// the body has returned: its buffer went back with the connection (it used to stay valid, its
+    /// bytes another connection's by then).
+    func testAChunkReturnedFromWithConnectionsBodyIsNoLongerValid() async throws {
+        try await withEchoUpstream { upstream in
+            let outcome = Locked<String>("")
+            try await withConnectingServer(connectingConfig(.pooled, .bufferRing), body: { server, client in
+                let chunk = try await server.withConnection(to: upstream) { backend -> InboundChunk? in
+                    try await backend.outbound.write("x")
+                    var input = backend.inbound.makeAsyncIterator()
+                    return await input.next()
+                }
+                outcome.with { $0 = "\(chunk?.isValid ?? true) \(chunk?.count ?? -1)" }
+                try await client.outbound.write("ok")
+            }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                XCTAssertEqual(try s.readToEnd(), Array("ok".utf8))
+                XCTAssertEqual(outcome.get, "false 0")
+            }
+        }
+    }
 }

@@ -108,7 +108,9 @@ final class AsyncServerTests: ServerTestCase {
             defer { bad.close() }
             bad.setTimeout(seconds: 5)
             try bad.writeAll(Array("boom!".utf8))
-            XCTAssertEqual(try bad.readToEnd(), [], "aborted: closed, nothing echoed")
+            XCTAssertThrowsError(try bad.readToEnd(), "aborted: reset, nothing echoed") { error in
+                XCTAssertEqual((error as? URingError)?.errno, .connectionReset, "\(error)")
+            }
             try good.writeAll(Array("fine".utf8))
             XCTAssertEqual(try good.readExactly(4), Array("fine".utf8), "the other connection goes on")
         }
@@ -217,11 +219,13 @@ final class AsyncServerTests: ServerTestCase {
             let label = "async/\(mode)/\(receive)"
             print("allocations \(label): \(messages.perEvent) per message, \(closes.perEvent) per connection")
             XCTAssertEqual(messages.perEvent, 0, "\(label): zero heap allocations per message")
-            // Per connection, in this (debug) build, 8: the child task (its object, its closure's
+            // Per connection, in this (debug) build, 9: the child task (its object, its closure's
             // context, the group's record of it), the task allocator's slabs for the frames past
-            // its first (3 here), and the accepted connection's box in the AsyncStream that hands
-            // it to the accept loop. All freed when the task ends.
-            XCTAssertLessThanOrEqual(closes.perEvent, 8, "\(label): per connection")
+            // its first (4 here: one of them since the wait for input ends on cancellation, its
+            // cancellation record and frame pushing the task past a slab), and the accepted
+            // connection's box in the AsyncStream that hands it to the accept loop. All freed when
+            // the task ends.
+            XCTAssertLessThanOrEqual(closes.perEvent, 9, "\(label): per connection")
         }
     }
 
@@ -397,5 +401,77 @@ final class AsyncServerTests: ServerTestCase {
             XCTAssertNotNil(error as? ServerError, "\(error)")
         }
         XCTAssertEqual(ended.get, 20, "every connection's task ended")
+    }
+
+    // MARK: Order and cancellation
+
+    /// A write through the connection's handle, then the end of the body: the implicit close comes
+    /// after the write (it used to overtake it, and the client read nothing).
+    func testAHandleWriteThenTheEndOfTheBodySendsTheWriteBeforeTheClose() async throws {
+        for (mode, receive) in Self.variants {
+            try await withAsyncServer(config(mode, receive), body: { connection in
+                _ = await connection.handle.write("bye\n")
+            }) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                XCTAssertEqual(try s.readToEnd(), Array("bye\n".utf8), "\(mode)/\(receive)")
+            }
+        }
+    }
+
+    /// A child task iterating a silent connection's input is cancelled: its iteration ends, and
+    /// the body returns (it used to wait until the peer sent something).
+    func testCancellingATaskThatIteratesTheInputEndsTheIteration() async throws {
+        let ended = Locked(0)
+        try await withAsyncServer(config(.pooled, .bufferRing), body: { connection in
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await _ in connection.inbound {}
+                    ended.with { $0 += 1 }
+                }
+                try? await Task.sleep(for: .milliseconds(50))
+                group.cancelAll()
+            }
+            try await connection.outbound.write("done\n")
+        }) { server, port in
+            let s = try TestSocket.connect(port: port)  // says nothing
+            defer { s.close() }
+            s.setTimeout(seconds: 5)
+            XCTAssertEqual(try s.readToEnd(), Array("done\n".utf8), "the body went on after the cancel")
+            XCTAssertEqual(ended.get, 1)
+        }
+    }
+
+    /// A write waiting for room on a connection whose peer never reads ends when its task is
+    /// cancelled: `outbound.write` throws, `ConnectionHandle.write` returns without queuing.
+    func testCancellingAWriteThatWaitsForRoomEndsIt() async throws {
+        var c = config(.pooled, .bufferRing)
+        c.maxOutputBytesPerConnection = 64 << 10
+        let outcomes = Locked<[String]>([])
+        try await withAsyncServer(c, body: { connection in
+            let block = [UInt8](repeating: 7, count: 16 << 10)
+            let handle = connection.handle
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        while true { try await connection.outbound.write(block) }
+                    } catch {
+                        outcomes.with { $0.append("outbound: \(error)") }
+                    }
+                }
+                group.addTask {
+                    while await handle.write(block) == .queued {}
+                    outcomes.with { $0.append("handle: \(Task.isCancelled)") }
+                }
+                try? await Task.sleep(for: .milliseconds(300))  // both wait for room by now
+                group.cancelAll()
+            }
+        }) { server, port in
+            let s = try nonReadingClient(port: port)
+            defer { s.reset() }
+            XCTAssertTrue(eventually(.seconds(5)) { outcomes.get.count == 2 }, "both writes ended: \(outcomes.get)")
+            XCTAssertEqual(Set(outcomes.get), ["outbound: cancelled", "handle: true"])
+        }
     }
 }

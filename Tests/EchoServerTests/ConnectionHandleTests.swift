@@ -337,4 +337,110 @@ final class ConnectionHandleTests: ServerTestCase {
             XCTAssertLessThan(elapsed, .milliseconds(400), "20 writes from the ring's own tasks took \(elapsed)")
         }
     }
+
+    // MARK: Full inboxes, waiting for buffers
+
+    /// Once per ring, on the first bytes it receives: fills the other ring's inbox with writes to
+    /// the other ring's first connection, waits until the other ring has done the same, then closes
+    /// that connection through its handle. With both inboxes full, each close waits for the other
+    /// ring to drain its inbox, which waits in its own close.
+    struct CrossCloser: ConnectionHandler {
+        let firsts: Locked<[Int: ConnectionHandle]>
+        let rings: Locked<[RingHandle]>
+        let arrived: Locked<Int>
+        let closed: Locked<Int>
+        var fired = false
+        mutating func opened(_ connection: Connection) {
+            let ring = connection.ring.index
+            firsts.with { if $0[ring] == nil { $0[ring] = connection.handle } }
+        }
+        mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+            guard !fired, let target = firsts.get[1 - connection.ring.index] else { return .nothing }
+            fired = true
+            // Both rings here (neither drains its inbox), then both fill the other's, then close.
+            meet(1)
+            let block = [UInt8](repeating: 1, count: 1024)
+            var fills = 0
+            while target.tryWrite(block) == .queued && fills < 1000 { fills += 1 }
+            // The rest with empty messages (the smallest record), until not even one fits.
+            let other = rings.get[1 - connection.ring.index]
+            while other.post([]) == .posted && fills < 2000 { fills += 1 }
+            meet(2)
+            target.close()
+            closed.with { $0 += 1 }
+            return .nothing
+        }
+        func meet(_ round: Int) {
+            arrived.with { $0 += 1 }
+            let deadline = ContinuousClock.now + .seconds(5)
+            while arrived.get < 2 * round && ContinuousClock.now < deadline { usleep(1_000) }
+        }
+    }
+
+    /// Two rings each close the other's connection while both inboxes are full: neither waits for
+    /// the other (they used to spin in the close for good, and stop never ended), and the closes
+    /// take effect.
+    func testTwoRingsClosingEachOthersConnectionsWithFullInboxesDoNotLivelock() throws {
+        var c = config(.pooled, .bufferRing)
+        c.threads = 2
+        c.mailboxBytes = 4096
+        let firsts = Locked<[Int: ConnectionHandle]>([:])
+        let rings = Locked<[RingHandle]>([])
+        let arrived = Locked(0)
+        let closed = Locked(0)
+        try withServer(c, handler: { CrossCloser(firsts: firsts, rings: rings, arrived: arrived, closed: closed) }) { server, port in
+            rings.with { $0 = [server.ring(0)!, server.ring(1)!] }
+            var clients: [TestSocket] = []
+            defer { for s in clients { s.close() } }
+            while firsts.get.count < 2 && clients.count < 64 {
+                let s = try TestSocket.connect(port: port)
+                s.setTimeout(seconds: 10)
+                clients.append(s)
+                _ = eventually { server.statistics.accepted == UInt64(clients.count) }
+            }
+            try XCTSkipIf(firsts.get.count < 2, "64 connections all went to one ring")
+            for s in clients { try s.writeAll([1]) }
+            XCTAssertTrue(eventually(.seconds(10)) { closed.get == 2 }, "both closes returned")
+            let targets = firsts.get
+            XCTAssertTrue(eventually(.seconds(10)) { targets.values.allSatisfy { !$0.isOpen } }, "both connections closed")
+        }
+    }
+
+    /// A write through a handle that has room but finds the ring's outbound buffers taken waits
+    /// for them without burning a CPU (it used to spin on `Task.yield()`).
+    func testAWriteWaitingForOutboundBuffersDoesNotSpin() throws {
+        var c = config(.pooled, .bufferRing)
+        c.outboundBuffers = 16
+        let handles = Locked<[ConnectionHandle]>([])
+        try withServer(c, handler: { HandleGiver(handles: handles) }) { server, port in
+            let s = try nonReadingClient(port: port)
+            defer { s.reset() }
+            XCTAssertTrue(eventually { handles.get.count == 1 })
+            let handle = handles.get[0]
+            let written = Locked(0)
+            let writer = Task {
+                let block = [UInt8](repeating: 2, count: 4096)
+                while await handle.write(block) == .queued { written.with { $0 += 1 } }
+            }
+            defer { writer.cancel() }
+            // Until the writes stop: the peer's window and the outbound buffers are full.
+            var last = -1
+            XCTAssertTrue(eventually(.seconds(10)) {
+                usleep(200_000)
+                defer { last = written.get }
+                return written.get == last
+            })
+            XCTAssertTrue(handle.isOpen)
+            func cpuSeconds() -> Double {
+                var usage = rusage()
+                getrusage(RUSAGE_SELF.rawValue, &usage)
+                return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+                    + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+            }
+            let before = cpuSeconds()
+            usleep(1_000_000)
+            let used = cpuSeconds() - before
+            XCTAssertLessThan(used, 0.3, "CPU seconds used in one second by a write that waits")
+        }
+    }
 }

@@ -114,7 +114,11 @@ final class FeatureFallbackTests: ServerTestCase {
             KernelFeatures.supported(by: kernel(lastOpcode: 40)), tried.union([.messageRing, .registeredRing]), "5.18")
         XCTAssertEqual(
             KernelFeatures.supported(by: kernel(lastOpcode: 46)),
-            tried.union([.messageRing, .registeredRing, .multishotAccept, .fixedFiles, .directMultishotAccept, .directSocket]),
+            tried.union([
+                .messageRing, .registeredRing, .multishotAccept, .fixedFiles, .directMultishotAccept, .directSocket,
+                // URING_CMD came in 5.19; its socket options in 6.7, found at their first use.
+                .socketCommands,
+            ]),
             "5.19")
         XCTAssertTrue(KernelFeatures.supported(by: kernel(lastOpcode: 47)).isSuperset(of: .all), "6.0")
     }

@@ -27,7 +27,7 @@ final class LoopInjectionTests: XCTestCase {
     ) throws -> CompletionLoop<EchoHandler, R> {
         let remote = RemoteConnections(
             capacity: configuration.maxConnections, inboxBytes: 4096, outboundBuffers: configuration.outboundBuffers,
-            outboundSize: configuration.bufferSize)
+            outboundSize: configuration.bufferSize, guaranteedBuffers: configuration.guaranteedOutboundBuffers)
         let mailboxes = Mailboxes(count: 1, capacity: 4096, wakeDescriptors: [wake], remotes: [remote])
         var setup = try RingSetup(configuration, ring: 0, logger: Logger(label: "test"))
         let buffers = setup.buffers.take()
@@ -37,7 +37,7 @@ final class LoopInjectionTests: XCTestCase {
         } else if let base = buffers?.buffer(0).baseAddress {
             provided = .buffers(base: base, count: configuration.bufferRingEntries, size: configuration.bufferSize)
         }
-        let core = LoopCore(
+        let core = try LoopCore(
             configuration: configuration, setup: setup, provided: provided, ringIndex: 0, mailboxes: mailboxes,
             logger: Logger(label: "test"), listeners: RingListeners(main: -1, sides: []))
         return CompletionLoop(

@@ -11,8 +11,12 @@ final class LoopPartsTests: XCTestCase {
         case posted(PendingRequests)
         case ended(PendingRequests)
         case peerClosed
-        /// Reset, error, idle timeout, stalled output, stop: all are this one event.
+        /// Idle timeout, stop: nothing lost, a FIN.
         case failed
+        /// A reset by the peer or another error: abnormal, no reset of ours needed.
+        case error
+        /// Output the peer stopped taking: abnormal, and the close resets.
+        case stalled
         case close
         case abort
         case pause(Bool)
@@ -34,6 +38,9 @@ final class LoopPartsTests: XCTestCase {
         let phase: L.Phase
         let pending: PendingRequests
         var paused: Bool? = nil
+        /// Whether the close resets the peer (`SO_LINGER` 0), and whether the end is abnormal.
+        var reset: Bool? = nil
+        var abnormal: Bool? = nil
     }
 
     static let bounds = L.Bounds(bytes: 65536, buffers: 16, outbound: 16)
@@ -186,6 +193,18 @@ final class LoopPartsTests: XCTestCase {
                 holdings: Self.quiet, effects: [], phase: .closing, pending: [.close]),
             Row(name: "close completed", events: [.failed, .settle(Self.quiet), .closeCompleted], holdings: Self.quiet,
                 effects: [], phase: .closed, pending: []),
+            // How it ends: a FIN or a reset, cleanly or abnormally.
+            Row(name: "idle or stop: a FIN, a clean end", events: [.failed], holdings: Self.quiet, effects: [.close],
+                phase: .closing, pending: [.close], reset: false, abnormal: false),
+            Row(name: "an abort resets, abnormally", events: [.abort], holdings: Self.queued, effects: [.close],
+                phase: .closing, pending: [.close], reset: true, abnormal: true),
+            Row(name: "stalled output resets, abnormally",
+                events: [.posted([.recv, .send]), .stalled, .settle(Self.queued), .ended([.recv, .cancelRecv, .send, .cancelSend])],
+                holdings: Self.queued, effects: [.close], phase: .closing, pending: [.close], reset: true, abnormal: true),
+            Row(name: "a reset or an error: abnormal, nothing to reset", events: [.posted(.recv), .error, .ended(.recv)],
+                holdings: Self.quiet, effects: [.close], phase: .closing, pending: [.close], reset: false, abnormal: true),
+            Row(name: "a close asked: a FIN, a clean end", events: [.close], holdings: Self.quiet, effects: [.close],
+                phase: .closing, pending: [.close], reset: false, abnormal: false),
         ]
         for row in rows {
             var l = L()
@@ -195,6 +214,8 @@ final class LoopPartsTests: XCTestCase {
                 case .ended(let r): l.ended(r)
                 case .peerClosed: l.peerClosed()
                 case .failed: l.failed()
+                case .error: l.failed(abnormal: true)
+                case .stalled: l.failed(reset: true)
                 case .close: _ = l.closeRequested(abort: false)
                 case .abort: _ = l.closeRequested(abort: true)
                 case .pause(let paused): _ = l.pauseRequested(paused)
@@ -212,6 +233,8 @@ final class LoopPartsTests: XCTestCase {
             XCTAssertEqual(l.phase, row.phase, "\(row.name): phase")
             XCTAssertEqual(l.pending, row.pending, "\(row.name): in flight")
             if let paused = row.paused { XCTAssertEqual(l.flags.contains(.pausedForBound), paused, "\(row.name): paused") }
+            if let reset = row.reset { XCTAssertEqual(l.flags.contains(.resetOnClose), reset, "\(row.name): reset") }
+            if let abnormal = row.abnormal { XCTAssertEqual(l.flags.contains(.abnormal), abnormal, "\(row.name): abnormal") }
         }
     }
 

@@ -206,6 +206,11 @@ final class MetricsEndpointTests: ServerTestCase {
     /// One keep-alive scrape on `s`: the status line's code, or nil.
     func scrape(_ s: TestSocket) throws -> Int? {
         try s.writeAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        return try scrapeAnswer(s)
+    }
+
+    /// Reads one answer on `s`: the status line's code, or nil.
+    func scrapeAnswer(_ s: TestSocket) throws -> Int? {
         var got: [UInt8] = []
         while true {
             got += try s.readExactly(1)
@@ -246,6 +251,62 @@ final class MetricsEndpointTests: ServerTestCase {
             busy[0].close()
             let answer = String(decoding: try newcomer.readExactly(12), as: UTF8.self)
             XCTAssertEqual(answer, "HTTP/1.1 200")
+        }
+    }
+
+    /// Keep-alive clients that each ask for a cheap 404 twice a second hold every place: each
+    /// answer is progress, so none is idle. A scraper waiting with a whole request is still
+    /// served: a place is held only so long while others wait (they used to keep it for good).
+    func testKeepAliveClientsWithCheapRequestsCannotHoldThePlacesForever() throws {
+        try withEndpointServer(endpoint: { $0.maxConnections = 2 }) { server, _, metricsPort in
+            let stop = Locked(false)
+            let holders = try (0..<2).map { _ in try TestSocket.connect(port: metricsPort) }
+            let group = DispatchGroup()
+            for s in holders {
+                s.setTimeout(seconds: 5)
+                group.enter()
+                Thread {
+                    defer { group.leave() }
+                    while !stop.get {
+                        guard (try? s.writeAll(Array("GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n".utf8))) != nil,
+                            let answer = try? s.readSome(), !answer.isEmpty
+                        else { return }
+                        usleep(200_000)
+                    }
+                }.start()
+            }
+            defer {
+                stop.with { $0 = true }
+                _ = group.wait(timeout: .now() + 10)
+                holders.forEach { $0.close() }
+            }
+            usleep(300_000)
+            let scraper = try TestSocket.connect(port: metricsPort)
+            defer { scraper.close() }
+            scraper.setTimeout(seconds: 20)
+            XCTAssertEqual(try scrape(scraper), 200, "the waiting scraper is served")
+        }
+    }
+
+    /// A request head that trickles in one byte per receive is searched once, not from its start
+    /// on every receive: the bytes examined stay linear in its length.
+    func testATricklingRequestHeadIsSearchedOnce() throws {
+        try withEndpointServer { server, _, metricsPort in
+            let s = try TestSocket.connect(port: metricsPort)
+            defer { s.close() }
+            s.setTimeout(seconds: 10)
+            var head = "GET /metrics HTTP/1.1\r\nHost: x\r\n"
+            while head.utf8.count < 3000 { head += "X-Padding: \(String(repeating: "p", count: 60))\r\n" }
+            head += "\r\n"
+            let bytes = Array(head.utf8)
+            let before = MetricsHTTPHandler.headBytesExamined.load(ordering: .relaxed)
+            for b in bytes {
+                try s.writeAll([b])
+                usleep(100)
+            }
+            XCTAssertEqual(try scrapeAnswer(s), 200)
+            let examined = MetricsHTTPHandler.headBytesExamined.load(ordering: .relaxed) - before
+            XCTAssertLessThan(examined, 8 * bytes.count, "bytes examined for a \(bytes.count)-byte head sent a byte at a time")
         }
     }
 

@@ -246,4 +246,122 @@ final class ProxyTests: ServerTestCase {
             XCTAssertTrue(eventually { proxy.statistics.connectsRefused == 1 })
         }
     }
+
+    // MARK: Latency, resets
+
+    /// Answers once two bytes have come (a request written in two parts).
+    struct AnswerEveryTwoBytes: ConnectionHandler {
+        var got: [Int] = []
+        mutating func start(capacity: Int) { got = Array(repeating: 0, count: capacity) }
+        mutating func opened(_ connection: Connection) { got[connection.index] = 0 }
+        mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+            got[connection.index] += bytes.count
+            while got[connection.index] >= 2 {
+                got[connection.index] -= 2
+                connection.write("!")
+            }
+            return .nothing
+        }
+    }
+
+    /// A request written in two parts 1 ms apart is answered without waiting for the upstream's
+    /// delayed ACK: the proxy's outbound sockets do not delay small segments (TCP_NODELAY; the
+    /// second part used to wait about 40 ms behind the first's ACK, Nagle's algorithm).
+    func testARequestInTwoPartsIsRelayedWithoutWaitingForADelayedACK() throws {
+        for (mode, receive) in Self.variants {
+            try withProxy(proxyConfig(mode, receive), upstream: { AnswerEveryTwoBytes() }) { proxy, port, _ in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                var slow = 0
+                for _ in 0..<20 {
+                    let started = ContinuousClock.now
+                    try s.writeAll(Array("a".utf8))
+                    usleep(1_000)
+                    try s.writeAll(Array("b".utf8))
+                    XCTAssertEqual(try s.readExactly(1), Array("!".utf8))
+                    if ContinuousClock.now - started >= .milliseconds(35) { slow += 1 }
+                }
+                XCTAssertLessThan(slow, 10, "\(mode)/\(receive): \(slow) of 20 exchanges waited for a delayed ACK")
+                let release = Sockets.kernelRelease.split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
+                if mode == .pooled && release.count == 2 && (release[0], release[1]) >= (6, 7) {
+                    // The option was set by the ring on the slot, not by falling back to a descriptor.
+                    XCTAssertTrue(proxy.statistics.features.isSuperset(of: [.directSocket, .socketCommands]), "\(proxy.statistics.features)")
+                }
+            }
+        }
+    }
+
+    /// Resets as soon as it has received something.
+    struct ResetsOnData: ConnectionHandler {
+        mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+            connection.abort()
+            return .nothing
+        }
+    }
+
+    /// An upstream that resets reaches the client as a reset, not as a clean end of stream that
+    /// would pass for a complete answer.
+    func testAnUpstreamResetReachesTheClientAsAReset() throws {
+        for (mode, receive) in Self.variants {
+            try withProxy(proxyConfig(mode, receive), upstream: { ResetsOnData() }) { proxy, port, _ in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 5)
+                try s.writeAll(Array("hello".utf8))
+                XCTAssertThrowsError(try s.readSome(), "\(mode)/\(receive): a reset, not an end of stream") { error in
+                    XCTAssertEqual((error as? URingError)?.errno, .connectionReset, "\(mode)/\(receive): \(error)")
+                }
+            }
+        }
+    }
+
+    // MARK: TIME_WAIT
+
+    /// TCP sockets of this machine in TIME_WAIT whose remote port is `port` (IPv4, /proc/net/tcp).
+    static func timeWaits(remotePort port: UInt16) throws -> Int {
+        let lines = try readFile("/proc/net/tcp").split(separator: "\n").dropFirst()
+        return lines.filter { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 3, fields[3] == "06", let colon = fields[2].lastIndex(of: ":") else { return false }
+            return UInt16(fields[2][fields[2].index(after: colon)...], radix: 16) == port
+        }.count
+    }
+
+    /// The client ends first (after reading its answer): with the default half-close the proxy
+    /// passes the FIN on and its upstream socket keeps a TIME_WAIT per connection; with
+    /// ``TCPProxy/UpstreamEnding/reset`` the upstream connection is reset and none is kept.
+    func testWhenTheClientEndsFirstTheProxyKeepsATimeWaitUnlessItResetsTheUpstream() throws {
+        let rounds = 200
+        for ending in [TCPProxy.UpstreamEnding.halfClose, .reset] {
+            var u = config(.pooled, .bufferRing)
+            u.maxConnections = 64
+            let upstream = Server(configuration: u)
+            try upstream.start()
+            defer {
+                upstream.stop()
+                upstream.wait()
+            }
+            let address = try XCTUnwrap(upstream.boundAddress)
+            try withServer(proxyConfig(.pooled, .bufferRing), handler: { TCPProxy(upstream: address, upstreamEnding: ending) }) {
+                proxy, port in
+                for i in 0..<rounds {
+                    let s = try TestSocket.connect(port: port)
+                    defer { s.close() }
+                    s.setTimeout(seconds: 5)
+                    let bytes = patternBytes(seed: UInt64(i), count: 100)
+                    try s.writeAll(bytes)
+                    XCTAssertEqual(try s.readExactly(100), bytes, "\(ending) \(i)")
+                    s.shutdownWrite()  // done: the client ends first
+                    XCTAssertEqual(try s.readToEnd(), [], "\(ending) \(i): then a clean end")
+                }
+                XCTAssertTrue(eventually { proxy.statistics.outboundClosed == UInt64(rounds) && proxy.statistics.active == 0 })
+                let kept = try Self.timeWaits(remotePort: address.port)
+                switch ending {
+                case .halfClose: XCTAssertGreaterThanOrEqual(kept, rounds - 5, "the proxy passed the FIN on: TIME_WAITs are its")
+                case .reset: XCTAssertEqual(kept, 0, "reset: no TIME_WAIT toward the upstream")
+                }
+            }
+        }
+    }
 }

@@ -89,13 +89,15 @@ final class RarePathTests: ServerTestCase {
     }
 
     /// A connection that half-closes (or is closed by its handler) while its output cannot move
-    /// is closed once the output has not moved for the idle timeout.
+    /// is closed once the output has not moved for the stall timeout.
     func testOutputThatMakesNoProgressIsClosedInEveryState() throws {
         for (mode, receive) in Self.variants {
             var c = config(mode, receive)
             c.idleTimeout = .milliseconds(600)
+            c.stallTimeout = .milliseconds(600)
             c.maxOutputBytesPerConnection = 16 << 20
-            c.outboundBuffers = 4096
+            // One connection may hold half the shared pool (beside its guarantee): 12 MiB of it.
+            c.outboundBuffers = 8192
             try withServer(c, handler: { ByeHandler() }) { server, port in
                 // Handler-initiated close (half-closed on our side) with 4 MiB the client never reads.
                 let a = try TestSocket.connect(port: port)

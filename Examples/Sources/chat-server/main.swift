@@ -20,10 +20,12 @@
 //   writes queue in order, and mail from one ring to another is delivered in order.
 // - A receiver whose queued output would pass `--max-pending` (default 4 MiB) is aborted, so one
 //   client that does not read costs at most that much and never slows the others. A write can also
-//   be refused because the ring's outbound buffer pool is empty; the pool is sized for sixteen
-//   receivers at their bound, and a receiver refused for that reason is aborted too (logged
-//   differently), since dropping lines silently would break its stream. (The handler API has no
-//   way to pause receiving from a fast sender, so a burst is absorbed by buffering, not slowed.)
+//   be refused because the receiver holds its share of the ring's outbound buffers: every
+//   connection is guaranteed 64 KiB of them, and beyond that connections share the pool, none
+//   taking more than stays free, so a receiver that keeps reading is never refused, whatever the
+//   others hold, and one refused for its share is a slow reader among slow readers. It is aborted
+//   too (logged differently), since dropping lines silently would break its stream. (A burst is
+//   absorbed by buffering, not slowed: pausing the sender would let one slow reader stall all.)
 // - A post to another ring is refused when the mailbox from this ring to that one is full (the
 //   target ring is far behind). The API cannot wait for room, so the span is dropped for that
 //   ring's clients and the drop is logged to stderr (rate-limited). The mailboxes are sized
@@ -181,7 +183,7 @@ struct ChatHandler: ConnectionHandler {
     }
 
     /// Writes `lines` to every open connection of this ring but `sender`; aborts a receiver whose
-    /// output is over its bound.
+    /// output is over its bound, or over its share of the ring's outbound buffers.
     func deliver(_ lines: UnsafeRawBufferPointer, except sender: ConnectionID?, ring: RingContext) {
         for i in open {
             guard let id = members[i], id != sender else { continue }
@@ -190,7 +192,7 @@ struct ChatHandler: ConnectionHandler {
                 if queued + lines.count > maxOutput {
                     logError("chat-server: \(id) on ring \(ring.index) is over its output bound (\(queued) bytes queued); aborting it")
                 } else {
-                    logError("chat-server: ring \(ring.index) ran out of outbound buffers writing to \(id) (\(queued) bytes queued); aborting it")
+                    logError("chat-server: \(id) on ring \(ring.index) holds its share of the outbound buffers (\(queued) bytes queued, slow readers share the pool); aborting it")
                 }
                 ring.abort(id)
             }
@@ -264,10 +266,10 @@ while let flag = arguments.popFirst() {
     }
 }
 
-// Outbound buffers (of bufferSize bytes, per ring): room for sixteen receivers at their bound
-// (64 MiB of address space per ring at the default bound; pages are touched only as bursts need
-// them). Receivers that merely lag during a burst hold buffers too, so the pool must cover more
-// than the one slow client it is there to contain.
+// The shared outbound buffers (of bufferSize bytes, per ring, beyond each connection's guaranteed
+// 64 KiB): room for sixteen receivers at their bound (64 MiB of address space per ring at the
+// default bound; pages are touched only as bursts need them), so a lone slow receiver meets its
+// bound before its share (one connection may hold half the pool).
 config.outboundBuffers = min(1 << 20, max(4096, 16 * config.maxOutputBytesPerConnection / config.bufferSize))
 // One mailbox per ordered pair of rings, threads² of them: each the largest power of two up to
 // 16 MiB / threads, at least 1 MiB (the library's default).

@@ -3,7 +3,10 @@
 // becomes a half-close on the other; a slow side holds bounded memory. The first line on stdout is
 // `listening on HOST:PORT`; SIGTERM (or Ctrl-C) stops it gracefully.
 // Also: --mode pooled|unpooled, --max-connections N (pairs), --idle-timeout S (0: none),
-// --connect-timeout-ms MS, --disable FEATURE.
+// --stall-timeout S (a side whose output the peer stops taking is reset after it, and its pair
+// with it; default 60), --connect-timeout-ms MS, --disable FEATURE, --upstream-ending
+// half-close|reset (when the client ends first: pass its FIN on, the proxy keeping a TIME_WAIT per
+// connection, or reset the upstream connection, for protocols whose clients close when done).
 import Dispatch
 import EchoServer
 import Glibc
@@ -47,6 +50,10 @@ config.maxOutboundConnections = config.maxConnections  // one upstream connectio
 if let seconds = option("--idle-timeout").flatMap({ Int($0) }) {
     config.idleTimeout = seconds > 0 ? .seconds(seconds) : nil
 }
+if let text = option("--stall-timeout") {
+    guard let seconds = Int(text), (1...604_800).contains(seconds) else { fail("--stall-timeout must be 1...604800 seconds, got '\(text)'") }
+    config.stallTimeout = .seconds(seconds)
+}
 // --disable FEATURE (as uring-echo's: direct-socket, fixed-files, ...), any number of times.
 for (i, argument) in CommandLine.arguments.enumerated() where argument == "--disable" && i + 1 < CommandLine.arguments.count {
     guard let feature = KernelFeatures(named: CommandLine.arguments[i + 1]) else {
@@ -55,8 +62,16 @@ for (i, argument) in CommandLine.arguments.enumerated() where argument == "--dis
     config.features.remove(feature)
 }
 let connectTimeout = Duration.milliseconds(option("--connect-timeout-ms").flatMap { Int($0) } ?? 5000)
+let ending: TCPProxy.UpstreamEnding
+switch option("--upstream-ending") ?? "half-close" {
+case "half-close": ending = .halfClose
+case "reset": ending = .reset
+case let other: fail("--upstream-ending must be half-close or reset, got '\(other)'")
+}
 
-let server = Server(configuration: config) { TCPProxy(upstream: upstream, connectTimeout: connectTimeout) }
+let server = Server(configuration: config) {
+    TCPProxy(upstream: upstream, connectTimeout: connectTimeout, upstreamEnding: ending)
+}
 do {
     try server.start()
 } catch {
