@@ -154,7 +154,7 @@ public struct AsyncConnection: Sendable {
         /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
         public nonisolated(nonsending) func write(_ chunk: InboundChunk) async throws(AsyncConnectionError) {
             if chunk.id == connection.id, chunk.ring === connection.ring {
-                let result = await connection.onRing(WriteResult.closed) { ring in
+                let result = await connection.onRing(WriteResult?.some(.closed)) { ring -> WriteResult? in
                     guard ring.record(chunk.id) != nil else { return .closed }
                     return ring.isCurrent(chunk) ? ring.send(chunk) : .full
                 }
@@ -162,6 +162,7 @@ public struct AsyncConnection: Sendable {
                 case .queued: return
                 case .closed: throw .closed
                 case .full: throw .invalidChunk  // next() was called since, or it was written already
+                case nil: break  // writes of this connection wait in the inbox: copied behind them
                 }
             }
             try await copy(chunk)

@@ -229,9 +229,12 @@ final class AsyncRing: @unchecked Sendable {  // the per-connection state is onl
     }
 
     /// Sends `chunk` (the one being consumed) as it is: zero copy.
-    func send(_ chunk: InboundChunk) -> WriteResult {
+    /// - Returns: what it did; nil when writes of its connection wait in the inbox, which the chunk
+    ///   may not overtake (the caller copies it behind them).
+    func send(_ chunk: InboundChunk) -> WriteResult? {
         guard let c = record(chunk.id) else { return .closed }
         guard c.pointee.lifecycle.acceptsOutput else { return .closed }
+        if core.busy(chunk.id.index) { return nil }
         core.sendCurrent(c)
         chunkNumbers[chunk.id.index] &+= 1  // the chunk is the send queue's now
         return .queued

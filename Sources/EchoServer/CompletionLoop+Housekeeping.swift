@@ -11,8 +11,8 @@ extension CompletionLoop where Receiver: ~Copyable {
                 guard let c = core.sessions.record(at: i) else { continue }
                 switch housekeeping.sweep(c, core) {
                 case .keep: break
-                case .idle:
-                    c.pointee.lifecycle.failed()
+                case .idle(let reset):
+                    c.pointee.lifecycle.failed(reset: reset)
                     try settle(c)
                     continue
                 case .stalled:

@@ -119,6 +119,9 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
                     break
                 }
             }
+            // Shared outbound buffers came free (completions, jobs, closes): writers of any
+            // connection that waited for them may go on (a flag when nobody waits).
+            if core.queue.takeSharedFreed() { core.remote.wakeSharedWriters() }
             // Jobs that the last ones enqueued, and inbox records this thread pushed (a task's
             // write through a handle of this ring), are taken before the ring blocks.
             try enter(wait: !executor.hasJobs && !core.inboxNotified)
@@ -126,9 +129,6 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
             let harvested = try core.ring.forEachCompletion { (c: Completion) throws(URingError) in try handle(c) }
             core.stats.completionsPerTurn.record(harvested)
             try receiver.afterBatch(core: core)
-            // Shared outbound buffers came free: writers of any connection that waited for them may
-            // go on (one check per turn; a load when nobody waits).
-            if core.queue.takeSharedFreed() { core.remote.wakeAllWriters() }
         }
     }
 

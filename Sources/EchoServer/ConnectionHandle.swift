@@ -77,7 +77,7 @@ public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
         }
         // On the ring's own thread with nothing before it in the inbox: queued now, so that what
         // this thread asks next (a close) finds it queued.
-        if let core = loopHere, !core.inboxBusy { return core.writeFromHandle(bytes, to: id, buffers: buffers) }
+        if let core = loopHere, !core.busy(index) { return core.writeFromHandle(bytes, to: id, buffers: buffers) }
         guard remote.push(.write, index, id.epoch, bytes) else {
             remote.releaseBuffers(index, buffers)
             remote.returnRoom(index, count, epoch: id.epoch)
@@ -129,9 +129,12 @@ public struct ConnectionHandle: Sendable, Hashable, CustomStringConvertible {
             let epoch = id.epoch
             let buffers = remote.buffers(for: count)
             let inbox = remote.inbox
-            await remote.wait(index) {
-                // Sequentially consistent loads (roomLeft, couldReserveBuffers), as the ring's
-                // returns: no wake-up is lost between a refusal and the wait.
+            // Short of room only: its own sends give it back. Short of buffers or inbox space: the
+            // shared pool and the inbox free up with others' progress too.
+            let shared = remote.roomLeft(index, epoch: epoch) >= count
+            await remote.wait(index, shared: shared) {
+                // Sequentially consistent loads (roomLeft, couldReserveBuffers, hasRoom), as the
+                // ring's returns: no wake-up is lost between a refusal and the wait.
                 !isOpen
                     || remote.roomLeft(index, epoch: epoch) >= count && remote.couldReserveBuffers(index, buffers)
                         && inbox.hasRoom(for: count)

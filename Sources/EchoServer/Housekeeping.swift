@@ -35,8 +35,9 @@ struct Housekeeping {
     /// Why the sweep closes a connection.
     enum Verdict {
         case keep
-        /// No progress either way for the idle timeout: closed (a FIN once nothing is queued).
-        case idle
+        /// No progress either way for the idle timeout: closed with a FIN, or with a reset when
+        /// output is still queued (the peer took none of it meanwhile).
+        case idle(reset: Bool)
         /// Queued output the peer has taken none of for the stall timeout: the peer stopped
         /// reading, and the connection is reset.
         case stalled
@@ -60,7 +61,7 @@ struct Housekeeping {
         guard idleNanoseconds > 0, core.now &- c.pointee.lastActivity > idleNanoseconds else { return .keep }
         if lifecycle.phase == .open && lifecycle.flags.contains(.pausedByHandler) { return .keep }
         core.stats.idleClosed &+= 1
-        return .idle
+        return .idle(reset: c.pointee.output.head >= 0)
     }
 
     /// Stop: no new accepts; the caller closes every connection. The timer keeps ticking so the

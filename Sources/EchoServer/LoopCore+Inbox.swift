@@ -45,6 +45,10 @@ extension LoopCore {
     func drainInbox(message: (UInt64, UnsafeRawBufferPointer) throws(URingError) -> Void) throws(URingError) {
         var kept: [(index: Int, tag: UInt64, bits: UInt64)] = []
         remote.takeRequests { index, tag, bits in kept.append((index, tag, bits)) }
+        // Those asked before this drain: one asked during it (a message's callback) may follow a
+        // record pushed after this drain began, and waits for the next.
+        let asked = deferred.count
+        var drained = false
         // An exchange, not a store: a store may pass the loads of the drain, and a record pushed
         // between them would find the mark still set and wake no one.
         _ = remote.inbox.notified.exchange(false, ordering: .acquiringAndReleasing)
@@ -56,6 +60,8 @@ extension LoopCore {
             let index = Int(word)
             let epoch = value & (1 << 56 - 1)
             let operation = RemoteConnections.Operation(rawValue: value >> 56)
+            drained = true
+            defer { remote.pendingRecords[index].subtract(1, ordering: .releasing) }
             guard let c = sessions.record(at: index), c.pointee.session.epoch == epoch,
                 c.pointee.lifecycle.acceptsOutput
             else {
@@ -71,8 +77,9 @@ extension LoopCore {
                 _ = queue.write(bytes, to: c, coalesce: true, reserved: remote.buffers(for: bytes.count))
                 c.pointee.remoteQueued += bytes.count
                 touch(c)
-            case .close, .abort, .shutdown:
-                apply(operation!, to: connectionID(c))
+            case .close: apply(.close, to: connectionID(c))
+            case .abort: apply(.abort, to: connectionID(c))
+            case .shutdown: apply(.shutdown, to: connectionID(c))
             case nil:
                 break
             }
@@ -90,12 +97,22 @@ extension LoopCore {
             }
         }
         var i = 0
-        while i < deferred.count {  // not `for in`: unspecialized, its iterator allocates
+        while i < asked {  // not `for in`: unspecialized, its iterator allocates
+            hasDeferred[deferred[i].id.index] = false
+            i += 1
+        }
+        i = 0
+        while i < asked {
             apply(deferred[i].operation, to: deferred[i].id)
             i += 1
         }
-        deferred.removeAll(keepingCapacity: true)
+        deferred.removeFirst(asked)
+        i = 0
+        while i < deferred.count {
+            hasDeferred[deferred[i].id.index] = true
+            i += 1
+        }
         // Inbox space came free: writers waiting for it may go on.
-        remote.wakeAllWriters()
+        if drained { remote.wakeSharedWriters() }
     }
 }

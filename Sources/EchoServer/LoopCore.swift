@@ -86,9 +86,12 @@ final class LoopCore {
     @exclusivity(unchecked) var replyAnchorSession: Int32 = -1
     @exclusivity(unchecked) var replyAnchor: Int32 = -1
 
-    /// Closes, aborts and shutdowns asked on this thread while the inbox held records: applied after
-    /// the next drain, so they follow every write their caller pushed before (``requestClose(_:abort:)``).
-    @exclusivity(unchecked) var deferred: [(id: ConnectionID, operation: RemoteConnections.Operation)] = []
+    /// Closes, aborts and shutdowns asked on this thread while their connection had inbox records
+    /// pending: applied after the next drain, so they follow every write their caller pushed before
+    /// (``requestClose(_:abort:)``).
+    @exclusivity(unchecked) var deferred: [(id: ConnectionID, operation: Operation)] = []
+    /// By session index: whether ``deferred`` holds an operation of it.
+    let hasDeferred: UnsafeMutablePointer<Bool>
 
     init(
         configuration: ServerConfiguration, setup: consuming RingSetup, provided: ProvidedSegments,
@@ -123,6 +126,8 @@ final class LoopCore {
             capacity: capacity, pool: remote)
         quietClose = features.contains(.quietClose)
         deferred.reserveCapacity(64)
+        hasDeferred = .allocate(capacity: capacity)
+        hasDeferred.initialize(repeating: false, count: capacity)
         closedIndices = .allocate(capacity: capacity)
         touchedNext = .allocate(capacity: capacity)
         touchedNext.initialize(repeating: -1, count: capacity)
@@ -142,6 +147,7 @@ final class LoopCore {
     }
 
     deinit {
+        hasDeferred.deallocate()
         touchedNext.deallocate()
         isTouched.deallocate()
         closedIndices.deallocate()
@@ -202,17 +208,15 @@ final class LoopCore {
 
     func write(_ bytes: UnsafeRawBufferPointer, to id: ConnectionID) -> WriteResult {
         guard let c = connection(id), c.pointee.lifecycle.acceptsOutput else { return .closed }
+        // Behind records of its caller still in the inbox: into the inbox too, to keep the order.
+        if busy(id.index) { return writeBehindInbox(bytes, to: id, c) }
         guard c.pointee.output.bytes + bytes.count <= maxOutput else {
             // A write larger than the bound itself can never fit: no writable for it.
             if bytes.count <= maxOutput { c.pointee.lifecycle.writableRequested() }
             stats.writesRefused &+= 1
             return .full
         }
-        // Writes made during `received` go after its in-place reply, so they must not fill the room
-        // left in the segment that was last before the call.
-        let coalesce = !(Int32(bitPattern: c.pointee.session.lease.index) == replyAnchorSession
-            && c.pointee.output.tail == replyAnchor)
-        guard queue.write(bytes, to: c, coalesce: coalesce, maxHeld: maxOutboundPerConnection) else {
+        guard queue.write(bytes, to: c, coalesce: coalesces(c), maxHeld: maxOutboundPerConnection) else {
             c.pointee.lifecycle.writableRequested()
             stats.writesRefused &+= 1
             return .full
@@ -222,10 +226,47 @@ final class LoopCore {
         return .queued
     }
 
-    /// A write through a ``ConnectionHandle`` on the ring's own thread, with nothing in the inbox
-    /// before it: its room and buffers reserved as a remote write's are, then queued at once (as
-    /// the inbox's drain would queue it), so a close through the handle that follows finds it
-    /// queued.
+    /// Whether a write to `c` may fill the room left in its last segment: not during its
+    /// `received`, while that segment is the one the in-place reply goes after (the reply would
+    /// land inside the write).
+    @inline(__always)
+    func coalesces(_ c: ConnectionRef) -> Bool {
+        !(Int32(bitPattern: c.pointee.session.lease.index) == replyAnchorSession && c.pointee.output.tail == replyAnchor)
+    }
+
+    /// A write on the ring's thread to a connection with inbox records pending: pushed behind them,
+    /// reserved as a handle's write is (its room and buffers), so its caller's order holds.
+    @inline(never)
+    func writeBehindInbox(_ bytes: UnsafeRawBufferPointer, to id: ConnectionID, _ c: ConnectionRef) -> WriteResult {
+        guard !bytes.isEmpty else { return .queued }
+        let buffers = remote.buffers(for: bytes.count)
+        guard bytes.count <= remote.largestWrite, remote.reserveRoom(id.index, bytes.count, epoch: id.epoch) else {
+            c.pointee.lifecycle.writableRequested()
+            stats.writesRefused &+= 1
+            return .full
+        }
+        guard remote.reserveBuffers(id.index, buffers) else {
+            remote.returnRoom(id.index, bytes.count, epoch: id.epoch)
+            c.pointee.lifecycle.writableRequested()
+            stats.writesRefused &+= 1
+            return .full
+        }
+        guard remote.push(.write, id.index, id.epoch, bytes) else {
+            queue.release(buffers, of: id.index)
+            remote.returnRoom(id.index, bytes.count, epoch: id.epoch)
+            c.pointee.lifecycle.writableRequested()
+            stats.writesRefused &+= 1
+            return .full
+        }
+        _ = remote.inbox.notified.exchange(true, ordering: .acquiringAndReleasing)
+        return .queued
+    }
+
+    /// A write through a ``ConnectionHandle`` on the ring's own thread, with nothing of its
+    /// connection's before it in the inbox: its room and buffers reserved as a remote write's are,
+    /// then queued at once (as the inbox's drain would queue it, and after the in-place reply of a
+    /// `received` under way, as ``write(_:to:)`` is), so a close through the handle that follows
+    /// finds it queued.
     func writeFromHandle(_ bytes: UnsafeRawBufferPointer, to id: ConnectionID, buffers: Int) -> WriteResult {
         guard let c = connection(id), c.pointee.lifecycle.acceptsOutput else {
             remote.returnRoom(id.index, bytes.count, epoch: id.epoch)
@@ -233,16 +274,20 @@ final class LoopCore {
             return .closed
         }
         // Room and buffers are reserved: this cannot be refused.
-        _ = queue.write(bytes, to: c, coalesce: true, reserved: buffers)
+        _ = queue.write(bytes, to: c, coalesce: coalesces(c), reserved: buffers)
         c.pointee.remoteQueued += bytes.count
         touch(c)
         return .queued
     }
 
-    /// Whether an operation asked on this thread now could overtake an earlier write of its caller:
-    /// the inbox holds records, or requests kept for its next drain.
+    /// Whether an operation asked on this thread for session `index` could overtake an earlier one
+    /// of its caller: inbox records of it are pending, or a request kept for the next drain, or an
+    /// operation deferred to it.
     @inline(__always)
-    var inboxBusy: Bool { !remote.inbox.isEmpty || remote.requestsPending.load(ordering: .acquiring) || !deferred.isEmpty }
+    func busy(_ index: Int) -> Bool {
+        remote.pendingRecords[index].load(ordering: .acquiring) > 0 || hasDeferred[index]
+            || remote.requests[index].load(ordering: .relaxed) != 0
+    }
 
     func requestWritable(_ id: ConnectionID) {
         guard let c = connection(id), c.pointee.lifecycle.acceptsOutput else { return }
@@ -300,7 +345,7 @@ final class LoopCore {
         outboundOpen += 1
         do throws(URingError) {
             // The chain goes in whole: a submission that ended inside it would break the link.
-            if ring.submissionSpace < 4 { try ring.submit() }
+            try ring.reserveSubmissions(4)
             if let slot {
                 // No SOCK_CLOEXEC: the kernel refuses it for a slot (a slot is no descriptor to inherit).
                 try ring.prepareSocket(
@@ -329,33 +374,46 @@ final class LoopCore {
 
     /// Shuts `id`'s output after what is queued, and after what its caller pushed into the inbox
     /// before (``requestClose(_:abort:)``).
-    func requestShutdown(_ id: ConnectionID) {
-        guard connection(id) != nil else { return }
-        if inboxBusy { return deferred.append((id, .shutdown)) }
-        apply(.shutdown, to: id)
-    }
+    /// Shuts `id`'s output after what is queued, and after what its caller pushed into the inbox
+    /// before (``requestClose(_:abort:)``).
+    func requestShutdown(_ id: ConnectionID) { request(.shutdown, id) }
 
     /// Closes `id` (after what is queued, or at once for an abort). Every way a close is asked on
     /// the ring's thread comes here (``RingContext``, a handle on its own ring, the end of an async
     /// connection's task), so it keeps its place after the writes its caller made before, whichever
-    /// way they went: queued at once, or pushed into the inbox (through a handle while the inbox
-    /// held records, or from another thread before the task came here). While the inbox holds
-    /// anything, the close waits for the next drain and follows it.
-    func requestClose(_ id: ConnectionID, abort: Bool) {
+    /// way they went: queued at once, or pushed into the inbox (through a handle while records of
+    /// the connection were there, or from another thread before the task came here). While the
+    /// connection has inbox records pending, the close waits for the next drain and follows it.
+    func requestClose(_ id: ConnectionID, abort: Bool) { request(abort ? .abort : .close, id) }
+
+    /// A close, abort or shutdown, in its caller's order (``requestClose(_:abort:)``).
+    func request(_ operation: Operation, _ id: ConnectionID) {
         guard connection(id) != nil else { return }
-        if inboxBusy { return deferred.append((id, abort ? .abort : .close)) }
-        apply(abort ? .abort : .close, to: id)
+        if busy(id.index) { return deferOperation(operation, id) }
+        apply(operation, to: id)
+    }
+
+    /// What a close asks (``request(_:_:)``).
+    enum Operation {
+        case close
+        case abort
+        case shutdown
+    }
+
+    @inline(never)
+    private func deferOperation(_ operation: Operation, _ id: ConnectionID) {
+        deferred.append((id, operation))
+        hasDeferred[id.index] = true
     }
 
     /// A close, abort or shutdown, now.
-    func apply(_ operation: RemoteConnections.Operation, to id: ConnectionID) {
+    func apply(_ operation: Operation, to id: ConnectionID) {
         guard let c = connection(id) else { return }
         let changed =
             switch operation {
             case .close: c.pointee.lifecycle.closeRequested(abort: false)
             case .abort: c.pointee.lifecycle.closeRequested(abort: true)
             case .shutdown: c.pointee.lifecycle.shutdownRequested()
-            case .write: false
             }
         if changed { touch(c) }
     }
@@ -455,7 +513,7 @@ final class LoopCore {
             return false
         }
         guard features.contains(.socketCommands) else { return false }
-        if ring.submissionSpace < 2 { try ring.submit() }
+        try ring.reserveSubmissions(2)
         try ring.prepareSetSocketOption(
             file, .resetOnClose, tag: ControlTag.socketOption.rawValue, options: Self.optionRequest)
         return true

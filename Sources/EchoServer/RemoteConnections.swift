@@ -24,8 +24,12 @@ import URing
 ///   batch. A close that finds the inbox full is not lost or waited for: it is kept in the
 ///   session's request word (``requests``), taken by the ring before its next drain and applied
 ///   after it, so it still follows every record its caller pushed before.
-/// - **Waiters.** Async writers that found no room or no buffers, resumed when their connection
-///   gets some back (or, for the shared pool and the inbox, after a ring turn that freed some),
+/// - **Pending records.** Per session, the inbox records for it not yet drained: while a session
+///   has any, an operation asked on the ring's own thread goes behind them (``LoopCore``), so it
+///   keeps its place after what its caller pushed before.
+/// - **Waiters.** Async writers that found no room or no buffers: resumed when their connection
+///   gets room or buffers back (its own session's list), or, for one that waits on the shared pool
+///   or the inbox, after a ring turn that freed some of either (the shared list, woken only then),
 ///   or when their task is cancelled.
 final class RemoteConnections: @unchecked Sendable {  // the tables are atomics; `waiters` is guarded by its lock; the inbox's producers hold `producers`
     let capacity: Int
@@ -39,6 +43,8 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     let requests: UnsafeMutablePointer<Atomic<UInt64>>
     /// Set when a session's request word was written: the ring takes them before its next drain.
     let requestsPending = Atomic<Bool>(false)
+    /// Per session: inbox records for it pushed and not yet drained.
+    let pendingRecords: UnsafeMutablePointer<Atomic<Int32>>
     /// Buffers each session may hold without taking from the shared pool.
     let guaranteed: Int
     /// The shared pool: its size, and how many of its buffers are free.
@@ -53,14 +59,25 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     let inbox: Mailbox
     let producers = PthreadMutex()
     let waiters = PthreadLock(Waiters())
-    /// Writers waiting now, over all sessions: the ring looks at it after a turn that freed shared
-    /// buffers or inbox space.
+    /// Writers waiting now, over all sessions, and those of them that also wait for the shared pool
+    /// or the inbox: the ring looks at them after returning room or buffers, and after a turn that
+    /// freed shared buffers or inbox space.
     let waiting = Atomic<Int>(0)
+    let waitingShared = Atomic<Int>(0)
 
-    /// Async writers waiting, by session, each with a token to find it again on cancellation.
+    /// Async writers waiting: each under a token (to find it again on cancellation), listed under
+    /// its session, and also in ``shared`` when it waits for the shared pool or the inbox. A
+    /// waiter is resumed once: whichever list wakes it first takes it out of ``entries``.
     struct Waiters {
-        var bySession: [Int: [(token: UInt64, continuation: UnsafeContinuation<Void, Never>)]] = [:]
+        var entries: [UInt64: UnsafeContinuation<Void, Never>] = [:]
+        var bySession: [Int: [UInt64]] = [:]
+        var shared: [UInt64] = []
         var nextToken: UInt64 = 0
+
+        /// Takes the continuations of `tokens` still waiting.
+        mutating func take(_ tokens: [UInt64]) -> [UnsafeContinuation<Void, Never>] {
+            tokens.compactMap { entries.removeValue(forKey: $0) }
+        }
     }
 
     /// Operations an inbox record carries (the top byte of its value; the epoch below), and the
@@ -106,11 +123,13 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         room = .allocate(capacity: capacity)
         held = .allocate(capacity: capacity)
         requests = .allocate(capacity: capacity)
+        pendingRecords = .allocate(capacity: capacity)
         for i in 0..<capacity {
             (epochs + i).initialize(to: Atomic(0))
             (room + i).initialize(to: Atomic(0))
             (held + i).initialize(to: Atomic(0))
             (requests + i).initialize(to: Atomic(0))
+            (pendingRecords + i).initialize(to: Atomic(0))
         }
         guaranteed = max(guaranteedBuffers, 0)
         sharedTotal = max(outboundBuffers, 0)
@@ -126,10 +145,12 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         room.deinitialize(count: capacity)
         held.deinitialize(count: capacity)
         requests.deinitialize(count: capacity)
+        pendingRecords.deinitialize(count: capacity)
         epochs.deallocate()
         room.deallocate()
         held.deallocate()
         requests.deallocate()
+        pendingRecords.deallocate()
     }
 
     /// Every outbound buffer the ring needs: each session's guarantee and the shared pool.
@@ -155,7 +176,11 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
             let (exchanged, original) = held[index].compareExchange(
                 expected: h, desired: h + n, ordering: .acquiringAndReleasing)
             if exchanged { return true }
-            if shared > 0 { sharedFree.add(shared, ordering: .releasing) }
+            if shared > 0 {
+                // Taken for a moment and given back: a writer that looked meanwhile may be waiting.
+                sharedFree.add(shared, ordering: .sequentiallyConsistent)
+                wakeSharedWriters()
+            }
             h = original
         }
     }
@@ -183,7 +208,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         // and their count that ``wakeWriters(_:)`` reads after this.
         let before = held[index].wrappingSubtract(n, ordering: .sequentiallyConsistent).oldValue
         let shared = max(0, before - guaranteed) - max(0, before - n - guaranteed)
-        if shared > 0 { sharedFree.add(shared, ordering: .releasing) }
+        if shared > 0 { sharedFree.add(shared, ordering: .sequentiallyConsistent) }
         return shared > 0
     }
 
@@ -254,27 +279,41 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     /// ended).
     func wakeWriters(_ index: Int) {
         guard waiting.load(ordering: .sequentiallyConsistent) > 0 else { return }
-        let woken = waiters.withLock { table in table.bySession.removeValue(forKey: index) ?? [] }
-        if !woken.isEmpty { waiting.subtract(woken.count, ordering: .relaxed) }
-        for waiter in woken { waiter.continuation.resume() }
+        let woken = waiters.withLock { table -> [UnsafeContinuation<Void, Never>] in
+            guard let tokens = table.bySession.removeValue(forKey: index) else { return [] }
+            return table.take(tokens)
+        }
+        resume(woken)
     }
 
-    /// Wakes every waiting writer: after a ring turn that freed shared buffers or inbox space,
-    /// which writers of any session may have waited for.
-    func wakeAllWriters() {
-        guard waiting.load(ordering: .sequentiallyConsistent) > 0 else { return }
-        let woken = waiters.withLock { table in
-            defer { table.bySession.removeAll() }
-            return table.bySession.values.flatMap { $0 }
+    /// Wakes the writers waiting for the shared pool or the inbox: after a ring turn that freed
+    /// shared buffers or inbox space (a load when none waits).
+    func wakeSharedWriters() {
+        // A fence: the space just freed (the inbox's head is a releasing store) is ordered before
+        // this load, as a waiter's count is before its readiness check.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        guard waitingShared.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        let woken = waiters.withLock { table -> [UnsafeContinuation<Void, Never>] in
+            defer { table.shared.removeAll(keepingCapacity: true) }
+            return table.take(table.shared)
         }
-        if !woken.isEmpty { waiting.subtract(woken.count, ordering: .relaxed) }
-        for waiter in woken { waiter.continuation.resume() }
+        resume(woken)
+    }
+
+    private func resume(_ woken: [UnsafeContinuation<Void, Never>]) {
+        guard !woken.isEmpty else { return }
+        waiting.subtract(woken.count, ordering: .relaxed)
+        for continuation in woken { continuation.resume() }
     }
 
     /// Waits until `index` may have room and buffers for another try (or its connection ended, or
     /// the task is cancelled). Returns at once if `ready()` already holds once the waiter is
     /// registered: no wake-up is lost between a failed reservation and the wait.
-    func wait(_ index: Int, ready: () -> Bool) async {
+    /// - Parameters:
+    ///   - shared: whether it also waits for the shared pool or the inbox (then woken also after a
+    ///     ring turn that freed either).
+    ///   - ready: whether another try may succeed; read with sequentially consistent loads.
+    func wait(_ index: Int, shared: Bool, ready: () -> Bool) async {
         let token = waiters.withLock { table -> UInt64 in
             table.nextToken &+= 1
             return table.nextToken
@@ -283,29 +322,27 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 let registered = waiters.withLock { table -> Bool in
                     waiting.add(1, ordering: .sequentiallyConsistent)
+                    if shared { waitingShared.add(1, ordering: .sequentiallyConsistent) }
                     if ready() || Task.isCancelled {
                         waiting.subtract(1, ordering: .relaxed)
+                        if shared { waitingShared.subtract(1, ordering: .relaxed) }
                         return false
                     }
-                    table.bySession[index, default: []].append((token, continuation))
+                    table.entries[token] = continuation
+                    table.bySession[index, default: []].append(token)
+                    if shared { table.shared.append(token) }
                     return true
                 }
                 if !registered { continuation.resume() }
             }
         } onCancel: {
-            let found = waiters.withLock { table -> UnsafeContinuation<Void, Never>? in
-                guard var list = table.bySession[index], let i = list.firstIndex(where: { $0.token == token }) else {
-                    return nil
-                }
-                let waiter = list.remove(at: i)
-                table.bySession[index] = list.isEmpty ? nil : list
-                return waiter.continuation
-            }
+            let found = waiters.withLock { table in table.entries.removeValue(forKey: token) }
             if let found {
                 waiting.subtract(1, ordering: .relaxed)
                 found.resume()
             }
         }
+        if shared { waitingShared.subtract(1, ordering: .relaxed) }
     }
 
     // MARK: Inbox
@@ -321,11 +358,17 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         return producers.withLock { inbox.push(bytes, value: value, word: Self.messageWord) }
     }
 
-    /// Pushes a record for `index`/`epoch` into the inbox; false when it is full.
+    /// Pushes a record for `index`/`epoch` into the inbox, counted in the session's pending
+    /// records until the ring drains it; false when it is full.
     func push(_ operation: Operation, _ index: Int, _ epoch: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        producers.withLock {
+        // Counted first: the ring, which acquires the record, then sees the count, and a caller
+        // that pushed sees its own count afterwards.
+        pendingRecords[index].add(1, ordering: .relaxed)
+        let pushed = producers.withLock {
             inbox.push(bytes, value: epoch | operation.rawValue << 56, word: UInt32(index))
         }
+        if !pushed { pendingRecords[index].subtract(1, ordering: .relaxed) }
+        return pushed
     }
 
     /// Keeps a close, abort or shutdown of connection `epoch` at `index` in the session's request

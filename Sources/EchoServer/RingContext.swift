@@ -98,7 +98,7 @@ public struct RingContext {
     /// - Parameter connection: a connection of this ring; a stale ID is ignored.
     public func shutdownOutput(_ connection: ConnectionID) { core.requestShutdown(connection) }
 
-    /// Closes `connection` at once, dropping queued output.
+    /// Closes `connection` at once, dropping queued output; the peer gets a reset.
     /// - Parameter connection: a connection of this ring; a stale ID is ignored.
     public func abort(_ connection: ConnectionID) { core.requestClose(connection, abort: true) }
 

@@ -186,13 +186,14 @@ public struct ServerConfiguration: Sendable, Hashable {
         try check(
             (1...1 << 30).contains(guaranteedOutputBytesPerConnection), "guaranteedOutputBytesPerConnection",
             "1...1073741824 bytes", guaranteedOutputBytesPerConnection)
-        // The guarantees are reserved address space, every session's: keep it far inside a process's.
-        let sessionsPerRing = connectionsPerThread + (maxOutboundConnections + threads - 1) / threads
-        let reservedPerRing = (sessionsPerRing * guaranteedOutboundBuffers + outboundBuffers) * bufferSize
+        // The guarantees are reserved address space, every session's (the other listeners' take a
+        // few more): keep all the rings' far inside a process's 128 TiB.
+        let sessionsPerRing = connectionsPerThread + (maxOutboundConnections + threads - 1) / threads + 1024
+        let reserved = threads * (sessionsPerRing * guaranteedOutboundBuffers + outboundBuffers) * bufferSize
         try check(
-            reservedPerRing <= 1 << 44, "guaranteedOutputBytesPerConnection",
-            "small enough that each ring's outbound buffers, \(sessionsPerRing) sessions × the guarantee plus "
-                + "outboundBuffers × bufferSize, reserve at most 16 TiB of address space",
+            reserved <= 1 << 45, "guaranteedOutputBytesPerConnection",
+            "small enough that the outbound buffers of \(threads) ring(s), each \(sessionsPerRing) sessions × the "
+                + "guarantee plus outboundBuffers × bufferSize, reserve at most 32 TiB of address space",
             guaranteedOutputBytesPerConnection)
         try check(
             powerOfTwo(mailboxBytes, in: 4096...1 << 30), "mailboxBytes", "a power of two in 4096...1073741824 bytes",

@@ -170,9 +170,11 @@ public struct TCPProxy: ConnectionHandler {
         closed(connection, end: .clean, ring: ring)
     }
 
-    /// One side ended: the other closes after what it has queued, or, when the side ended
-    /// abnormally (a reset, an error, an abort, stalled output, or bytes dropped with it), is
-    /// aborted, so its peer sees a reset rather than a clean end of stream with bytes missing.
+    /// One side ended: the other closes after what it has queued, with a FIN, or, when the side
+    /// ended abnormally (a reset, an error, an abort, stalled output, or bytes dropped with it), is
+    /// aborted: its peer sees a reset rather than a clean end of stream with bytes missing. (What
+    /// the proxy still holds for it is dropped with it: a reset discards the kernel's send queue
+    /// too, so "what is queued, then a reset" could not promise more.)
     public mutating func closed(_ connection: ConnectionID, end: ConnectionEnd, ring: RingContext) {
         guard let other = peer[connection.index] else { return }
         peer[connection.index] = nil

@@ -2,9 +2,11 @@ import Synchronization
 
 // Reading HTTP/1.1 request heads: where a head ends, and what it asks.
 extension MetricsHTTPHandler {
-    /// Bytes ``headEnd(_:from:)`` has examined, over every handler of the process: how tests see
-    /// that a head arriving in pieces is searched once.
+    #if DEBUG
+    /// Bytes ``headEnd(_:from:)`` has examined, over every handler of the process (debug builds):
+    /// how tests see that a head arriving in pieces is searched once.
     package static let headBytesExamined = Atomic<Int>(0)
+    #endif
 
     /// Where a request head that starts at `start` ends, blank lines before it skipped (as
     /// ``serve(_:_:)`` skips them), searching from `from`: nil while it is not whole.
@@ -31,7 +33,9 @@ extension MetricsHTTPHandler {
     /// Where the head that starts at `start` ends (the blank line; CRLF or bare LF line ends) and
     /// the body starts.
     static func headEnd(_ input: [UInt8], from start: Int) -> (head: Int, next: Int)? {
+        #if DEBUG
         headBytesExamined.add(max(input.count - start, 0), ordering: .relaxed)
+        #endif
         var i = start
         while i < input.count, let newline = input[i...].firstIndex(of: UInt8(ascii: "\n")) {
             if newline + 1 < input.count && input[newline + 1] == UInt8(ascii: "\n") { return (newline + 1, newline + 2) }

@@ -120,6 +120,24 @@ public struct Ring: ~Copyable {
     @inlinable
     public var submissionSpace: Int { Int(io_uring_sq_space_left(ring)) }
 
+    /// Makes room for `count` entries (a linked chain that must not be split), submitting what is
+    /// prepared when the queue is short. `EAGAIN` and `EBUSY` are retried a few times, as a full
+    /// queue mid-batch is (the batch's completions are already harvested, so the kernel can post).
+    /// - Parameter count: entries needed.
+    /// - Throws: ``URingError`` when the queue cannot be drained.
+    public func reserveSubmissions(_ count: Int) throws(URingError) {
+        var tries = 0
+        while submissionSpace < count {
+            do {
+                try submit()
+            } catch where (error.errno == .wouldBlock || error.errno == .busy) && tries < 64 {
+                counters.pointee.submitRetries &+= 1
+            }
+            tries += 1
+            if submissionSpace < count && tries >= 64 { throw URingError("io_uring_submit", errno: .busy) }
+        }
+    }
+
     /// Submits every prepared entry. Maps to `io_uring_submit`.
     /// - Returns: the number of entries the kernel consumed.
     /// - Throws: ``URingError`` for `io_uring_submit` (`EINTR` is retried).

@@ -19,6 +19,17 @@ struct WriteThenCloseThroughTheHandle: ConnectionHandler {
     mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply { .nothing }
 }
 
+/// Echoes each byte in place and writes a 5,000-byte block through its own handle in the same
+/// call: the block goes after the echo, whole, as a `Connection.write` would (a handle write that
+/// filled the room of the queue's last buffer put the echo inside the block).
+struct EchoThenBlockThroughTheHandle: ConnectionHandler {
+    static let block = [UInt8](repeating: 0x78, count: 5000)
+    mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
+        for _ in 0..<bytes.count { XCTAssertEqual(connection.handle.tryWrite(Self.block), .queued) }
+        return .send(bytes.count)
+    }
+}
+
 /// Sends 1 KiB every 100 ms for 3 s once a connection has said something, through its handle from a
 /// thread of its own, then closes it: a download that only ever sends.
 struct Dripper: ConnectionHandler {
@@ -53,6 +64,31 @@ final class OrderAndCancellationTests: ServerTestCase {
                     s.setTimeout(seconds: 5)
                     XCTAssertEqual(try s.readToEnd(), Array("hi\n".utf8), "\(mode)/\(receive) shutdown \(shutdown)")
                 }
+            }
+        }
+    }
+
+    /// With output backed up (the client reads only at the end), each echoed byte comes before
+    /// the block the same call wrote through the handle, never inside one.
+    func testAHandleWriteDuringReceivedGoesAfterTheInPlaceReply() throws {
+        for (mode, receive) in Self.variants {
+            var c = config(mode, receive)
+            c.maxPendingBytesPerConnection = 1 << 20
+            try withServer(c, handler: { EchoThenBlockThroughTheHandle() }) { _, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 10)
+                let rounds = 60
+                for _ in 0..<rounds {
+                    try s.writeAll([0x61])
+                    usleep(1_000)
+                }
+                let got = try s.readExactly(rounds * 5001)
+                var intact = 0
+                for r in 0..<rounds where got[r * 5001] == 0x61 && got[(r * 5001 + 1)..<(r * 5001 + 5001)].allSatisfy({ $0 == 0x78 }) {
+                    intact += 1
+                }
+                XCTAssertEqual(intact, rounds, "\(mode)/\(receive): each echo, then its block")
             }
         }
     }
