@@ -19,7 +19,7 @@ extension CompletionLoop where Receiver: ~Copyable {
                 c.pointee.lastActivity = core.now
                 c.pointee.listener = listener
                 c.pointee.announced = true
-                core.remote.opened(c.pointee.session.index, epoch: c.pointee.session.epoch, maxOutput: core.maxOutput)
+                core.tables.opened(c.pointee.session.index, epoch: c.pointee.session.epoch, maxOutput: core.maxOutput)
                 if listener != 0 { core.opened(listener, c) }
                 handler.opened(Connection(core.connectionID(c), core))
                 try afterCallback(c)
@@ -51,7 +51,7 @@ extension CompletionLoop where Receiver: ~Copyable {
             c.pointee.lastActivity = core.now
             c.pointee.lastProgress = core.now
             core.stats.connects &+= 1
-            core.remote.opened(c.pointee.session.index, epoch: c.pointee.session.epoch, maxOutput: core.maxOutput)
+            core.tables.opened(c.pointee.session.index, epoch: c.pointee.session.epoch, maxOutput: core.maxOutput)
             c.pointee.announced = true
             handler.opened(Connection(core.connectionID(c), core))
             return try afterCallback(c)
@@ -254,7 +254,9 @@ extension CompletionLoop where Receiver: ~Copyable {
         if c.pointee.inbound.current >= 0 { release(c.pointee.inbound.current, of: c) }
         c.pointee.inbound = InboundQueue()
         let id = core.connectionID(c)
-        core.remote.closed(c.pointee.session.index)
+        let index = c.pointee.session.index
+        core.deferredOperations[index] = 0  // nothing deferred outlives its connection
+        if core.tables.closed(index) { core.wakeWriters(index) }
         if let slot = c.pointee.session.slot { core.slots?.release(slot) }
         // Before the release: unpooled, it frees the record.
         let listener = c.pointee.listener

@@ -7,9 +7,11 @@ extension CompletionLoop where Receiver: ~Copyable {
     func onTick() throws(URingError) {
         housekeeping.ticks &+= 1
         if !core.stopping {
+            let idle = housekeeping.idleNanoseconds
+            let stall = housekeeping.stallNanoseconds
             for i in 0..<core.sessions.capacity {
                 guard let c = core.sessions.record(at: i) else { continue }
-                switch housekeeping.sweep(c, core) {
+                switch Housekeeping.sweep(c, core, idleNanoseconds: idle, stallNanoseconds: stall) {
                 case .keep: break
                 case .idle(let reset):
                     c.pointee.lifecycle.failed(reset: reset)

@@ -51,7 +51,10 @@ struct Housekeeping {
     ///   what it queued taken by the peer (a connection that only sends is not idle while its peer
     ///   reads), unless the handler paused its receiving.
     /// - Returns: the verdict (counted; the loop closes the connection).
-    func sweep(_ c: ConnectionRef, _ core: LoopCore) -> Verdict {
+    /// Static, with the timeouts passed in: a method of the stored struct would copy it (and
+    /// retain its closure) once per connection per tick.
+    @inline(__always)
+    static func sweep(_ c: ConnectionRef, _ core: LoopCore, idleNanoseconds: UInt64, stallNanoseconds: UInt64) -> Verdict {
         let lifecycle = c.pointee.lifecycle
         guard lifecycle.phase == .open || lifecycle.phase == .inputClosed else { return .keep }
         if c.pointee.output.head >= 0 && core.now &- c.pointee.lastProgress > stallNanoseconds {

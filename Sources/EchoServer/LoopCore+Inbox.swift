@@ -32,7 +32,7 @@ extension LoopCore {
     @inline(__always)
     var inboxNotified: Bool {
         remote.inbox.notified.load(ordering: .acquiring) || remote.requestsPending.load(ordering: .relaxed)
-            || !deferred.isEmpty
+            || deferredCount > 0
     }
 
     /// Applies every record pushed so far, then the closes that had to wait for it: those kept in
@@ -45,9 +45,6 @@ extension LoopCore {
     func drainInbox(message: (UInt64, UnsafeRawBufferPointer) throws(URingError) -> Void) throws(URingError) {
         var kept: [(index: Int, tag: UInt64, bits: UInt64)] = []
         remote.takeRequests { index, tag, bits in kept.append((index, tag, bits)) }
-        // Those asked before this drain: one asked during it (a message's callback) may follow a
-        // record pushed after this drain began, and waits for the next.
-        let asked = deferred.count
         var drained = false
         // An exchange, not a store: a store may pass the loads of the drain, and a record pushed
         // between them would find the mark still set and wake no one.
@@ -96,23 +93,38 @@ extension LoopCore {
                 if request.bits & RemoteConnections.Operation.close.bit != 0 { apply(.close, to: id) }
             }
         }
-        var i = 0
-        while i < asked {  // not `for in`: unspecialized, its iterator allocates
-            hasDeferred[deferred[i].id.index] = false
-            i += 1
-        }
-        i = 0
-        while i < asked {
-            apply(deferred[i].operation, to: deferred[i].id)
-            i += 1
-        }
-        deferred.removeFirst(asked)
-        i = 0
-        while i < deferred.count {
-            hasDeferred[deferred[i].id.index] = true
-            i += 1
-        }
+        applyDeferred()
         // Inbox space came free: writers waiting for it may go on.
         if drained { remote.wakeSharedWriters() }
+    }
+
+    /// Applies the operations deferred for connections that have no inbox records pending any more
+    /// (a drain took them), in the order they were deferred; those of a connection with records
+    /// still pending (pushed after the drain began: a message's callback wrote and closed) wait for
+    /// the next drain. Within one connection, a shutdown goes before a close, and an abort wins.
+    func applyDeferred() {
+        var kept = 0
+        var i = 0
+        while i < deferredCount {  // not `for in`: unspecialized, its iterator allocates
+            let index = Int(deferredSessions[i])
+            i += 1
+            let operations = deferredOperations[index]
+            guard operations != 0 else { continue }  // its connection closed meanwhile
+            if tables.pendingRecords[index].load(ordering: .acquiring) > 0 {
+                deferredSessions[kept] = Int32(index)
+                kept += 1
+                continue
+            }
+            deferredOperations[index] = 0
+            guard let c = sessions.record(at: index), c.pointee.session.epoch == deferredEpochs[index] else { continue }
+            let id = connectionID(c)
+            if operations & Operation.abort.rawValue != 0 {
+                apply(.abort, to: id)
+            } else {
+                if operations & Operation.shutdown.rawValue != 0 { apply(.shutdown, to: id) }
+                if operations & Operation.close.rawValue != 0 { apply(.close, to: id) }
+            }
+        }
+        deferredCount = kept
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import Logging
 import SocketPool
 import URing
@@ -21,7 +22,9 @@ final class LoopCore {
     @exclusivity(unchecked) var slots: SlotPool?
     @exclusivity(unchecked) var queue: SendQueue
     /// What other threads know and reserve of this ring's connections, and the inbox their
-    /// writes, closes and aborts come through (``ConnectionHandle``).
+    /// writes, closes and aborts come through (``ConnectionHandle``). The methods the loop calls on
+    /// it per connection are inlined: a call would retain it around itself (measured: once per
+    /// accepted and per closed connection).
     let remote: RemoteConnections
     @exclusivity(unchecked) var stats = ServerStatistics()
     /// The sessions of the other listeners' connections open now, and the bytes their closed ones
@@ -87,11 +90,16 @@ final class LoopCore {
     @exclusivity(unchecked) var replyAnchor: Int32 = -1
 
     /// Closes, aborts and shutdowns asked on this thread while their connection had inbox records
-    /// pending: applied after the next drain, so they follow every write their caller pushed before
-    /// (``requestClose(_:abort:)``).
-    @exclusivity(unchecked) var deferred: [(id: ConnectionID, operation: Operation)] = []
-    /// By session index: whether ``deferred`` holds an operation of it.
-    let hasDeferred: UnsafeMutablePointer<Bool>
+    /// pending, applied once it has none (after a drain), so they follow every write their caller
+    /// pushed before (``requestClose(_:abort:)``): by session, the operations' bits and the
+    /// connection's epoch, and the sessions that have any, in the order they were deferred.
+    let deferredOperations: UnsafeMutablePointer<UInt8>
+    let deferredEpochs: UnsafeMutablePointer<UInt64>
+    let deferredSessions: UnsafeMutablePointer<Int32>
+    @exclusivity(unchecked) var deferredCount = 0
+    /// ``remote``'s per-session tables, as plain pointers: read on every open and close, they
+    /// retain nothing (``RemoteTables``).
+    let tables: RemoteTables
 
     init(
         configuration: ServerConfiguration, setup: consuming RingSetup, provided: ProvidedSegments,
@@ -125,9 +133,12 @@ final class LoopCore {
             provided: provided, outboundSize: configuration.bufferSize, sessions: useRing ? 0 : capacity,
             capacity: capacity, pool: remote)
         quietClose = features.contains(.quietClose)
-        deferred.reserveCapacity(64)
-        hasDeferred = .allocate(capacity: capacity)
-        hasDeferred.initialize(repeating: false, count: capacity)
+        tables = remote.tables
+        deferredOperations = .allocate(capacity: capacity)
+        deferredOperations.initialize(repeating: 0, count: capacity)
+        deferredEpochs = .allocate(capacity: capacity)
+        deferredEpochs.initialize(repeating: 0, count: capacity)
+        deferredSessions = .allocate(capacity: capacity)
         closedIndices = .allocate(capacity: capacity)
         touchedNext = .allocate(capacity: capacity)
         touchedNext.initialize(repeating: -1, count: capacity)
@@ -147,7 +158,9 @@ final class LoopCore {
     }
 
     deinit {
-        hasDeferred.deallocate()
+        deferredOperations.deallocate()
+        deferredEpochs.deallocate()
+        deferredSessions.deallocate()
         touchedNext.deallocate()
         isTouched.deallocate()
         closedIndices.deallocate()
@@ -285,8 +298,8 @@ final class LoopCore {
     /// operation deferred to it.
     @inline(__always)
     func busy(_ index: Int) -> Bool {
-        remote.pendingRecords[index].load(ordering: .acquiring) > 0 || hasDeferred[index]
-            || remote.requests[index].load(ordering: .relaxed) != 0
+        tables.pendingRecords[index].load(ordering: .acquiring) > 0 || deferredOperations[index] != 0
+            || tables.requests[index].load(ordering: .relaxed) != 0
     }
 
     func requestWritable(_ id: ConnectionID) {
@@ -376,6 +389,7 @@ final class LoopCore {
     /// before (``requestClose(_:abort:)``).
     /// Shuts `id`'s output after what is queued, and after what its caller pushed into the inbox
     /// before (``requestClose(_:abort:)``).
+    @inline(__always)
     func requestShutdown(_ id: ConnectionID) { request(.shutdown, id) }
 
     /// Closes `id` (after what is queued, or at once for an abort). Every way a close is asked on
@@ -384,29 +398,41 @@ final class LoopCore {
     /// way they went: queued at once, or pushed into the inbox (through a handle while records of
     /// the connection were there, or from another thread before the task came here). While the
     /// connection has inbox records pending, the close waits for the next drain and follows it.
+    @inline(__always)
     func requestClose(_ id: ConnectionID, abort: Bool) { request(abort ? .abort : .close, id) }
 
-    /// A close, abort or shutdown, in its caller's order (``requestClose(_:abort:)``).
+    /// A close, abort or shutdown, in its caller's order (``requestClose(_:abort:)``). Inlined into
+    /// its callers (``RingContext``, a handle): a call would retain the loop around it.
+    @inline(__always)
     func request(_ operation: Operation, _ id: ConnectionID) {
         guard connection(id) != nil else { return }
-        if busy(id.index) { return deferOperation(operation, id) }
+        let index = id.index
+        if busy(index) {
+            if deferredOperations[index] == 0 {
+                deferredSessions[deferredCount] = Int32(index)
+                deferredCount += 1
+                deferredEpochs[index] = id.epoch
+            }
+            deferredOperations[index] |= operation.rawValue
+            return
+        }
         apply(operation, to: id)
     }
 
-    /// What a close asks (``request(_:_:)``).
-    enum Operation {
-        case close
-        case abort
-        case shutdown
+    /// What a close asks (``request(_:_:)``), as a bit of ``deferredOperations``.
+    enum Operation: UInt8 {
+        case close = 1
+        case abort = 2
+        case shutdown = 4
     }
 
+    /// Wakes the writers waiting on session `index` (its connection closed): out of line, as it
+    /// is rare, so the object is retained only here.
     @inline(never)
-    private func deferOperation(_ operation: Operation, _ id: ConnectionID) {
-        deferred.append((id, operation))
-        hasDeferred[id.index] = true
-    }
+    func wakeWriters(_ index: Int) { remote.wakeWriters(index) }
 
     /// A close, abort or shutdown, now.
+    @inline(__always)
     func apply(_ operation: Operation, to id: ConnectionID) {
         guard let c = connection(id) else { return }
         let changed =

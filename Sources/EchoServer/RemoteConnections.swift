@@ -59,11 +59,16 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     let inbox: Mailbox
     let producers = PthreadMutex()
     let waiters = PthreadLock(Waiters())
-    /// Writers waiting now, over all sessions, and those of them that also wait for the shared pool
-    /// or the inbox: the ring looks at them after returning room or buffers, and after a turn that
-    /// freed shared buffers or inbox space.
-    let waiting = Atomic<Int>(0)
+    /// Writers waiting now, over all sessions (at a stable address of its own, so that
+    /// ``RemoteTables`` reads it), and those of them that also wait for the shared pool or the
+    /// inbox: the ring looks at them after returning room or buffers, and after a turn that freed
+    /// shared buffers or inbox space.
+    let waitingCount: UnsafeMutablePointer<Atomic<Int>>
     let waitingShared = Atomic<Int>(0)
+    /// The per-session tables as plain pointers, for the loop (``RemoteTables``).
+    var tables: RemoteTables {
+        RemoteTables(epochs: epochs, room: room, requests: requests, pendingRecords: pendingRecords, waiting: waitingCount)
+    }
 
     /// Async writers waiting: each under a token (to find it again on cancellation), listed under
     /// its session, and also in ``shared`` when it waits for the shared pool or the inbox. A
@@ -124,6 +129,8 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         held = .allocate(capacity: capacity)
         requests = .allocate(capacity: capacity)
         pendingRecords = .allocate(capacity: capacity)
+        waitingCount = .allocate(capacity: 1)
+        waitingCount.initialize(to: Atomic(0))
         for i in 0..<capacity {
             (epochs + i).initialize(to: Atomic(0))
             (room + i).initialize(to: Atomic(0))
@@ -146,6 +153,8 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         held.deinitialize(count: capacity)
         requests.deinitialize(count: capacity)
         pendingRecords.deinitialize(count: capacity)
+        waitingCount.deinitialize(count: 1)
+        waitingCount.deallocate()
         epochs.deallocate()
         room.deallocate()
         held.deallocate()
@@ -260,17 +269,11 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     }
 
     /// The ring accepted `epoch` at `index`: its writers start with `maxOutput` bytes of room.
-    func opened(_ index: Int, epoch: UInt64, maxOutput: Int) {
-        requests[index].store(0, ordering: .relaxed)
-        room[index].store(Self.tag(epoch) << Self.roomBits | UInt64(maxOutput), ordering: .relaxed)
-        epochs[index].store(epoch, ordering: .releasing)
-    }
+    func opened(_ index: Int, epoch: UInt64, maxOutput: Int) { tables.opened(index, epoch: epoch, maxOutput: maxOutput) }
 
     /// The ring closed the connection at `index`: its handles get `.closed` from now on.
     func closed(_ index: Int) {
-        epochs[index].store(0, ordering: .sequentiallyConsistent)
-        room[index].store(0, ordering: .sequentiallyConsistent)
-        wakeWriters(index)
+        if tables.closed(index) { wakeWriters(index) }
     }
 
     // MARK: Waiters
@@ -278,7 +281,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
     /// Wakes the async writers waiting on `index` (room or buffers came back, or the connection
     /// ended).
     func wakeWriters(_ index: Int) {
-        guard waiting.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        guard waitingCount.pointee.load(ordering: .sequentiallyConsistent) > 0 else { return }
         let woken = waiters.withLock { table -> [UnsafeContinuation<Void, Never>] in
             guard let tokens = table.bySession.removeValue(forKey: index) else { return [] }
             return table.take(tokens)
@@ -302,7 +305,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
 
     private func resume(_ woken: [UnsafeContinuation<Void, Never>]) {
         guard !woken.isEmpty else { return }
-        waiting.subtract(woken.count, ordering: .relaxed)
+        waitingCount.pointee.subtract(woken.count, ordering: .relaxed)
         for continuation in woken { continuation.resume() }
     }
 
@@ -321,10 +324,10 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 let registered = waiters.withLock { table -> Bool in
-                    waiting.add(1, ordering: .sequentiallyConsistent)
+                    waitingCount.pointee.add(1, ordering: .sequentiallyConsistent)
                     if shared { waitingShared.add(1, ordering: .sequentiallyConsistent) }
                     if ready() || Task.isCancelled {
-                        waiting.subtract(1, ordering: .relaxed)
+                        waitingCount.pointee.subtract(1, ordering: .relaxed)
                         if shared { waitingShared.subtract(1, ordering: .relaxed) }
                         return false
                     }
@@ -338,7 +341,7 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
         } onCancel: {
             let found = waiters.withLock { table in table.entries.removeValue(forKey: token) }
             if let found {
-                waiting.subtract(1, ordering: .relaxed)
+                waitingCount.pointee.subtract(1, ordering: .relaxed)
                 found.resume()
             }
         }
@@ -397,5 +400,36 @@ final class RemoteConnections: @unchecked Sendable {  // the tables are atomics;
             let word = requests[index].exchange(0, ordering: .acquiringAndReleasing)
             if word != 0 { body(index, word >> Self.roomBits, word & Self.roomMask) }
         }
+    }
+}
+
+/// The per-session tables of ``RemoteConnections`` the loop writes once per connection (its epoch,
+/// room and request word as it opens and closes), as plain pointers: reading them through the
+/// object would retain it around every call that is not inlined (measured once per accepted and
+/// per closed connection). Valid while the object lives: the ring's port owns it, and outlives the
+/// ring.
+struct RemoteTables {
+    let epochs: UnsafeMutablePointer<Atomic<UInt64>>
+    let room: UnsafeMutablePointer<Atomic<UInt64>>
+    let requests: UnsafeMutablePointer<Atomic<UInt64>>
+    let pendingRecords: UnsafeMutablePointer<Atomic<Int32>>
+    let waiting: UnsafeMutablePointer<Atomic<Int>>
+
+    /// Connection `epoch` opened at `index`: its writers start with `maxOutput` bytes of room.
+    @inline(__always)
+    func opened(_ index: Int, epoch: UInt64, maxOutput: Int) {
+        requests[index].store(0, ordering: .relaxed)
+        room[index].store(
+            RemoteConnections.tag(epoch) << RemoteConnections.roomBits | UInt64(maxOutput), ordering: .relaxed)
+        epochs[index].store(epoch, ordering: .releasing)
+    }
+
+    /// The connection at `index` closed: its handles get `.closed` from now on.
+    /// - Returns: whether writers wait (the caller wakes those of `index`).
+    @inline(__always)
+    func closed(_ index: Int) -> Bool {
+        epochs[index].store(0, ordering: .sequentiallyConsistent)
+        room[index].store(0, ordering: .sequentiallyConsistent)
+        return waiting.pointee.load(ordering: .sequentiallyConsistent) > 0
     }
 }

@@ -189,11 +189,13 @@ public struct ServerConfiguration: Sendable, Hashable {
         // The guarantees are reserved address space, every session's (the other listeners' take a
         // few more): keep all the rings' far inside a process's 128 TiB.
         let sessionsPerRing = connectionsPerThread + (maxOutboundConnections + threads - 1) / threads + 1024
-        let reserved = threads * (sessionsPerRing * guaranteedOutboundBuffers + outboundBuffers) * bufferSize
+        // (The shared pool, outboundBuffers × bufferSize, is preallocation, checked against the
+        // machine's memory below.)
+        let reserved = threads * sessionsPerRing * guaranteedOutboundBuffers * bufferSize
         try check(
             reserved <= 1 << 45, "guaranteedOutputBytesPerConnection",
-            "small enough that the outbound buffers of \(threads) ring(s), each \(sessionsPerRing) sessions × the "
-                + "guarantee plus outboundBuffers × bufferSize, reserve at most 32 TiB of address space",
+            "1...\((1 << 45) / (threads * sessionsPerRing)) bytes with \(sessionsPerRing) sessions on each of \(threads) "
+                + "ring(s) (every session's guarantee is reserved address space, 32 TiB at most)",
             guaranteedOutputBytesPerConnection)
         try check(
             powerOfTwo(mailboxBytes, in: 4096...1 << 30), "mailboxBytes", "a power of two in 4096...1073741824 bytes",

@@ -62,6 +62,18 @@ final class ConfigurationTests: XCTestCase {
             ("stopTimeout", { $0.stopTimeout = .seconds(-1); return Duration.seconds(-1) }),
             ("stopTimeout", { $0.stopTimeout = .seconds(3601); return Duration.seconds(3601) }),
             ("stopTimeout", { $0.stopTimeout = .seconds(Int64.max); return Duration.seconds(Int64.max) }),
+            ("stallTimeout", { $0.stallTimeout = .zero; return Duration.zero }),
+            ("stallTimeout", { $0.stallTimeout = .seconds(7 * 86400 + 1); return Duration.seconds(7 * 86400 + 1) }),
+            ("stallTimeout", { $0.stallTimeout = .seconds(Int64.max); return Duration.seconds(Int64.max) }),
+            ("guaranteedOutputBytesPerConnection", { $0.guaranteedOutputBytesPerConnection = 0; return 0 }),
+            ("guaranteedOutputBytesPerConnection", { $0.guaranteedOutputBytesPerConnection = (1 << 30) + 1; return (1 << 30) + 1 }),
+            // Every session's guarantee is reserved address space: a million sessions of 1 GiB each is not.
+            ("guaranteedOutputBytesPerConnection", {
+                $0.maxConnections = 1_000_000
+                $0.maxOutputBytesPerConnection = 1 << 30
+                $0.guaranteedOutputBytesPerConnection = 1 << 30
+                return 1 << 30
+            }),
         ]
     }
 
@@ -122,6 +134,10 @@ final class ConfigurationTests: XCTestCase {
             ("tickInterval 60 s", { $0.tickInterval = .seconds(60) }),
             ("stopTimeout 0", { $0.stopTimeout = .zero }),
             ("stopTimeout 1 hour", { $0.stopTimeout = .seconds(3600) }),
+            ("stallTimeout 1 ms", { $0.stallTimeout = .milliseconds(1) }),
+            ("stallTimeout 7 days", { $0.stallTimeout = .seconds(7 * 86400) }),
+            ("guaranteedOutputBytesPerConnection 1", { $0.guaranteedOutputBytesPerConnection = 1 }),
+            ("guaranteedOutputBytesPerConnection 1 GiB", { $0.guaranteedOutputBytesPerConnection = 1 << 30 }),
         ]
         for (label, mutate) in edges {
             var c = ServerConfiguration()
