@@ -33,6 +33,7 @@ bench: bench-build
 	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
 	python3 Benchmarks/scripts/bench.py
 	if [ "$${BENCH_PROXY:-1}" != 0 ]; then python3 Benchmarks/scripts/proxy_bench.py; fi
+	if [ "$${BENCH_ATTACK:-1}" != 0 ]; then python3 Benchmarks/scripts/attack_bench.py; fi
 
 # SOAK_MINUTES (default 10) of mixed load against each mode, a line per minute and a verdict.
 soak: bench-build
