@@ -45,7 +45,7 @@ soak: bench-build
 docs: deps
 	python3 docs/check-architecture.py
 	mkdir -p .build/docs
-	for target in URing SocketPool EchoServer EchoServerMetrics; do \
+	for target in SystemIO URing SocketPool EchoServer EchoServerMetrics; do \
 		$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation \
 			--target $$target --warnings-as-errors --output-path .build/docs/$$target || exit 1; \
 	done

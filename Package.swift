@@ -5,6 +5,7 @@ let package = Package(
     name: "uring-echo",
     platforms: [.macOS(.v15)],  // Linux only in practice; io_uring does not exist elsewhere.
     products: [
+        .library(name: "SystemIO", targets: ["SystemIO"]),
         .library(name: "URing", targets: ["URing"]),
         .library(name: "SocketPool", targets: ["SocketPool"]),
         .library(name: "EchoServer", targets: ["EchoServer"]),
@@ -20,12 +21,16 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
+        // liburing's headers and its static library (see the module map: no pkg-config, which would
+        // add -luring, the shared one).
         .systemLibrary(
             name: "CURing",
-            pkgConfig: "liburing",
             providers: [.apt(["liburing-dev"])]
         ),
-        .target(name: "URing", dependencies: ["CURing"]),
+        // What both drivers share: socket addresses, errno, socket calls, threads, locks.
+        .target(name: "CSystemIO"),
+        .target(name: "SystemIO", dependencies: ["CSystemIO"]),
+        .target(name: "URing", dependencies: ["CURing", "SystemIO"]),
         .target(name: "SocketPool", dependencies: ["URing"]),
         .target(
             name: "EchoServer",

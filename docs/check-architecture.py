@@ -32,6 +32,8 @@ ALLOWED = {
     "CreateIoCompletionPort", "GetQueuedCompletionStatus", "PostQueuedCompletionStatus",
     "OverlappedEx", "AcceptEx", "WSARecv", "WSASend", "DisconnectEx", "TransmitFile", "ConnectEx", "TransmitPackets",
     "CancelIoEx", "IoCount",
+    # modules (not declarations) and the library
+    "SystemIO", "liburing",
     # system calls, libc and C names
     "connect", "socket", "close", "listen", "accept", "recv", "send", "sendmsg", "malloc",
     "eventfd", "max", "min", "tcp_disconnect", "user_data", "close_direct", "file_index",

@@ -18,7 +18,6 @@
 #include <string.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/prctl.h>
 
 // Small helpers for what Swift cannot reach cleanly (anonymous unions,
 // flexible array members) or what liburing 2.3 gets wrong. They are the only
@@ -143,9 +142,5 @@ static inline void curing_buf_ring_advance(void *br, int count) {
     io_uring_buf_ring_advance((struct io_uring_buf_ring *)br, count);
 }
 
-static inline int curing_errno(void) { return errno; }
-
-/// Names the calling thread (`prctl(PR_SET_NAME)`, at most 15 bytes), as shown by top, perf and /proc.
-static inline int curing_set_thread_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
 
 #endif

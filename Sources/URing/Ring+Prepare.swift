@@ -111,7 +111,7 @@ extension Ring {
     }
 
     /// Prepares a connect (`IORING_OP_CONNECT`). The address is copied into the ring's own memory,
-    /// so it need not outlive this call. Connecting to ``SocketAddress/unspecified`` dissolves the
+    /// so it need not outlive this call. Connecting to `SocketAddress.unspecified` dissolves the
     /// socket's association (an abortive disconnect), after which it can connect again.
     /// - Parameters:
     ///   - socket: the socket to connect.

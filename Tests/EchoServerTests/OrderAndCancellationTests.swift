@@ -25,7 +25,9 @@ struct WriteThenCloseThroughTheHandle: ConnectionHandler {
 struct EchoThenBlockThroughTheHandle: ConnectionHandler {
     static let block = [UInt8](repeating: 0x78, count: 5000)
     mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {
-        for _ in 0..<bytes.count { XCTAssertEqual(connection.handle.tryWrite(Self.block), .queued) }
+        // A refused write shows as a block missing from the output (no assertion here, on the
+        // ring's thread: XCTest's machinery would open descriptors of its own there).
+        for _ in 0..<bytes.count { _ = connection.handle.tryWrite(Self.block) }
         return .send(bytes.count)
     }
 }
@@ -84,11 +86,23 @@ final class OrderAndCancellationTests: ServerTestCase {
                     usleep(1_000)
                 }
                 let got = try s.readExactly(rounds * 5001)
-                var intact = 0
-                for r in 0..<rounds where got[r * 5001] == 0x61 && got[(r * 5001 + 1)..<(r * 5001 + 5001)].allSatisfy({ $0 == 0x78 }) {
-                    intact += 1
+                // Each call's echo (its bytes, one or several when receives coalesce under load),
+                // then as many whole blocks as it wrote.
+                var at = 0
+                var echoed = 0
+                var wellFormed = true
+                while at < got.count && wellFormed {
+                    var k = 0
+                    while at < got.count && got[at] == 0x61 {
+                        k += 1
+                        at += 1
+                    }
+                    let blocks = k * 5000
+                    wellFormed = k > 0 && at + blocks <= got.count && got[at..<(at + blocks)].allSatisfy { $0 == 0x78 }
+                    at += blocks
+                    echoed += k
                 }
-                XCTAssertEqual(intact, rounds, "\(mode)/\(receive): each echo, then its block")
+                XCTAssertTrue(wellFormed && echoed == rounds, "\(mode)/\(receive): each call's echo, then its blocks (\(echoed) echoes read)")
             }
         }
     }

@@ -1,11 +1,12 @@
-import CURing
+import CSystemIO
 import Glibc
 
-/// The error every `URing` call throws: which operation failed and with which errno.
+/// The error every system call of the project throws, and every io_uring request (`URing` calls
+/// it `URingError`): which operation failed and with which errno.
 ///
-/// A negative completion result becomes one of these through ``Completion/check(_:)``, so no
-/// failed request is silently taken for a byte count.
-public struct URingError: Error, Hashable, Sendable, CustomStringConvertible {
+/// A negative completion result becomes one of these through `Completion.check(_:)`, so no failed
+/// request is silently taken for a byte count.
+public struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What was attempted: a liburing call (`io_uring_queue_init_params`) or a request (`recv`).
     public let operation: String
     /// Why it failed.
@@ -20,7 +21,7 @@ public struct URingError: Error, Hashable, Sendable, CustomStringConvertible {
         self.errno = errno
     }
 
-    /// Creates an error from a liburing-style negative return value (`-errno`).
+    /// Creates an error from a negative return value (`-errno`, as liburing and the kernel report).
     /// - Parameters:
     ///   - operation: the call or request that failed.
     ///   - negativeResult: the value it returned, for example `-ECONNRESET`.

@@ -1,8 +1,9 @@
+import CSystemIO
 import Glibc
 
 /// A socket address held by value (`sockaddr_storage` + length), for connect and bind.
 public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
-    @usableFromInline var storage: sockaddr_storage
+    @usableFromInline package var storage: sockaddr_storage
     /// The length of the address in bytes.
     public let length: socklen_t
 

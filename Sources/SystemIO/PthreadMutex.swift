@@ -1,3 +1,4 @@
+import CSystemIO
 import Glibc
 
 /// A `pthread_mutex_t` that guards no value of its own: a critical section (the producers of a

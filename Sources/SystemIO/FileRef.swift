@@ -1,4 +1,4 @@
-import CURing
+import CSystemIO
 import Glibc
 
 /// A descriptor a request acts on: a plain fd, or a slot of the ring's registered file table.

@@ -1,3 +1,4 @@
+import CSystemIO
 import Glibc
 
 /// A value guarded by a `pthread_mutex_t`.

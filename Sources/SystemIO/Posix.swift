@@ -1,4 +1,4 @@
-import CURing
+import CSystemIO
 import Glibc
 
 /// The process-level system calls the layers above need — clock, threads, signals, plain writes —
@@ -23,8 +23,8 @@ package enum Posix {
     /// - Parameters:
     ///   - name: the thread's name (Linux keeps 15 bytes), shown by `top -H`, `perf` and /proc.
     ///   - body: what the thread runs.
-    /// - Throws: ``URingError`` for `pthread_create`.
-    package static func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws(URingError) {
+    /// - Throws: ``SystemError`` for `pthread_create`.
+    package static func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) {
         final class Box: Sendable {
             let body: @Sendable () -> Void
             let name: String
@@ -41,21 +41,21 @@ package enum Posix {
             sigfillset(&blocked)
             for sig in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS] { sigdelset(&blocked, sig) }
             pthread_sigmask(SIG_BLOCK, &blocked, nil)
-            _ = box.name.withCString { curing_set_thread_name($0) }
+            _ = box.name.withCString { csystemio_set_thread_name($0) }
             box.body()
             return nil
         }, box)
         guard result == 0 else {
             Unmanaged<Box>.fromOpaque(box).release()
-            throw URingError("pthread_create", errno: Errno(rawValue: result))
+            throw SystemError("pthread_create", errno: Errno(rawValue: result))
         }
         pthread_detach(thread)
     }
 
-    /// Names the calling thread (`prctl(PR_SET_NAME)`).
-    /// - Parameter name: the name (15 bytes kept).
+    /// Names the calling thread (`prctl(PR_SET_NAME)`, as top, perf and /proc show it).
+    /// - Parameter name: the name (15 bytes kept: the kernel's limit).
     package static func setThreadName(_ name: String) {
-        _ = name.withCString { curing_set_thread_name($0) }
+        _ = name.withCString { csystemio_set_thread_name($0) }
     }
 
     /// Sets `signal` to be ignored (`signal(2)` with `SIG_IGN`), so it can be taken from a

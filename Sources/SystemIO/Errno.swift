@@ -1,4 +1,4 @@
-import CURing
+import CSystemIO
 import Glibc
 
 /// A POSIX error number with its symbolic name.
@@ -25,7 +25,7 @@ public struct Errno: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     public var description: String { "\(name) (\(message))" }
 
     /// The calling thread's current `errno`.
-    public static var current: Errno { Errno(rawValue: curing_errno()) }
+    public static var current: Errno { Errno(rawValue: csystemio_errno()) }
 
     /// `EPERM`
     public static let notPermitted = Errno(rawValue: EPERM)
