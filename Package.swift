@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "EchoServer", targets: ["EchoServer"]),
         .library(name: "EchoServerMetrics", targets: ["EchoServerMetrics"]),
         .executable(name: "uring-echo", targets: ["uring-echo"]),
+        .executable(name: "without-io-uring", targets: ["without-io-uring"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -63,6 +64,9 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // Runs a program with the io_uring system calls refused (EPERM), as a container's default
+        // seccomp profile does: for the tests and CI of where io_uring is refused.
+        .executableTarget(name: "without-io-uring"),
         // Test-only helpers: a per-thread malloc counter (C) and loopback socket helpers (Swift).
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
         .target(name: "TestSupport", dependencies: ["CTestSupport", "URing"], path: "Tests/TestSupport"),

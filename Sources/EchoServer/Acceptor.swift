@@ -36,7 +36,7 @@ struct Acceptor: ~Copyable {
     ///   - core: the loop's state.
     ///   - number: which of the server's listeners it is.
     ///   - maxDepth: the most accepts posted at once (with slots; one multishot accept otherwise).
-    init(listener: Int32, core: LoopCore, number: UInt8 = 0, maxDepth: Int = .max) {
+    init(listener: Int32, core: URingCore, number: UInt8 = 0, maxDepth: Int = .max) {
         self.listener = listener
         self.number = number
         multishot = core.features.contains(.multishotAccept)
@@ -50,7 +50,7 @@ struct Acceptor: ~Copyable {
     deinit { tags.deallocate() }
 
     /// Cancels every accept in flight (stop).
-    func cancelAll(_ core: LoopCore) throws(URingError) {
+    func cancelAll(_ core: URingCore) throws(URingError) {
         for i in 0..<inFlight { try core.ring.prepareCancel(tags[i], tag: ControlTag.acceptsCancelled.rawValue) }
     }
 
@@ -73,7 +73,7 @@ struct Acceptor: ~Copyable {
         let slot: Lease?
     }
 
-    mutating func arm(_ core: LoopCore) throws(URingError) {
+    mutating func arm(_ core: URingCore) throws(URingError) {
         guard !core.stopping else { return }
         if core.useSlots && !directMultishot {
             while inFlight < depth {
@@ -110,7 +110,7 @@ struct Acceptor: ~Copyable {
         paused = false
     }
 
-    mutating func pause(_ core: LoopCore, _ reason: String) {
+    mutating func pause(_ core: URingCore, _ reason: String) {
         paused = true
         if !episodeOpen {
             episodeOpen = true
@@ -120,7 +120,7 @@ struct Acceptor: ~Copyable {
     }
 
     /// After a close or on a tick: post the accepts a pause or a full slot table held back.
-    mutating func resumeIfPaused(_ core: LoopCore) throws(URingError) {
+    mutating func resumeIfPaused(_ core: URingCore) throws(URingError) {
         guard !core.stopping else { return }
         if paused {
             core.stats.acceptRearms &+= 1
@@ -132,7 +132,7 @@ struct Acceptor: ~Copyable {
 
     /// Handles an accept completion; returns the socket it delivered, if any. The caller makes it
     /// a connection (or closes it), then calls ``rearmIfEnded(_:_:)``.
-    mutating func onAccept(_ c: Completion, _ tag: RequestTag, into: SharedRequest.AcceptInto, _ core: LoopCore)
+    mutating func onAccept(_ c: Completion, _ tag: RequestTag, into: SharedRequest.AcceptInto, _ core: URingCore)
         throws(URingError) -> (Accepted?, ended: Bool)
     {
         var lease: Lease? = nil
@@ -191,14 +191,14 @@ struct Acceptor: ~Copyable {
         return (Accepted(file: lease.map { .slot($0.index) } ?? .fd(c.result), slot: lease), ended)
     }
 
-    mutating func rearmIfEnded(_ ended: Bool, _ core: LoopCore) throws(URingError) {
+    mutating func rearmIfEnded(_ ended: Bool, _ core: URingCore) throws(URingError) {
         guard ended && !core.stopping else { return }
         if multishot && !core.useSlots { core.stats.acceptRearms &+= 1 }
         try arm(core)
     }
 
     /// Closes a socket that never became a connection (connection cap reached, or stopping).
-    static func closeRejected(_ accepted: Accepted, _ core: LoopCore) throws(URingError) {
+    static func closeRejected(_ accepted: Accepted, _ core: URingCore) throws(URingError) {
         guard let tag = core.contexts.acquire(kind: RequestKind.closeRejected.rawValue, .closeRejected(slot: accepted.slot))
         else {
             // No context to track the close: close a plain fd synchronously; a slot is closed when
@@ -210,7 +210,7 @@ struct Acceptor: ~Copyable {
     }
 
     /// The close of a rejected socket completed: its slot goes back.
-    static func onRejectedClosed(_ tag: RequestTag, slot: Lease?, _ core: LoopCore) {
+    static func onRejectedClosed(_ tag: RequestTag, slot: Lease?, _ core: URingCore) {
         core.contexts.release(tag)
         if let slot { core.slots?.release(slot) }
     }

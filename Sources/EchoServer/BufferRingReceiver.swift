@@ -56,7 +56,7 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     @inline(__always) func ended(_ c: Completion) -> Bool { !c.hasMore }
 
     @inline(__always)
-    mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
+    mutating func arm(_ s: ConnectionRef, core: URingCore) throws(URingError) {
         // With a receive limit, always multishot: it stops at what is left of the connection's
         // share, so the share holds whatever the connection already holds. Without one, multishot
         // only while nothing is held or queued; behind a queue, one buffer per request (and no
@@ -74,7 +74,7 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     @inline(__always) var canArm: Bool { free > 0 }
     @inline(__always) var wakeBudget: Int { free }
     @inline(__always) mutating func commitReturned() { buffers.commit() }
-    @inline(__always) mutating func nextWaiter(_ core: LoopCore) -> ConnectionRef? { waiting.popToRearm(core) }
+    @inline(__always) mutating func nextWaiter(_ core: URingCore) -> ConnectionRef? { waiting.popToRearm(core) }
 
     @inline(__always)
     mutating func take(_ c: Completion, _ s: ConnectionRef) -> (UnsafeMutableRawBufferPointer, Int32)? {
@@ -122,7 +122,7 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
     /// A kernel without them refuses a receive limit (before 6.17) or bundles (a kernel with
     /// bundles but without a per-completion limit on multishot receives) with `EINVAL`: receive
     /// without the newer first, then without bundles.
-    mutating func fallBack(after error: Errno, core: LoopCore) -> Bool {
+    mutating func fallBack(after error: Errno, core: URingCore) -> Bool {
         guard error == .invalidArgument else { return false }
         if limitBytes != 0 && !limitWorked {
             limitBytes = 0
@@ -144,7 +144,7 @@ struct BufferRingReceiver: ~Copyable, ProvidedBufferPath {
 
     mutating func waitForBuffers(_ s: ConnectionRef) { waiting.add(s) }
 
-    mutating func teardown(core: LoopCore) {
+    mutating func teardown(core: URingCore) {
         try? buffers.unregister(from: core.ring)
     }
 }

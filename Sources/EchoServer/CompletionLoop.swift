@@ -12,7 +12,7 @@ import URing
 /// Generic over its handler and its receive strategy so both specialise: no existential, no
 /// closure per request. Everything here is confined to the loop's thread.
 final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~Copyable> {
-    let core: LoopCore
+    let core: URingCore
     @exclusivity(unchecked) var handler: Handler
     @exclusivity(unchecked) var receiver: Receiver
     @exclusivity(unchecked) var acceptor: Acceptor
@@ -29,7 +29,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
     var tornDown = false
 
     init(
-        core: LoopCore, handler: Handler, receiver: consuming Receiver,
+        core: URingCore, handler: Handler, receiver: consuming Receiver,
         listeners: RingListeners, publish: @escaping (ServerStatistics, Bool) -> Void
     ) {
         self.core = core
@@ -76,19 +76,19 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         for i in 0..<sideCount { try sides[i].arm(core) }
         let executor = core.mailboxes.ports[core.ringIndex].executor
         executor.attach()
-        LoopCore.setCurrent(core)
+        URingCore.setCurrent(core)
         // After the teardown: the tasks its closes resume run on the global executor, once this
         // thread is done with the ring's state.
         defer { executor.detach() }
         do {
             try turns(executor)
         } catch {
-            LoopCore.setCurrent(nil)
+            URingCore.setCurrent(nil)
             core.mailboxes.ports[core.ringIndex].exited.store(true, ordering: .releasing)
             teardown()
             throw error
         }
-        LoopCore.setCurrent(nil)  // what teardown's callbacks write to other rings goes by eventfd
+        URingCore.setCurrent(nil)  // what teardown's callbacks write to other rings goes by eventfd
         teardown()
     }
 

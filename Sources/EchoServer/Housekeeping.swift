@@ -24,11 +24,11 @@ struct Housekeeping {
         stallNanoseconds = UInt64(configuration.stallTimeout.nanoseconds)
     }
 
-    func armTick(_ core: LoopCore) throws(URingError) {
+    func armTick(_ core: URingCore) throws(URingError) {
         try core.ring.prepareTimeout(core.configuration.tickInterval, tag: ControlTag.tick.rawValue)
     }
 
-    func armWake(_ core: LoopCore) throws(URingError) {
+    func armWake(_ core: URingCore) throws(URingError) {
         try core.ring.prepareRead(.fd(wakeFD), into: wakeBuffer, tag: ControlTag.wake.rawValue)
     }
 
@@ -71,7 +71,7 @@ struct Housekeeping {
     /// stop deadline is checked even when nothing else completes.
     /// - Returns: false if the ring was stopping already.
     mutating func beginStop(
-        _ core: LoopCore, acceptor: borrowing Acceptor, sides: UnsafeMutablePointer<Acceptor>, sideCount: Int
+        _ core: URingCore, acceptor: borrowing Acceptor, sides: UnsafeMutablePointer<Acceptor>, sideCount: Int
     ) throws(URingError) -> Bool {
         guard !core.stopping else { return false }
         core.stopping = true
@@ -98,11 +98,7 @@ struct Housekeeping {
         snapshot.bytesOut &-= endpointOut
         snapshot.sessions = core.sessions.statistics
         snapshot.contexts = core.contexts.statistics
-        if let slotStatistics = core.slots?.statistics { snapshot.slots = slotStatistics }
-        snapshot.completions = core.ring.statistics.completions
-        snapshot.submits = core.ring.statistics.submitCalls
-        snapshot.completionQueueOverflows =
-            UInt64(core.ring.completionQueueOverflow) + core.ring.statistics.overflowedHarvests
+        core.fillDriverStatistics(&snapshot)
         snapshot.buffersHeld = buffersHeld
         snapshot.outboundBuffersInUse = core.queue.outboundCount - core.queue.outboundAvailable
         publish(snapshot, report)

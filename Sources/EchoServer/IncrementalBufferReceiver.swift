@@ -140,7 +140,7 @@ struct IncrementalBufferReceiver: ~Copyable, ProvidedBufferPath {
     /// for the same buffer, and ``consumed`` would place both wrong. Single-shot completions
     /// arrive in the order the kernel consumed the bytes.
     @inline(__always)
-    mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
+    mutating func arm(_ s: ConnectionRef, core: URingCore) throws(URingError) {
         let room = Int(max(maxHeldPerConnection - s.pointee.buffersHeld, 1)) * Int(unitSize)
         try core.ring.prepareRecv(
             s.pointee.session.file, bufferGroup: buffers.group, multishot: false,
@@ -154,7 +154,7 @@ struct IncrementalBufferReceiver: ~Copyable, ProvidedBufferPath {
     /// receives.
     @inline(__always) var wakeBudget: Int { free * receivesPerBuffer }
     @inline(__always) mutating func commitReturned() { buffers.commit() }
-    @inline(__always) mutating func nextWaiter(_ core: LoopCore) -> ConnectionRef? { waiting.popToRearm(core) }
+    @inline(__always) mutating func nextWaiter(_ core: URingCore) -> ConnectionRef? { waiting.popToRearm(core) }
 
     /// Places a data completion's bytes: buffer `id`, from where its previous completion ended.
     /// - Returns: the start of the bytes, or nil when the completion does not fit the buffer
@@ -228,7 +228,7 @@ struct IncrementalBufferReceiver: ~Copyable, ProvidedBufferPath {
 
     mutating func waitForBuffers(_ s: ConnectionRef) { waiting.add(s) }
 
-    mutating func teardown(core: LoopCore) {
+    mutating func teardown(core: URingCore) {
         try? buffers.unregister(from: core.ring)
     }
 }

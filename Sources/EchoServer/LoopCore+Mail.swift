@@ -15,25 +15,6 @@ extension LoopCore {
         return result
     }
 
-    /// Wakes ring `target` for its mail from this ring.
-    /// - Returns: whether through `MSG_RING` (false: the eventfd).
-    @discardableResult
-    func notify(_ target: Int) -> Bool {
-        let fd = mailboxes.ports[target].descriptor.load(ordering: .acquiring)
-        if features.contains(.messageRing) && fd >= 0 {
-            do throws(URingError) {
-                try ring.prepareMessage(
-                    toRing: fd, result: Int32(ringIndex), targetTag: ControlTag.mail(from: ringIndex).rawValue,
-                    tag: ControlTag.mailSent(to: target).rawValue)
-                return true
-            } catch {
-                // No SQE: fall through to the eventfd.
-            }
-        }
-        mailboxes.ports[target].wake.signal()
-        return false
-    }
-
     /// The sender's own `MSG_RING` completion: on failure (a kernel that refuses it, a target that
     /// is gone), fall back to the eventfd so the mail is not stranded.
     func onMessageSent(_ c: Completion, to target: Int) {

@@ -13,14 +13,14 @@ protocol ProvidedBufferPath: ReceivePath, ~Copyable {
     /// Publishes the buffers given back since the last batch (one store of the ring's tail).
     mutating func commitReturned()
     /// The first waiting connection that still wants to receive, unlinked; nil when none is left.
-    mutating func nextWaiter(_ core: LoopCore) -> ConnectionRef?
+    mutating func nextWaiter(_ core: URingCore) -> ConnectionRef?
 }
 
 extension ProvidedBufferPath where Self: ~Copyable {
     /// At its own share, a connection is re-armed when its sends give buffers back; with the ring
     /// empty, it waits.
     @inline(__always)
-    mutating func armOrWait(_ c: ConnectionRef, core: LoopCore) throws(URingError) {
+    mutating func armOrWait(_ c: ConnectionRef, core: URingCore) throws(URingError) {
         guard c.pointee.buffersHeld < maxHeldPerConnection else { return }
         if canArm {
             try arm(c, core: core)
@@ -29,7 +29,7 @@ extension ProvidedBufferPath where Self: ~Copyable {
         }
     }
 
-    mutating func afterBatch(core: LoopCore) throws(URingError) {
+    mutating func afterBatch(core: URingCore) throws(URingError) {
         commitReturned()
         guard canArm else { return }
         // Wake no more waiters than the free buffers serve: the rest would only run dry again.

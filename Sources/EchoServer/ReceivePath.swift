@@ -12,10 +12,10 @@ protocol ReceivePath: ~Copyable {
     /// Whether `c` is the last completion of its receive request.
     func ended(_ c: Completion) -> Bool
     /// Posts a receive for `s`.
-    mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError)
+    mutating func arm(_ s: ConnectionRef, core: URingCore) throws(URingError)
     /// For a session that wants to receive: posts a receive if it can now, or queues it to be
     /// re-armed when what it waits for (its own buffer, or any provided buffer) comes back.
-    mutating func armOrWait(_ s: ConnectionRef, core: LoopCore) throws(URingError)
+    mutating func armOrWait(_ s: ConnectionRef, core: URingCore) throws(URingError)
     /// The bytes of a data completion (`result > 0`) and the send-queue segment that holds them;
     /// the segment counts as held by `s` until ``release(_:of:)``. Nil when the bytes cannot be
     /// held (an incremental ring's slice table ran out): they are dropped, and the loop closes
@@ -28,9 +28,9 @@ protocol ReceivePath: ~Copyable {
     /// The receive of `s` ended with `ENOBUFS`: it waits for buffers to come back.
     mutating func waitForBuffers(_ s: ConnectionRef)
     /// After each batch: publish returned buffers and re-arm the sessions that waited for them.
-    mutating func afterBatch(core: LoopCore) throws(URingError)
+    mutating func afterBatch(core: URingCore) throws(URingError)
     /// At the end: unregister from the ring.
-    mutating func teardown(core: LoopCore)
+    mutating func teardown(core: URingCore)
     /// How many segments a data completion carries (a bundle: several buffers).
     func parts(_ c: Completion) -> Int
     /// Segment `part` of a data completion (``take(_:_:)`` is part 0).
@@ -38,7 +38,7 @@ protocol ReceivePath: ~Copyable {
         -> (UnsafeMutableRawBufferPointer, Int32)?
     /// A receive of `s` ended with `error`: whether the strategy gave up a feature the kernel
     /// refused (the loop then receives again instead of closing).
-    mutating func fallBack(after error: Errno, core: LoopCore) -> Bool
+    mutating func fallBack(after error: Errno, core: URingCore) -> Bool
 }
 
 extension ReceivePath where Self: ~Copyable {
@@ -49,5 +49,5 @@ extension ReceivePath where Self: ~Copyable {
         -> (UnsafeMutableRawBufferPointer, Int32)?
     { take(c, s) }
 
-    mutating func fallBack(after error: Errno, core: LoopCore) -> Bool { false }
+    mutating func fallBack(after error: Errno, core: URingCore) -> Bool { false }
 }

@@ -35,7 +35,7 @@ extension Server {
                     .slices(
                         count: IncrementalBufferReceiver.sliceCapacity(sessions: setup.capacity, maxHeldPerConnection: maxHeld))
                 }
-            let core = try LoopCore(
+            let core = try URingCore(
                 configuration: configuration, setup: setup, provided: provided, ringIndex: i, mailboxes: mailboxes,
                 logger: logger, listeners: listeners)
             mailboxes.ports[i].descriptor.store(core.ring.descriptor, ordering: .releasing)
@@ -64,7 +64,7 @@ extension Server {
     /// Makes the ring's loop: with the handler alone, or, on a ring that serves other listeners,
     /// with a router to each listener's handler.
     func serve<R: ReceivePath & ~Copyable>(
-        _ core: LoopCore, _ receiver: consuming R, _ listeners: RingListeners, ready: DispatchSemaphore,
+        _ core: URingCore, _ receiver: consuming R, _ listeners: RingListeners, ready: DispatchSemaphore,
         go: DispatchGroup
     ) {
         let ring = core.ringIndex

@@ -13,14 +13,14 @@ struct SessionBufferReceiver: ReceivePath {
     @inline(__always) func ended(_ c: Completion) -> Bool { true }
 
     @inline(__always)
-    mutating func arm(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
+    mutating func arm(_ s: ConnectionRef, core: URingCore) throws(URingError) {
         try core.ring.prepareRecv(s.pointee.session.file, into: s.pointee.session.buffer, tag: s.pointee.tag(.recv))
         s.pointee.lifecycle.posted(.recv)
     }
 
     /// The session's buffer comes back when its send completes, which re-arms it.
     @inline(__always)
-    mutating func armOrWait(_ s: ConnectionRef, core: LoopCore) throws(URingError) {
+    mutating func armOrWait(_ s: ConnectionRef, core: URingCore) throws(URingError) {
         if s.pointee.buffersHeld == 0 { try arm(s, core: core) }
     }
 
@@ -42,7 +42,7 @@ struct SessionBufferReceiver: ReceivePath {
 
     mutating func waitForBuffers(_ s: ConnectionRef) {}
 
-    @inline(__always) mutating func afterBatch(core: LoopCore) throws(URingError) {}
+    @inline(__always) mutating func afterBatch(core: URingCore) throws(URingError) {}
 
-    mutating func teardown(core: LoopCore) {}
+    mutating func teardown(core: URingCore) {}
 }

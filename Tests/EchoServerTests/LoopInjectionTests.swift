@@ -23,7 +23,7 @@ final class LoopInjectionTests: XCTestCase {
 
     /// A loop that is set up but not running: the test plays its completions.
     func makeLoop<R: ReceivePath & ~Copyable>(
-        _ configuration: ServerConfiguration, slices: Int? = nil, _ receiver: (LoopCore, consuming BufferRing?) -> R
+        _ configuration: ServerConfiguration, slices: Int? = nil, _ receiver: (URingCore, consuming BufferRing?) -> R
     ) throws -> CompletionLoop<EchoHandler, R> {
         let remote = RemoteConnections(
             capacity: configuration.maxConnections, inboxBytes: 4096, outboundBuffers: configuration.outboundBuffers,
@@ -37,7 +37,7 @@ final class LoopInjectionTests: XCTestCase {
         } else if let base = buffers?.buffer(0).baseAddress {
             provided = .buffers(base: base, count: configuration.bufferRingEntries, size: configuration.bufferSize)
         }
-        let core = try LoopCore(
+        let core = try URingCore(
             configuration: configuration, setup: setup, provided: provided, ringIndex: 0, mailboxes: mailboxes,
             logger: Logger(label: "test"), listeners: RingListeners(main: -1, sides: []))
         return CompletionLoop(
