@@ -13,6 +13,9 @@ swift build --product tcp-proxy
 python3 readme-snippets.py   # README.md's Swift blocks, compiled against the library as it is
 swift build --product readme-snippets
 BIN=.build/debug
+# EXAMPLES_LAUNCHER runs every example through a launcher: `make examples-epoll` sets it to
+# without-io-uring, so each one serves where io_uring is refused (on epoll, by itself).
+RUN="${EXAMPLES_LAUNCHER:-}"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -63,14 +66,14 @@ stop_check() {
 }
 
 port=$(free_port)
-$BIN/minimal-echo "$port" > /tmp/minimal-echo.out &
+$RUN $BIN/minimal-echo "$port" > /tmp/minimal-echo.out &
 pid=$!
 wait_port "$port"
 check "minimal-echo echoes" "$(exchange "$port" "hello")" "hello|"
 stop_check "minimal-echo stops on SIGTERM with exit 0" "$pid"
 
 port=$(free_port)
-$BIN/uppercase-lines "$port" > /tmp/uppercase.out &
+$RUN $BIN/uppercase-lines "$port" > /tmp/uppercase.out &
 pid=$!
 wait_port "$port"
 check "uppercase-lines upper-cases" "$(exchange "$port" "hello world")" "HELLO WORLD|"
@@ -78,7 +81,7 @@ check "uppercase-lines closes after bye" "$(exchange "$port" $'one\nbye\nnot sen
 stop_check "uppercase-lines stops on SIGTERM with exit 0" "$pid"
 
 port=$(free_port)
-$BIN/concurrency-embed "$port" > /tmp/embed.out 2>&1 &
+$RUN $BIN/concurrency-embed "$port" > /tmp/embed.out 2>&1 &
 pid=$!
 wait_port "$port"
 check "concurrency-embed echoes" "$(exchange "$port" "async")" "async|"
@@ -88,7 +91,7 @@ grep -q "stopped:" /tmp/embed.out && check "concurrency-embed reported its stati
 # chat-server: 20 clients over 2 rings, each line to every other client in order; then a client
 # that never reads is cut off while the others keep receiving. The checker prints ok:/FAIL: lines.
 port=$(free_port)
-$BIN/chat-server --port "$port" --threads 2 > /tmp/chat-server.out 2> /tmp/chat-server.err &
+$RUN $BIN/chat-server --port "$port" --threads 2 > /tmp/chat-server.out 2> /tmp/chat-server.err &
 pid=$!
 first=""
 for _ in $(seq 1 100); do
@@ -276,7 +279,7 @@ first_line() {
 
 # async-echo: port 0, two rings; the address from its first line; every byte back in order, the rest
 # echoed after the client's FIN, then closed; SIGTERM exits 0.
-$BIN/async-echo --port 0 --threads 2 > /tmp/async-echo.out 2> /tmp/async-echo.err &
+$RUN $BIN/async-echo --port 0 --threads 2 > /tmp/async-echo.out 2> /tmp/async-echo.err &
 pid=$!
 line=$(first_line /tmp/async-echo.out)
 check "async-echo prints its address first" "$(sed -E 's/^listening on 127\.0\.0\.1:[0-9]+$/ok/' <<< "$line")" "ok"
@@ -309,7 +312,7 @@ stop_check "async-echo stops on SIGTERM with exit 0" "$pid"
 
 # delayed-lines: 1,000 clients each send one line; every answer within D + 1 s; a connection's
 # lines in their order and side by side (three lines take one delay, not three).
-$BIN/delayed-lines --port 0 --threads 2 --delay-ms 300 > /tmp/delayed-lines.out 2> /tmp/delayed-lines.err &
+$RUN $BIN/delayed-lines --port 0 --threads 2 --delay-ms 300 > /tmp/delayed-lines.out 2> /tmp/delayed-lines.err &
 pid=$!
 line=$(first_line /tmp/delayed-lines.out)
 check "delayed-lines prints its address first" "$(sed -E 's/^listening on 127\.0\.0\.1:[0-9]+$/ok/' <<< "$line")" "ok"
@@ -355,10 +358,10 @@ stop_check "delayed-lines stops on SIGTERM with exit 0" "$pid"
 # client's FIN became the upstream's, whose FIN came back); an upstream that refuses closes the
 # client at once; SIGTERM exits 0.
 upstream_port=$(free_port)
-$BIN/minimal-echo "$upstream_port" > /tmp/proxy-upstream.out 2>&1 &
+$RUN $BIN/minimal-echo "$upstream_port" > /tmp/proxy-upstream.out 2>&1 &
 upstream_pid=$!
 wait_port "$upstream_port"
-$BIN/tcp-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:"$upstream_port" --threads 2 > /tmp/tcp-proxy.out 2> /tmp/tcp-proxy.err &
+$RUN $BIN/tcp-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:"$upstream_port" --threads 2 > /tmp/tcp-proxy.out 2> /tmp/tcp-proxy.err &
 pid=$!
 line=$(first_line /tmp/tcp-proxy.out)
 check "tcp-proxy prints its address first" "$(sed -E 's/^listening on 127\.0\.0\.1:[0-9]+$/ok/' <<< "$line")" "ok"
@@ -394,7 +397,7 @@ check "tcp-proxy relays 16 clients both ways byte for byte, then passes each FIN
 stop_check "tcp-proxy stops on SIGTERM with exit 0" "$pid"
 stop "$upstream_pid" || true
 closed_port=$(free_port)
-$BIN/tcp-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:"$closed_port" > /tmp/tcp-proxy.out 2> /tmp/tcp-proxy.err &
+$RUN $BIN/tcp-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:"$closed_port" > /tmp/tcp-proxy.out 2> /tmp/tcp-proxy.err &
 pid=$!
 line=$(first_line /tmp/tcp-proxy.out)
 port=${line##*:}

@@ -90,7 +90,7 @@ public final class AsyncServer: Sendable {
     /// The counters summed over all rings (``Server/statistics``).
     public var statistics: ServerStatistics { server.statistics }
 
-    /// Makes ring `ring`'s next `io_uring_enter` fail with `errno` (tests).
+    /// Makes ring `ring`'s next `io_uring_enter` (under the epoll driver, its wait) fail with `errno` (tests).
     package func injectEnterFailure(ring: Int, _ errno: Errno) { server.injectEnterFailure(ring: ring, errno) }
 
     /// Asks every ring to stop; ``serve(_:)`` returns once everything has ended. Safe from any

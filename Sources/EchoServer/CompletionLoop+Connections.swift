@@ -259,30 +259,7 @@ extension CompletionLoop where Receiver: ~Copyable {
         if core.tables.closed(index) { core.wakeWriters(index) }
         if let slot = c.pointee.session.slot { core.slots?.release(slot) }
         // Before the release: unpooled, it frees the record.
-        let listener = c.pointee.listener
-        let announced = c.pointee.announced
-        var failure: ConnectFailure?
-        if listener == 0 {
-            core.stats.closed &+= 1
-        } else if listener == ConnectionRecord.outbound {
-            core.outboundOpen -= 1
-            if announced {
-                core.stats.outboundClosed &+= 1
-            } else {
-                let why = c.pointee.connectFailure
-                failure = why
-                switch why {
-                case .refused: core.stats.connectsRefused &+= 1
-                case .timedOut: core.stats.connectsTimedOut &+= 1
-                case .unreachable: core.stats.connectsUnreachable &+= 1
-                case .capReached: core.stats.connectsCapped &+= 1
-                case .cancelled: core.stats.connectsCancelled &+= 1
-                case .failed: core.stats.connectsFailed &+= 1
-                }
-            }
-        } else {
-            core.closed(listener, c)
-        }
+        let failure = core.retired(c)
         let pending = c.pointee.lifecycle.pending
         if !pending.isEmpty || !core.sessions.release(c) {
             core.logger.critical("\(id) closed with requests in flight: \(pending)")

@@ -43,6 +43,9 @@ struct ConnectionRecord: SessionRecord {
     /// Bytes written from other threads (``ConnectionHandle``) queued and not yet sent: their room
     /// goes back to the writers as bytes are sent.
     var remoteQueued = 0
+    /// The epoll driver's readiness of its socket (``EpollCore``'s bits: readable, writable, the
+    /// peer done, a writable callback due); unused by the io_uring driver.
+    var readiness: UInt8 = 0
 
     init(_ session: PooledSession) { self.session = session }
 

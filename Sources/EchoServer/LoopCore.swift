@@ -400,6 +400,37 @@ class LoopCore {
     }
 
 
+    /// A connection is closed and about to be released: counted by where it came from (an outbound
+    /// one that never opened, by why it failed).
+    /// - Returns: why an outbound connection that never opened failed (its handler hears
+    ///   `connectFailed`), or nil (it hears `closed`).
+    final func retired(_ c: ConnectionRef) -> ConnectFailure? {
+        let listener = c.pointee.listener
+        if listener == 0 {
+            stats.closed &+= 1
+            return nil
+        }
+        guard listener == ConnectionRecord.outbound else {
+            closed(listener, c)
+            return nil
+        }
+        outboundOpen -= 1
+        if c.pointee.announced {
+            stats.outboundClosed &+= 1
+            return nil
+        }
+        let why = c.pointee.connectFailure
+        switch why {
+        case .refused: stats.connectsRefused &+= 1
+        case .timedOut: stats.connectsTimedOut &+= 1
+        case .unreachable: stats.connectsUnreachable &+= 1
+        case .capReached: stats.connectsCapped &+= 1
+        case .cancelled: stats.connectsCancelled &+= 1
+        case .failed: stats.connectsFailed &+= 1
+        }
+        return why
+    }
+
     /// Wakes ring `target` for its mail from this ring: through its eventfd (the io_uring driver's
     /// core overrides this with `MSG_RING`).
     /// - Returns: whether through `MSG_RING` (false: the eventfd).

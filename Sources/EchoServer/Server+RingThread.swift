@@ -17,6 +17,7 @@ extension Server {
     func runRing(
         _ i: Int, _ listeners: RingListeners, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup
     ) {
+        if state.withLock({ $0.driver }) == .epoll { return runEpollRing(i, listeners, mailboxes: mailboxes, ready: ready, go: go) }
         do throws(URingError) {
             let faults = state.withLock { $0.faults }
             var setup = try RingSetup(
@@ -95,6 +96,51 @@ extension Server {
         } catch {
             // A ring that ends on an error takes the server down with it, saying why: a server
             // with a dead ring would keep accepting on the others' listeners and look healthy.
+            logger.error("ring \(ring) stopped on error: \(error); stopping the server")
+            loop.core.mailboxes.ports[ring].exited.store(true, ordering: .releasing)
+            stop { $0.ringFailed(ring, error) }
+            loop.teardown()
+        }
+        ringEnded(ring, loop.core.mailboxes)
+    }
+
+    /// One ring thread on the epoll driver: its core and loop, ready, serve until stopped.
+    @_specialize(where Handler == EchoHandler)
+    func runEpollRing(
+        _ i: Int, _ listeners: RingListeners, mailboxes: Mailboxes, ready: DispatchSemaphore, go: DispatchGroup
+    ) {
+        do throws(SystemError) {
+            let mainCapacity = configuration.connections(forRing: i)
+            let outboundCapacity = configuration.outboundConnections(forRing: i)
+            let core = try EpollCore(
+                configuration: configuration, capacity: mainCapacity + listeners.extraSessions + outboundCapacity,
+                mainCapacity: mainCapacity, outboundCapacity: outboundCapacity, ringIndex: i, mailboxes: mailboxes,
+                logger: logger, listeners: listeners)
+            let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
+                self.publish(thread: i, snapshot, report: report)
+            }
+            if listeners.sides.isEmpty {
+                runEpoll(EpollLoop(core: core, handler: makeHandler(i), listeners: listeners, publish: publisher), ring: i, ready: ready, go: go)
+            } else {
+                var sides: [(any ConnectionHandler)?] = Array(repeating: nil, count: self.listeners.count + 1)
+                for side in listeners.sides { sides[Int(side.number)] = self.listeners[Int(side.number) - 1].makeHandler() }
+                let handler = ListenerRouter(main: makeHandler(i), sides: sides)
+                runEpoll(EpollLoop(core: core, handler: handler, listeners: listeners, publish: publisher), ring: i, ready: ready, go: go)
+            }
+        } catch {
+            state.withLock { $0.setupErrors.append(error) }
+            ready.signal()
+            ringEnded(i, mailboxes)
+        }
+    }
+
+    func runEpoll<H: ConnectionHandler>(_ loop: EpollLoop<H>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup) {
+        loop.housekeeping.publishStatistics(loop.core, buffersHeld: 0)
+        ready.signal()
+        go.wait()
+        do throws(SystemError) {
+            try loop.run()
+        } catch {
             logger.error("ring \(ring) stopped on error: \(error); stopping the server")
             loop.core.mailboxes.ports[ring].exited.store(true, ordering: .releasing)
             stop { $0.ringFailed(ring, error) }

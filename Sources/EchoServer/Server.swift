@@ -44,6 +44,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         var listenerAddresses: [SocketAddress] = []
         var setupErrors: [URingError] = []
         var faults = FaultInjection()
+        /// The driver the rings run on, decided once at start (``ServerConfiguration/driver``).
+        var driver = ServerConfiguration.Driver.ioUring
         /// How the start ended (the first one), and who waits to know (``listeningAddress``).
         var started: Result<SocketAddress, ServerError>?
         var listeningWaiters: [CheckedContinuation<SocketAddress, any Error>] = []
@@ -179,6 +181,8 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         case .throwStopped: throw .stopped
         }
         state.withLock { $0.faults.whileStarting }?()
+        let driver = resolveDriver()
+        state.withLock { $0.driver = driver }
         let threads = configuration.threads
         var mains: [Int32] = []
         var sides: [SideListener] = []
@@ -263,10 +267,27 @@ public final class Server<Handler: ConnectionHandler>: Sendable {
         }
         state.withLock { $0.lifecycle.ringsReady() }
         let stats = statistics
-        logger.info(
-            "listening on \(bound) with \(threads) ring(s), mode \(configuration.mode), receive \(configuration.receive), setup \(stats.setupFlags), features \(stats.features)"
-        )
+        if driver == .epoll {
+            logger.info("listening on \(bound) with \(threads) ring(s), mode \(configuration.mode), driver epoll")
+        } else {
+            logger.info(
+                "listening on \(bound) with \(threads) ring(s), mode \(configuration.mode), receive \(configuration.receive), setup \(stats.setupFlags), features \(stats.features)"
+            )
+        }
         return bound
+    }
+
+    /// The driver every ring runs on: the configured one, or for ``ServerConfiguration/Driver/automatic``
+    /// io_uring where it gives what the server needs, else epoll, with one notice saying why.
+    func resolveDriver() -> ServerConfiguration.Driver {
+        switch configuration.driver {
+        case .ioUring: return .ioUring
+        case .epoll: return .epoll
+        case .automatic:
+            guard let why = IOUring.refusal() else { return .ioUring }
+            logger.notice("\(why); serving with epoll (docs/operating.md: how to allow io_uring)")
+            return .epoll
+        }
     }
 
     /// ``start()``, except that a stop which came first is not an error: false then (nothing to

@@ -75,8 +75,41 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var mailboxBytes: Int = 1 << 20
     /// Submission queue entries per ring.
     public var ringEntries: UInt32 = 512
-    /// Optional kernel features to use when the kernel has them.
+    /// Optional kernel features to use when the kernel has them (io_uring only).
     public var features: KernelFeatures = .defaults
+    /// Which driver performs the I/O (``Driver/automatic`` by default: io_uring where allowed, else
+    /// epoll).
+    public var driver: Driver = .automatic
+
+    /// How a server's rings do their I/O: every ring of a server the same.
+    public enum Driver: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+        /// io_uring where ring setup and the opcode probe give what the server needs, else epoll:
+        /// decided once at start, with one notice naming why (a seccomp profile, the sysctl, a
+        /// kernel without io_uring, locked memory).
+        case automatic
+        /// io_uring only: where it is refused, the server does not start
+        /// (``ServerError/ioUringUnavailable(_:)``).
+        case ioUring
+        /// epoll: readiness and non-blocking system calls, where io_uring is refused (containers'
+        /// default seccomp profiles) or by choice. Kernel features (``features``) do not apply.
+        case epoll
+
+        /// `automatic`, `uring`, `epoll`: as the `--driver` flag spells it.
+        public var description: String {
+            switch self {
+            case .automatic: "auto"
+            case .ioUring: "uring"
+            case .epoll: "epoll"
+            }
+        }
+
+        /// The driver a `--driver` value names (`auto`, `uring`, `epoll`), or nil.
+        /// - Parameter flag: the value.
+        public init?(flag: String) {
+            guard let driver = Self.allCases.first(where: { $0.description == flag }) else { return nil }
+            self = driver
+        }
+    }
     /// How often the loop wakes for housekeeping (idle sweep, paused-accept retry, statistics).
     public var tickInterval: Duration = .milliseconds(250)
     /// Batched waiting, off by default: each loop turn waits until `completions` completions are

@@ -103,8 +103,10 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
     public var contexts = PoolStatistics()
     /// The ring setup flags granted (of the first ring).
     public var setupFlags = SetupFlags()
-    /// The features in use after the start-up probe (of the first ring).
+    /// The features in use after the start-up probe (of the first ring; none with epoll).
     public var features = KernelFeatures()
+    /// The driver the rings run on (every ring the same).
+    public var driver = ServerConfiguration.Driver.ioUring
 
     /// Zero.
     public init() {}
@@ -117,6 +119,7 @@ public struct ServerStatistics: Sendable, Equatable, CustomStringConvertible {
         sessions.add(o.sessions); slots.add(o.slots); contexts.add(o.contexts)
         if setupFlags.isEmpty { setupFlags = o.setupFlags }
         if features.isEmpty { features = o.features }
+        driver = o.driver
     }
 
     /// One line for logs.

@@ -1,3 +1,4 @@
+import CSystemIO
 import Glibc
 import Logging
 import SocketPool

@@ -172,6 +172,57 @@ public enum IOUring {
         return lines.joined(separator: "\n")
     }
 
+    /// The opcodes the io_uring driver needs whatever the kernel's optional features: accept,
+    /// cancel, linked timeout, connect, close, read (the wake-up eventfd), send and sendmsg, recv,
+    /// timeout (the tick), shutdown (Linux 5.11 has them all).
+    public static let requiredOpcodes: [Opcode] = [
+        .accept, .asyncCancel, .linkTimeout, .connect, .close, Opcode(rawValue: 22), .send, .recv,
+        Opcode(rawValue: 9), .timeout, .shutdown,
+    ]
+
+    /// Why a server cannot run on io_uring here, in one line, or nil when it can: ring setup
+    /// refused (`EPERM`: a seccomp filter or `kernel.io_uring_disabled`; `ENOSYS`: a kernel without
+    /// io_uring, or gVisor; `ENOMEM`: the locked-memory limit), the opcode probe refused, or
+    /// opcodes it needs missing (``requiredOpcodes``). One small ring, made and closed.
+    public static func refusal() -> String? {
+        let ring: Ring
+        do {
+            ring = try Ring(RingOptions(entries: 2, flagPreference: [[]]))
+        } catch {
+            return "io_uring is refused here: \(error) (\(shortCause(for: error.errno, in: .current())))"
+        }
+        let probe: Probe
+        do {
+            probe = try ring.probe()
+        } catch {
+            return "io_uring is refused here: its opcode probe failed (\(error))"
+        }
+        let missing = requiredOpcodes.filter { !probe.supports($0) }
+        guard missing.isEmpty else {
+            return "io_uring here lacks \(missing.map(\.description).joined(separator: ", ")) (Linux 5.11 has them)"
+        }
+        return nil
+    }
+
+    /// The cause of a refused ring setup in a few words (``unavailableReason(for:)`` says it whole).
+    package static func shortCause(for errno: Errno, in environment: Environment) -> String {
+        switch errno {
+        case .notPermitted:
+            if environment.disabled == 2 { return "kernel.io_uring_disabled is 2" }
+            if environment.disabled == 1 { return "kernel.io_uring_disabled is 1 and this process is not in its group" }
+            if environment.seccompMode == 2 {
+                return "a seccomp filter: a container's default profile (Docker 25+, containerd 2.0, Kubernetes RuntimeDefault)"
+            }
+            return "refused by the system's security policy"
+        case .notImplemented:
+            return environment.disabled == nil ? "the kernel has no io_uring" : "a sandbox answers ENOSYS (gVisor)"
+        case .noMemory:
+            return "the locked-memory limit (RLIMIT_MEMLOCK) is too low for a ring"
+        default:
+            return "\(errno)"
+        }
+    }
+
     private static func trimmed(_ text: some StringProtocol) -> String {
         let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" }
         guard let first = text.firstIndex(where: { !blank($0) }), let last = text.lastIndex(where: { !blank($0) })

@@ -26,8 +26,10 @@ struct UringEcho: ParsableCommand {
     var threads = 1
     @Option(help: "pooled (preallocated sessions, buffers and fixed slots) or unpooled (allocated per connection).")
     var mode: Mode = .pooled
-    @Option(help: "buffer (a buffer per session) or ring (multishot recv over a shared provided-buffer ring).")
-    var recv: Receive = .ring
+    @Option(help: "auto (io_uring where allowed, else epoll), uring (io_uring only: exits 69 where refused) or epoll.")
+    var driver = "auto"
+    @Option(help: "io_uring: buffer (a buffer per session) or ring (multishot recv over a shared provided-buffer ring; the default).")
+    var recv: Receive? = nil
     @Option(help: "Bytes per receive buffer (64...1048576).")
     var bufferSize = 4096
     @Option(help: "Connections served at once (1...1000000); more are accepted and closed at once.")
@@ -36,14 +38,14 @@ struct UringEcho: ParsableCommand {
     var idleTimeout = 60
     @Option(help: "Seconds queued output may go untaken by the peer before the connection is reset (1...604800); on with or without --idle-timeout.")
     var stallTimeout = 60
-    @Option(help: "Pooled mode: accepts kept posted at once, each into its own free slot (1...1024).")
-    var acceptDepth = 8
+    @Option(help: "io_uring, pooled mode: accepts kept posted at once, each into its own free slot (1...1024; 8 by default).")
+    var acceptDepth: Int? = nil
     @Option(help: "Seconds between statistics lines on stdout (1...86400); 0 is off.")
     var statsInterval = 0
-    @Option(help: "Batched waiting: each loop turn waits for N completions or --batch-timeout (1...4096; 0 is off).")
-    var batchWait = 0
-    @Option(help: "Batched waiting's longest wait, in microseconds (1...100000).")
-    var batchTimeout = 50
+    @Option(help: "io_uring, batched waiting: each loop turn waits for N completions or --batch-timeout (1...4096; 0, the default, is off).")
+    var batchWait: Int? = nil
+    @Option(help: "io_uring, batched waiting's longest wait, in microseconds (1...100000; 50 by default).")
+    var batchTimeout: Int? = nil
     @Option(
         help: ArgumentHelp(
             "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one); off by default.",
@@ -61,7 +63,30 @@ struct UringEcho: ParsableCommand {
     @Option(help: "Buffers in the provided-buffer ring (a power of two, 2...32768); with incremental buffers, the ring's memory is this times --buffer-size.")
     var bufferRingEntries = 4096
 
+    /// The driver `--driver` names.
+    var chosenDriver: ServerConfiguration.Driver { ServerConfiguration.Driver(flag: driver) ?? .automatic }
+
+    /// The io_uring-only settings given on the command line (with an explicit `--driver epoll` they
+    /// are an error; where automatic chose epoll, they are named once as not applying).
+    var ioUringOnlyFlags: [String] {
+        var given: [String] = []
+        if recv != nil { given.append("--recv") }
+        if acceptDepth != nil { given.append("--accept-depth") }
+        if batchWait != nil { given.append("--batch-wait") }
+        if batchTimeout != nil { given.append("--batch-timeout") }
+        if !enabled.isEmpty { given.append("--enable") }
+        if !disabled.isEmpty { given.append("--disable") }
+        if getenv("URING_ECHO_INJECT_ENTER_ERRNO") != nil { given.append("URING_ECHO_INJECT_ENTER_ERRNO") }
+        return given
+    }
+
     func validate() throws {
+        guard ServerConfiguration.Driver(flag: driver) != nil else {
+            throw ValidationError("--driver must be auto, uring or epoll, got '\(driver)'")
+        }
+        if chosenDriver == .epoll && !ioUringOnlyFlags.isEmpty {
+            throw ValidationError("\(ioUringOnlyFlags.joined(separator: ", ")): io_uring only, not with --driver epoll")
+        }
         // Checked before serverConfiguration() and run() make durations of them: a huge value must
         // never reach a conversion to nanoseconds, which traps.
         if !(0...604_800).contains(idleTimeout) {
@@ -70,10 +95,10 @@ struct UringEcho: ParsableCommand {
         if !(1...604_800).contains(stallTimeout) {
             throw ValidationError("--stall-timeout must be 1...604800 seconds (7 days), got \(stallTimeout)")
         }
-        if !(0...4096).contains(batchWait) {
+        if let batchWait, !(0...4096).contains(batchWait) {
             throw ValidationError("--batch-wait must be 0...4096 completions (0 is off), got \(batchWait)")
         }
-        if !(1...100_000).contains(batchTimeout) {
+        if let batchTimeout, !(1...100_000).contains(batchTimeout) {
             throw ValidationError("--batch-timeout must be 1...100000 microseconds, got \(batchTimeout)")
         }
         if !(0...86_400).contains(statsInterval) {
@@ -121,13 +146,16 @@ struct UringEcho: ParsableCommand {
         c.port = port
         c.threads = threads
         c.mode = mode == .pooled ? .pooled : .unpooled
-        c.receive = recv == .ring ? .bufferRing : .perSessionBuffer
+        c.driver = chosenDriver
+        c.receive = (recv ?? .ring) == .ring ? .bufferRing : .perSessionBuffer
         c.bufferSize = bufferSize
         c.maxConnections = maxConnections
         c.idleTimeout = idleTimeout == 0 ? nil : .seconds(idleTimeout)
         c.stallTimeout = .seconds(stallTimeout)
-        c.acceptDepth = acceptDepth
-        if batchWait > 0 { c.batchWait = BatchWait(completions: batchWait, timeout: .microseconds(batchTimeout)) }
+        c.acceptDepth = acceptDepth ?? 8
+        if let batchWait, batchWait > 0 {
+            c.batchWait = BatchWait(completions: batchWait, timeout: .microseconds(batchTimeout ?? 50))
+        }
         c.bufferRingEntries = bufferRingEntries
         for name in enabled { c.features.formUnion(KernelFeatures(named: name)!) }
         for name in disabled { c.features.remove(KernelFeatures(named: name)!) }
@@ -169,11 +197,21 @@ struct UringEcho: ParsableCommand {
             throw ExitCode(1)
         }
         let stats = server.statistics
+        let onEpoll = stats.driver == .epoll
+        if onEpoll && !ioUringOnlyFlags.isEmpty {
+            printFlushed("uring-echo: on epoll, \(ioUringOnlyFlags.joined(separator: ", ")) \(ioUringOnlyFlags.count == 1 ? "does" : "do") not apply (io_uring only)", to: 2)
+        }
+        let batch = (batchWait ?? 0) == 0 ? "off" : "\(batchWait!)/\(batchTimeout ?? 50)us"
+        // The io_uring-only fields say the driver rather than pretend: epoll has no setup flags,
+        // kernel features, receive strategy or batched waiting.
+        let ioUringFields =
+            onEpoll
+            ? "recv=driver=epoll batch-wait=driver=epoll setup=driver=epoll features=driver=epoll"
+            : "recv=\((recv ?? .ring).rawValue) batch-wait=\(batch) setup=\(stats.setupFlags) features=\(stats.features)"
         printFlushed(
-            "listening on \(server.boundAddress!) threads=\(threads) mode=\(mode.rawValue) recv=\(recv.rawValue) "
+            "listening on \(server.boundAddress!) threads=\(threads) mode=\(mode.rawValue) driver=\(onEpoll ? "epoll" : "uring") "
                 + "buffer-size=\(bufferSize) max-connections=\(maxConnections) idle-timeout=\(idleTimeout)s stall-timeout=\(stallTimeout)s "
-                + "batch-wait=\(batchWait == 0 ? "off" : "\(batchWait)/\(batchTimeout)us") "
-                + "setup=\(stats.setupFlags) features=\(stats.features)")
+                + ioUringFields)
         if let address = server.metricsAddress { printFlushed("metrics on http://\(address)/metrics") }
 
         // Fault injection for the tests of the ring-failure path: an errno for ring 0's next enter.

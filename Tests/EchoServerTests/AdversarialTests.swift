@@ -45,6 +45,27 @@ final class AdversarialTests: ServerTestCase {
         return (0..<count).map { make(&rng, $0) }
     }
 
+    /// Urgent data (MSG_OOB) between two writes that arrive before the server reads: a receive
+    /// stops at the urgent mark, so a read shorter than the buffer does not mean the socket is
+    /// drained (on epoll the bytes after the mark stalled until the client sent again).
+    func testUrgentDataDoesNotStallTheBytesAfterIt() throws {
+        for (mode, receive) in Self.variants {
+            try withServer(config(mode, receive)) { server, port in
+                let s = try TestSocket.connect(port: port)
+                defer { s.close() }
+                s.setTimeout(seconds: 3)
+                // Back to back: the three arrive before the server reads them (the test failed
+                // first on epoll, which took the short read at the mark for a drained socket).
+                try s.writeAll(Array("AAAA".utf8))
+                var b: UInt8 = UInt8(ascii: "B")
+                XCTAssertEqual(send(s.fd, &b, 1, Int32(MSG_OOB)), 1)
+                try s.writeAll(Array("CCCC".utf8))
+                // The urgent byte is out of band (not inline): the stream is the other eight.
+                XCTAssertEqual(String(decoding: try s.readExactly(8), as: UTF8.self), "AAAACCCC", "\(mode)/\(receive)")
+            }
+        }
+    }
+
     func testFloodOfConnectAndClose() throws {
         try scenario("flood") { server, port in
             let before = server.statistics.closed

@@ -98,10 +98,11 @@ final class AllocationTests: ServerTestCase {
         return (messages.perEvent, closes.perEvent)
     }
 
-    /// The receive paths: per-session buffers, the ordinary buffer ring, the incremental one.
+    /// The receive paths: per-session buffers, the ordinary buffer ring, the incremental one (an
+    /// io_uring feature: not on the epoll pass).
     static let receivePaths: [(ReceiveStrategy, incremental: Bool)] = [
         (.perSessionBuffer, false), (.bufferRing, false), (.bufferRing, true),
-    ]
+    ].filter { testDriver == .ioUring || !$0.1 }
 
     func testEchoAndWriteAllocateNothingPerMessageOrConnectionWhenPooled() throws {
         for (receive, incremental) in Self.receivePaths {
@@ -123,7 +124,8 @@ final class AllocationTests: ServerTestCase {
             print("allocations \(label): \(perMessage) per message, \(perConnection) per connection")
             XCTAssertEqual(perMessage, 0, "\(label): nothing per message")
             // A session per connection, and with per-session receive its buffer too.
-            XCTAssertGreaterThanOrEqual(perConnection, receive == .bufferRing ? 0.99 : 1.99, label)
+            // (On epoll every connection reads into the ring's pool: a session alone.)
+            XCTAssertGreaterThanOrEqual(perConnection, receive == .bufferRing || testDriver == .epoll ? 0.99 : 1.99, label)
         }
     }
 

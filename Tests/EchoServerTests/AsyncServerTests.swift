@@ -167,6 +167,32 @@ final class AsyncServerTests: ServerTestCase {
         }
     }
 
+    /// Consumers that hold every receive buffer (two of 64 bytes) stall nobody for good: the other
+    /// connections wait for buffers (counted as shortages) and are served as the holders let go.
+    func testConsumersHoldingEveryReceiveBufferStallNoOtherConnectionForGood() async throws {
+        var c = config(.pooled, .bufferRing)
+        c.bufferRingEntries = 2
+        c.bufferSize = 64
+        c.maxPendingBytesPerConnection = 64
+        try await withAsyncServer(c, body: { connection in
+            for await chunk in connection.inbound {
+                try await Task.sleep(for: .milliseconds(200))  // holds its buffer meanwhile
+                try await connection.outbound.write(chunk)
+            }
+        }) { server, port in
+            let clients = try (0..<4).map { _ in try TestSocket.connect(port: port) }
+            defer { clients.forEach { $0.close() } }
+            for (i, s) in clients.enumerated() {
+                s.setTimeout(seconds: 10)
+                try s.writeAll(Array(repeating: UInt8(i), count: 64))
+            }
+            for (i, s) in clients.enumerated() {
+                XCTAssertEqual(try s.readExactly(64), Array(repeating: UInt8(i), count: 64), "client \(i) served")
+            }
+            XCTAssertTrue(eventually { server.statistics.bufferShortages > 0 }, "the buffers ran out")
+        }
+    }
+
     func testASyncHandlerAnswersLaterFromATask() throws {
         struct Later: ConnectionHandler {
             mutating func received(_ bytes: UnsafeMutableRawBufferPointer, connection: Connection) -> Reply {

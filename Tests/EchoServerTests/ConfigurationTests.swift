@@ -274,28 +274,32 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertTrue(message.contains("exceeds this machine's physical memory"), message)
     }
 
-    /// Runs the CLI under a seccomp filter that refuses io_uring_setup with EPERM, as Docker's
-    /// default profile does (installed by python3 through prctl, then exec).
-    func testRingSetupRefusedBySeccompExits69WithTheCauseAndTheFix() throws {
-        let script = """
-            import ctypes, os, struct, sys
-            libc = ctypes.CDLL(None, use_errno=True)
-            # seccomp_data.nr == io_uring_setup (425 on every architecture) ? ERRNO(EPERM) : ALLOW
-            program = [(0x20, 0, 0, 0), (0x15, 0, 1, 425), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7fff0000)]
-            code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *f) for f in program))
-            class Program(ctypes.Structure):
-                _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-            fprog = Program(len(program), ctypes.cast(code, ctypes.c_void_p))
-            ul = ctypes.c_ulong
-            if libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) != 0:
-                sys.exit(77)
-            if libc.prctl(22, ul(2), ul(ctypes.addressof(fprog)), ul(0), ul(0)) != 0:
-                sys.exit(77)
-            os.execv(sys.argv[1], sys.argv[1:])
-            """
+    /// A python3 program that installs a seccomp filter refusing io_uring_setup with EPERM, as
+    /// Docker's default profile does (through prctl), then execs its arguments.
+    static let refuseRingSetup = """
+        import ctypes, os, struct, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        # seccomp_data.nr == io_uring_setup (425 on every architecture) ? ERRNO(EPERM) : ALLOW
+        program = [(0x20, 0, 0, 0), (0x15, 0, 1, 425), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7fff0000)]
+        code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *f) for f in program))
+        class Program(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        fprog = Program(len(program), ctypes.cast(code, ctypes.c_void_p))
+        ul = ctypes.c_ulong
+        if libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) != 0:
+            sys.exit(77)
+        if libc.prctl(22, ul(2), ul(ctypes.addressof(fprog)), ul(0), ul(0)) != 0:
+            sys.exit(77)
+        os.execv(sys.argv[1], sys.argv[1:])
+        """
+
+    /// Under a seccomp filter that refuses io_uring_setup, `--driver uring` exits 69 with the
+    /// cause and the fix.
+    func testRingSetupRefusedBySeccompExits69WithTheCauseAndTheFixWhenIOUringIsRequired() throws {
         let path = try uringEcho().path
         let (process, message) = try run(
-            URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", script, path, "--port", "0"])
+            URL(fileURLWithPath: "/usr/bin/env"),
+            ["python3", "-c", Self.refuseRingSetup, path, "--port", "0", "--driver", "uring"])
         try XCTSkipIf(
             process.terminationStatus == 127 || process.terminationStatus == 77,
             "python3 or seccomp unavailable here: \(message)")
@@ -304,5 +308,27 @@ final class ConfigurationTests: XCTestCase {
             message.contains("uring-echo: io_uring is unavailable: io_uring_setup failed with EPERM"), message)
         XCTAssertTrue(message.contains("under a seccomp filter (Seccomp: 2 in /proc/self/status)"), message)
         XCTAssertTrue(message.contains("--security-opt seccomp=unconfined"), message)
+    }
+
+    /// Under the same filter the default driver (auto) serves on epoll: it says so on its
+    /// listening line, echoes, and stops on SIGTERM with exit 0 (it used to exit 69).
+    func testRingSetupRefusedBySeccompServesOnEpollByDefault() throws {
+        let path = try uringEcho().path
+        let (process, _, first) = try launchServer(
+            URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", Self.refuseRingSetup, path, "--port", "0"])
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        guard first.contains("listening on") else {
+            _ = waitForExit(process)
+            try XCTSkipIf(
+                process.terminationStatus == 127 || process.terminationStatus == 77, "python3 or seccomp unavailable here")
+            return XCTFail("no listening line: \(first), exit \(process.terminationStatus)")
+        }
+        XCTAssertTrue(first.contains("driver=epoll"), first)
+        let port = try XCTUnwrap(first.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }.flatMap { UInt16($0.split(separator: ":")[1]) })
+        let payload = patternBytes(seed: 69, count: 200_000)
+        XCTAssertTrue(try ServerTestCase.roundTrip(port: port, payload) == payload, "echoed on epoll")
+        kill(process.processIdentifier, SIGTERM)
+        XCTAssertTrue(waitForExit(process))
+        XCTAssertEqual(process.terminationStatus, 0)
     }
 }

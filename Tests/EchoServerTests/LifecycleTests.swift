@@ -107,7 +107,10 @@ final class LifecycleTests: ServerTestCase {
     func testTinyBufferRingForcesENOBUFSAndEveryConnectionStillCompletes() throws {
         // The ordinary ring (two 64-byte buffers) and the incremental one (the same 128 bytes, as
         // two buffers that receives share).
-        for incremental in [false, true] {
+        // (On epoll there is no incremental ring, and an echo is sent at once and its buffer given
+        // back, so this load does not run the pool dry: testConsumersHoldingEveryReceiveBuffer…
+        // makes it run dry on both drivers.)
+        for incremental in testDriver == .ioUring ? [false, true] : [false] {
             for mode in PoolMode.allCases {
                 var c = config(mode, .bufferRing)
                 c.bufferRingEntries = 2
@@ -124,6 +127,7 @@ final class LifecycleTests: ServerTestCase {
                     }
                     XCTAssertEqual(ok.get, 20, "\(label): no connection stalled on ENOBUFS")
                     // Statistics are published once per tick.
+                    guard testDriver == .ioUring else { return }
                     XCTAssertTrue(eventually { server.statistics.bufferShortages > 0 }, "\(label): the ring ran dry")
                     XCTAssertTrue(
                         eventually { server.statistics.receiveRearms > 0 }, "\(label): receives were re-armed")
@@ -138,6 +142,7 @@ final class LifecycleTests: ServerTestCase {
         // once, without spinning, and resumes as slots free.
         // Pre-posted single-shot accepts: direct multishot accept into kernel-chosen slots has a
         // backlog's worth of spare slots by design (testADirectMultishotAcceptBurst…).
+        try requireIOUring("registered-file slots")
         var c = config(.pooled, .bufferRing)
         c.maxConnections = 4
         c.spareSlots = 0

@@ -40,18 +40,34 @@ struct Exposition {
     }
 }
 
+/// The driver this run of the suite serves on: io_uring, or epoll when `URING_ECHO_TEST_DRIVER` is
+/// `epoll` (`make test` runs the suite on both, the epoll pass under `without-io-uring`).
+let testDriver: ServerConfiguration.Driver =
+    ProcessInfo.processInfo.environment["URING_ECHO_TEST_DRIVER"] == "epoll" ? .epoll : .ioUring
+
 class ServerTestCase: XCTestCase {
-    /// The four combinations every echo test runs under.
+    /// The four combinations every echo test runs under (on epoll the receive strategy is
+    /// io_uring's alone, and the pairs differ by mode only).
     static let variants: [(PoolMode, ReceiveStrategy)] = [
         (.pooled, .bufferRing), (.pooled, .perSessionBuffer), (.unpooled, .bufferRing), (.unpooled, .perSessionBuffer),
     ]
 
+    /// The driver this run serves on (``testDriver``).
+    static var driver: ServerConfiguration.Driver { testDriver }
+
     override func setUpWithError() throws {
-        if let reason = ioUringUnavailableReason() { throw XCTSkip(reason) }
+        if testDriver == .ioUring, let reason = ioUringUnavailableReason() { throw XCTSkip(reason) }
     }
 
-    /// Skips the test, saying which, when the running kernel's opcode probe lacks `features`.
+    /// Skips the test on the epoll pass: it tests io_uring itself (`what`).
+    func requireIOUring(_ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        if testDriver == .epoll { throw XCTSkip("io_uring only (\(what)): this pass runs on epoll", file: file, line: line) }
+    }
+
+    /// Skips the test, saying which, when the running kernel's opcode probe lacks `features` (and
+    /// on the epoll pass: kernel features are io_uring's).
     func requireKernel(_ features: KernelFeatures, file: StaticString = #filePath, line: UInt = #line) throws {
+        try requireIOUring("kernel features \(features)", file: file, line: line)
         let ring = try Ring()
         let missing = features.subtracting(KernelFeatures.supported(by: try ring.probe()))
         if !missing.isEmpty {
@@ -64,6 +80,7 @@ class ServerTestCase: XCTestCase {
         c.port = 0
         c.mode = mode
         c.receive = receive
+        c.driver = testDriver
         c.maxConnections = 2048
         c.tickInterval = .milliseconds(50)
         return c

@@ -16,6 +16,15 @@
 /// show it.
 static inline int csystemio_set_thread_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
 
+/// glibc declares accept4 only under _GNU_SOURCE, which would give this module another fd_set than
+/// Glibc's; its prototype, as glibc has it.
+extern int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+
+/// `accept4(2)` of a non-blocking, close-on-exec socket (not in Swift's Glibc module).
+static inline int csystemio_accept(int listener) {
+    return accept4(listener, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
 /// The calling thread's errno.
 static inline int csystemio_errno(void) { return errno; }
 
