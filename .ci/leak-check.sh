@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # LeakSanitizer over a short serve-and-stop: uring-echo built with AddressSanitizer (LSan included)
-# serves 50 echo connections in each mode and is stopped with SIGTERM; any leak fails the run.
+# serves 50 echo connections in each mode, on each driver, and is stopped with SIGTERM; any leak
+# fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build --sanitize=address --scratch-path .build-asan --product uring-echo
 BIN="$(swift build --sanitize=address --scratch-path .build-asan --show-bin-path)/uring-echo"
 for mode in pooled unpooled; do
-    for recv in ring buffer; do
+    for recv in ring buffer epoll; do
         port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        "$BIN" --port "$port" --mode "$mode" --recv "$recv" > /tmp/leak-check.out 2> /tmp/leak-check.err &
+        # "epoll": the epoll driver (which has no receive strategy to choose).
+        if [ "$recv" = epoll ]; then flags=(--driver epoll); else flags=(--driver uring --recv "$recv"); fi
+        "$BIN" --port "$port" --mode "$mode" "${flags[@]}" > /tmp/leak-check.out 2> /tmp/leak-check.err &
         pid=$!
         python3 - "$port" <<'PY'
 import socket, sys, time
