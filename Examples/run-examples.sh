@@ -310,6 +310,18 @@ PY
 check "async-echo echoes 16 clients byte for byte, then closes after their FIN" "$async_out" "ok"
 stop_check "async-echo stops on SIGTERM with exit 0" "$pid"
 
+# async-echo --driver epoll: serves on epoll (its log says so) and echoes; a bad --driver exits 64.
+$RUN $BIN/async-echo --port 0 --driver epoll > /tmp/async-echo-epoll.out 2> /tmp/async-echo-epoll.err &
+pid=$!
+line=$(first_line /tmp/async-echo-epoll.out)
+port=${line##*:}
+check "async-echo --driver epoll echoes" "$(exchange "$port" "hello epoll")" "hello epoll|"
+check "async-echo --driver epoll says so" "$(grep -q 'driver epoll' /tmp/async-echo-epoll.err && echo yes || echo no)" "yes"
+stop_check "async-echo --driver epoll stops on SIGTERM with exit 0" "$pid"
+status=0
+$RUN $BIN/async-echo --port 0 --driver bogus 2> /dev/null || status=$?
+check "async-echo --driver bogus exits 64" "$status" "64"
+
 # delayed-lines: 1,000 clients each send one line; every answer within D + 1 s; a connection's
 # lines in their order and side by side (three lines take one delay, not three).
 $RUN $BIN/delayed-lines --port 0 --threads 2 --delay-ms 300 > /tmp/delayed-lines.out 2> /tmp/delayed-lines.err &

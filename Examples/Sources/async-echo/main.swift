@@ -1,4 +1,5 @@
-// Echo written with the async API: `async-echo --port P --threads N` (port 0 picks one).
+// Echo written with the async API: `async-echo --port P --threads N [--driver auto|uring|epoll]`
+// (port 0 picks one).
 // The first line on stdout is `listening on HOST:PORT`; SIGTERM (or Ctrl-C) stops it gracefully.
 import Dispatch
 import EchoServer
@@ -13,6 +14,14 @@ func option(_ name: String) -> String? {
 var config = ServerConfiguration()
 config.port = option("--port").flatMap { UInt16($0) } ?? 7777
 config.threads = option("--threads").flatMap { Int($0) } ?? 1
+if let name = option("--driver") {  // auto (the default), uring or epoll
+    guard let driver = ServerConfiguration.Driver(flag: name) else {
+        var message = "--driver must be auto, uring or epoll, got '\(name)'\n"
+        message.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        exit(64)
+    }
+    config.driver = driver
+}
 let server = AsyncServer(configuration: config)
 
 // SIGTERM/SIGINT stop the server: every connection closes, every task ends, serve returns.

@@ -4,7 +4,7 @@
 // once in `start(capacity:)`, `Connection.write` to other connections of the ring, `RingContext.post`
 // to the other rings, and the output bound (`WriteResult.full`) used to cut off slow readers.
 //
-//   chat-server [--host H] [--port P] [--threads N] [--max-pending BYTES] [--mailbox-bytes BYTES]
+//   chat-server [--host H] [--port P] [--threads N] [--max-pending BYTES] [--mailbox-bytes BYTES] [--driver auto|uring|epoll]
 //
 // The first line on stdout is `listening on HOST:PORT`. SIGTERM or SIGINT stops it gracefully
 // (exit 0); a bad flag exits 64.
@@ -213,7 +213,7 @@ struct ChatHandler: ConnectionHandler {
 
 // MARK: Command line
 
-let usage = "usage: chat-server [--host H] [--port P] [--threads N] [--max-pending BYTES] [--mailbox-bytes BYTES]"
+let usage = "usage: chat-server [--host H] [--port P] [--threads N] [--max-pending BYTES] [--mailbox-bytes BYTES] [--driver auto|uring|epoll]"
 
 func fail(_ message: String) -> Never {
     logError("chat-server: \(message)")
@@ -240,13 +240,18 @@ while let flag = arguments.popFirst() {
         print(usage)
         exit(0)
     }
-    guard ["--host", "--port", "--threads", "--max-pending", "--mailbox-bytes"].contains(name) else {
+    guard ["--host", "--port", "--threads", "--max-pending", "--mailbox-bytes", "--driver"].contains(name) else {
         fail("unknown argument '\(flag)'")
     }
     guard let value = inlineValue ?? arguments.popFirst() else { fail("\(name) needs a value") }
     switch name {
     case "--host":
         config.host = value
+    case "--driver":
+        guard let driver = ServerConfiguration.Driver(flag: value) else {
+            fail("--driver must be auto, uring or epoll, got '\(value)'")
+        }
+        config.driver = driver
     case "--port":
         guard let port = UInt16(value) else { fail("--port must be 0...65535, got '\(value)'") }
         config.port = port

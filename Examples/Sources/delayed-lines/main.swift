@@ -1,5 +1,5 @@
 // Each line comes back after a delay that stands for a backend call:
-// `delayed-lines --port P --threads N --delay-ms D` (port 0 picks one).
+// `delayed-lines --port P --threads N --delay-ms D [--driver auto|uring|epoll]` (port 0 picks one).
 //
 // Each `\n`-terminated line (up to 4,096 bytes) is answered with the same line D milliseconds after
 // it arrived (`try await Task.sleep`). A connection's lines are answered in their order, and no
@@ -18,6 +18,14 @@ func option(_ name: String) -> String? {
 var config = ServerConfiguration()
 config.port = option("--port").flatMap { UInt16($0) } ?? 7777
 config.threads = option("--threads").flatMap { Int($0) } ?? 1
+if let name = option("--driver") {  // auto (the default), uring or epoll
+    guard let driver = ServerConfiguration.Driver(flag: name) else {
+        var message = "--driver must be auto, uring or epoll, got '\(name)'\n"
+        message.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        exit(64)
+    }
+    config.driver = driver
+}
 let delay = Duration.milliseconds(option("--delay-ms").flatMap { Int($0) } ?? 100)
 let maxLine = 4096
 let server = AsyncServer(configuration: config)

@@ -36,7 +36,7 @@ func address(_ text: String, flag: String) -> (host: String, port: UInt16, addre
 }
 
 guard let listenText = option("--listen"), let upstreamText = option("--upstream") else {
-    fail("usage: tcp-proxy --listen HOST:PORT --upstream HOST:PORT [--threads N]")
+    fail("usage: tcp-proxy --listen HOST:PORT --upstream HOST:PORT [--threads N] [--driver auto|uring|epoll]")
 }
 let listen = address(listenText, flag: "--listen")
 let upstream = address(upstreamText, flag: "--upstream").address
@@ -44,6 +44,12 @@ var config = ServerConfiguration()
 config.host = listen.host
 config.port = listen.port
 config.threads = option("--threads").flatMap { Int($0) } ?? 1
+if let name = option("--driver") {  // auto (the default), uring or epoll
+    guard let driver = ServerConfiguration.Driver(flag: name) else {
+        fail("--driver must be auto, uring or epoll, got '\(name)'")
+    }
+    config.driver = driver
+}
 config.mode = option("--mode") == "unpooled" ? .unpooled : .pooled
 config.maxConnections = option("--max-connections").flatMap { Int($0) } ?? 4096
 config.maxOutboundConnections = config.maxConnections  // one upstream connection per client
