@@ -345,13 +345,22 @@ final class ProxyTests: ServerTestCase {
         for ending in [TCPProxy.UpstreamEnding.halfClose, .reset] {
             var u = config(.pooled, .bufferRing)
             u.maxConnections = 64
-            let upstream = Server(configuration: u)
+            // An upstream on a port no earlier socket of this machine has TIME_WAITs toward (port
+            // 0 can hand out a port an earlier test's upstream had: its TIME_WAITs would count).
+            var upstream = Server(configuration: u)
             try upstream.start()
+            for _ in 0..<20 where try Self.timeWaits(remotePort: try XCTUnwrap(upstream.boundAddress).port) > 0 {
+                upstream.stop()
+                upstream.wait()
+                upstream = Server(configuration: u)
+                try upstream.start()
+            }
             defer {
                 upstream.stop()
                 upstream.wait()
             }
             let address = try XCTUnwrap(upstream.boundAddress)
+            XCTAssertEqual(try Self.timeWaits(remotePort: address.port), 0, "\(ending): a port with no TIME_WAIT toward it")
             try withServer(proxyConfig(.pooled, .bufferRing), handler: { TCPProxy(upstream: address, upstreamEnding: ending) }) {
                 proxy, port in
                 for i in 0..<rounds {
