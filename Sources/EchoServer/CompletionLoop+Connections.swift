@@ -233,30 +233,8 @@ extension CompletionLoop where Receiver: ~Copyable {
     /// The connection is closed: its queued buffers, its slot and its session go back, and the
     /// handler hears of it.
     func recycle(_ c: ConnectionRef) throws(URingError) {
-        // Abnormal: failed so, or bytes queued or held for a consumer are dropped with it.
-        let end: ConnectionEnd =
-            c.pointee.lifecycle.flags.contains(.abnormal) || c.pointee.output.head >= 0 || c.pointee.inbound.head >= 0
-                || c.pointee.inbound.current >= 0 ? .abnormal : .clean
-        c.pointee.lifecycle.closeCompleted()
-        // Buffers still queued for sending, or held for a consumer, go back.
-        var segment = core.queue.detachAll(c)
-        while segment >= 0 {
-            let following = core.queue.next[Int(segment)]
-            release(segment, of: c)
-            segment = following
-        }
-        segment = c.pointee.inbound.head
-        while segment >= 0 {
-            let following = core.queue.next[Int(segment)]
-            release(segment, of: c)
-            segment = following
-        }
-        if c.pointee.inbound.current >= 0 { release(c.pointee.inbound.current, of: c) }
-        c.pointee.inbound = InboundQueue()
+        let end = core.giveBackHeld(c) { release($0, of: c) }
         let id = core.connectionID(c)
-        let index = c.pointee.session.index
-        core.deferredOperations[index] = 0  // nothing deferred outlives its connection
-        if core.tables.closed(index) { core.wakeWriters(index) }
         if let slot = c.pointee.session.slot { core.slots?.release(slot) }
         // Before the release: unpooled, it frees the record.
         let failure = core.retired(c)

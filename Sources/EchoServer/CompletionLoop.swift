@@ -232,16 +232,7 @@ final class CompletionLoop<Handler: ConnectionHandler, Receiver: ReceivePath & ~
         // Connections still open (the stop timed out, or the ring failed) end here for their
         // handles and their handler: handles get .closed, and every opened connection hears closed,
         // so nothing waits for them (an async connection's task, say).
-        for i in 0..<core.sessions.capacity {
-            if let c = core.sessions.record(at: i) {
-                core.remote.closed(c.pointee.session.index)
-                if c.pointee.announced {
-                    handler.closed(core.connectionID(c), end: .abnormal, ring: RingContext(core))
-                } else if c.pointee.listener == ConnectionRecord.outbound {
-                    handler.connectFailed(core.connectionID(c), .cancelled, ring: RingContext(core))
-                }
-            }
-        }
+        core.endOpenConnections(&handler)
         // A plain fd whose close was already submitted may be another socket's number by now.
         for i in 0..<core.sessions.capacity {
             if let c = core.sessions.record(at: i), !c.pointee.session.file.isFixed,

@@ -399,6 +399,67 @@ class LoopCore {
         touchedHead = Int32(i)
     }
 
+    /// A new outbound connection's record, the same on every driver: marked outbound, the listener
+    /// whose handler asked for it noted (its bytes count there), its clocks started, connecting.
+    final func openOutbound(_ c: ConnectionRef) {
+        c.pointee.listener = ConnectionRecord.outbound
+        if dispatchingListener != 0 {
+            if outboundOrigin.isEmpty { outboundOrigin = Array(repeating: 0, count: sessions.capacity) }
+            outboundOrigin[c.pointee.session.index] = dispatchingListener
+        } else if !outboundOrigin.isEmpty {
+            outboundOrigin[c.pointee.session.index] = 0
+        }
+        c.pointee.lastActivity = now
+        c.pointee.lastProgress = now
+        c.pointee.lifecycle.connecting()
+        outboundOpen += 1
+    }
+
+    /// A closed connection gives back what it held: its send queue and the input held for a
+    /// consumer go to `release` segment by segment, its deferred operations are dropped, and
+    /// writers waiting on it are woken (their handles now see it closed).
+    /// - Returns: how it ended: abnormal if it failed so, or if bytes queued or held were dropped.
+    @inline(__always)
+    final func giveBackHeld(_ c: ConnectionRef, release: (Int32) -> Void) -> ConnectionEnd {
+        let end: ConnectionEnd =
+            c.pointee.lifecycle.flags.contains(.abnormal) || c.pointee.output.head >= 0 || c.pointee.inbound.head >= 0
+                || c.pointee.inbound.current >= 0 ? .abnormal : .clean
+        c.pointee.lifecycle.closeCompleted()
+        var segment = queue.detachAll(c)
+        while segment >= 0 {
+            let following = queue.next[Int(segment)]
+            release(segment)
+            segment = following
+        }
+        segment = c.pointee.inbound.head
+        while segment >= 0 {
+            let following = queue.next[Int(segment)]
+            release(segment)
+            segment = following
+        }
+        if c.pointee.inbound.current >= 0 { release(c.pointee.inbound.current) }
+        c.pointee.inbound = InboundQueue()
+        let index = c.pointee.session.index
+        deferredOperations[index] = 0  // nothing deferred outlives its connection
+        if tables.closed(index) { wakeWriters(index) }
+        return end
+    }
+
+    /// At teardown (the stop timed out, or the ring failed): every connection still open ends for
+    /// its handles and its handler (an opened one hears `closed`, abnormal; an outbound one that
+    /// never opened hears `connectFailed`, cancelled), so nothing waits for them (an async
+    /// connection's task, say).
+    final func endOpenConnections<H: ConnectionHandler>(_ handler: inout H) {
+        for i in 0..<sessions.capacity {
+            guard let c = sessions.record(at: i) else { continue }
+            remote.closed(c.pointee.session.index)
+            if c.pointee.announced {
+                handler.closed(connectionID(c), end: .abnormal, ring: RingContext(self))
+            } else if c.pointee.listener == ConnectionRecord.outbound {
+                handler.connectFailed(connectionID(c), .cancelled, ring: RingContext(self))
+            }
+        }
+    }
 
     /// A connection is closed and about to be released: counted by where it came from (an outbound
     /// one that never opened, by why it failed).

@@ -69,39 +69,46 @@ extension Server {
         go: DispatchGroup
     ) {
         let ring = core.ringIndex
-        let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
-            self.publish(thread: ring, snapshot, report: report)
-        }
         if listeners.sides.isEmpty {
-            run(CompletionLoop(core: core, handler: makeHandler(ring), receiver: receiver, listeners: listeners, publish: publisher),
-                ring: ring, ready: ready, go: go)
+            run(CompletionLoop(
+                core: core, handler: makeHandler(ring), receiver: receiver, listeners: listeners,
+                publish: publisher(ring)), ring: ring, ready: ready, go: go)
         } else {
-            var sides: [(any ConnectionHandler)?] = Array(repeating: nil, count: self.listeners.count + 1)
-            for side in listeners.sides { sides[Int(side.number)] = self.listeners[Int(side.number) - 1].makeHandler() }
-            let handler = ListenerRouter(main: makeHandler(ring), sides: sides)
-            run(CompletionLoop(core: core, handler: handler, receiver: receiver, listeners: listeners, publish: publisher),
-                ring: ring, ready: ready, go: go)
+            run(CompletionLoop(
+                core: core, handler: routedHandler(ring, listeners), receiver: receiver, listeners: listeners,
+                publish: publisher(ring)), ring: ring, ready: ready, go: go)
         }
     }
 
-    /// Runs one ring's loop: reports it ready, waits for the others, serves until stopped.
-    func run<H: ConnectionHandler, R: ReceivePath & ~Copyable>(
-        _ loop: CompletionLoop<H, R>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup
-    ) {
-        loop.housekeeping.publishStatistics(loop.core, buffersHeld: loop.receiver.buffersHeld)
+    /// How ring `ring`'s loop publishes its statistics.
+    func publisher(_ ring: Int) -> (ServerStatistics, Bool) -> Void {
+        { [self] snapshot, report in self.publish(thread: ring, snapshot, report: report) }
+    }
+
+    /// The handler of a ring that serves other listeners too: a router to each listener's handler.
+    func routedHandler(_ ring: Int, _ listeners: RingListeners) -> ListenerRouter<Handler> {
+        var sides: [(any ConnectionHandler)?] = Array(repeating: nil, count: self.listeners.count + 1)
+        for side in listeners.sides { sides[Int(side.number)] = self.listeners[Int(side.number) - 1].makeHandler() }
+        return ListenerRouter(main: makeHandler(ring), sides: sides)
+    }
+
+    /// Runs one ring's loop, on either driver: reports it ready, waits for the others, serves until
+    /// stopped.
+    func run<L: RingLoop>(_ loop: L, ring: Int, ready: DispatchSemaphore, go: DispatchGroup) {
+        loop.publishFirstStatistics()
         ready.signal()
         go.wait()
-        do throws(URingError) {
+        do throws(SystemError) {
             try loop.run()
         } catch {
             // A ring that ends on an error takes the server down with it, saying why: a server
             // with a dead ring would keep accepting on the others' listeners and look healthy.
             logger.error("ring \(ring) stopped on error: \(error); stopping the server")
-            loop.core.mailboxes.ports[ring].exited.store(true, ordering: .releasing)
+            loop.mailboxes.ports[ring].exited.store(true, ordering: .releasing)
             stop { $0.ringFailed(ring, error) }
             loop.teardown()
         }
-        ringEnded(ring, loop.core.mailboxes)
+        ringEnded(ring, loop.mailboxes)
     }
 
     /// One ring thread on the epoll driver: its core and loop, ready, serve until stopped.
@@ -116,16 +123,12 @@ extension Server {
                 configuration: configuration, capacity: mainCapacity + listeners.extraSessions + outboundCapacity,
                 mainCapacity: mainCapacity, outboundCapacity: outboundCapacity, ringIndex: i, mailboxes: mailboxes,
                 logger: logger, listeners: listeners)
-            let publisher: (ServerStatistics, Bool) -> Void = { [self] snapshot, report in
-                self.publish(thread: i, snapshot, report: report)
-            }
             if listeners.sides.isEmpty {
-                runEpoll(EpollLoop(core: core, handler: makeHandler(i), listeners: listeners, publish: publisher), ring: i, ready: ready, go: go)
+                run(EpollLoop(core: core, handler: makeHandler(i), listeners: listeners, publish: publisher(i)),
+                    ring: i, ready: ready, go: go)
             } else {
-                var sides: [(any ConnectionHandler)?] = Array(repeating: nil, count: self.listeners.count + 1)
-                for side in listeners.sides { sides[Int(side.number)] = self.listeners[Int(side.number) - 1].makeHandler() }
-                let handler = ListenerRouter(main: makeHandler(i), sides: sides)
-                runEpoll(EpollLoop(core: core, handler: handler, listeners: listeners, publish: publisher), ring: i, ready: ready, go: go)
+                run(EpollLoop(core: core, handler: routedHandler(i, listeners), listeners: listeners, publish: publisher(i)),
+                    ring: i, ready: ready, go: go)
             }
         } catch {
             state.withLock { $0.setupErrors.append(error) }
@@ -133,19 +136,28 @@ extension Server {
             ringEnded(i, mailboxes)
         }
     }
+}
 
-    func runEpoll<H: ConnectionHandler>(_ loop: EpollLoop<H>, ring: Int, ready: DispatchSemaphore, go: DispatchGroup) {
-        loop.housekeeping.publishStatistics(loop.core, buffersHeld: 0)
-        ready.signal()
-        go.wait()
-        do throws(SystemError) {
-            try loop.run()
-        } catch {
-            logger.error("ring \(ring) stopped on error: \(error); stopping the server")
-            loop.core.mailboxes.ports[ring].exited.store(true, ordering: .releasing)
-            stop { $0.ringFailed(ring, error) }
-            loop.teardown()
-        }
-        ringEnded(ring, loop.core.mailboxes)
+/// What a ring thread needs of a driver's loop (``CompletionLoop``, ``EpollLoop``) to run it.
+protocol RingLoop: AnyObject {
+    /// The mailboxes between the server's rings.
+    var mailboxes: Mailboxes { get }
+    /// Publishes the statistics once before serving, so they exist from the start.
+    func publishFirstStatistics()
+    /// Serves until stopped; throws what ended the ring.
+    func run() throws(SystemError)
+    /// Ends what is still open after a failure.
+    func teardown()
+}
+
+extension CompletionLoop: RingLoop where Receiver: ~Copyable {
+    var mailboxes: Mailboxes { core.mailboxes }
+    func publishFirstStatistics() { housekeeping.publishStatistics(core, buffersHeld: receiver.buffersHeld) }
+}
+
+extension EpollLoop: RingLoop {
+    var mailboxes: Mailboxes { core.mailboxes }
+    func publishFirstStatistics() {
+        housekeeping.publishStatistics(core, buffersHeld: core.receiveCount - core.receiveAvailable)
     }
 }

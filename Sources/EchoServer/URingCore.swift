@@ -68,17 +68,7 @@ final class URingCore: LoopCore {
             stats.connectsCapped &+= 1
             return .failure(.capReached)
         }
-        c.pointee.listener = ConnectionRecord.outbound
-        if dispatchingListener != 0 {
-            if outboundOrigin.isEmpty { outboundOrigin = Array(repeating: 0, count: sessions.capacity) }
-            outboundOrigin[c.pointee.session.index] = dispatchingListener
-        } else if !outboundOrigin.isEmpty {
-            outboundOrigin[c.pointee.session.index] = 0
-        }
-        c.pointee.lastActivity = now
-        c.pointee.lastProgress = now
-        c.pointee.lifecycle.connecting()
-        outboundOpen += 1
+        openOutbound(c)
         do throws(URingError) {
             // The chain goes in whole: a submission that ended inside it would break the link.
             try ring.reserveSubmissions(4)

@@ -162,19 +162,9 @@ final class EpollCore: LoopCore {
             stats.connectsCapped &+= 1
             return .failure(.capReached)
         }
-        c.pointee.listener = ConnectionRecord.outbound
-        if dispatchingListener != 0 {
-            if outboundOrigin.isEmpty { outboundOrigin = Array(repeating: 0, count: sessions.capacity) }
-            outboundOrigin[c.pointee.session.index] = dispatchingListener
-        } else if !outboundOrigin.isEmpty {
-            outboundOrigin[c.pointee.session.index] = 0
-        }
-        c.pointee.lastActivity = now
-        c.pointee.lastProgress = now
+        openOutbound(c)
         c.pointee.readiness = 0
-        c.pointee.lifecycle.connecting()
         c.pointee.lifecycle.posted(.connect)
-        outboundOpen += 1
         do throws(SystemError) {
             try epoll.add(fd, Self.connectionEvents, token: c.pointee.tag(.recv))
             if try NonBlocking.connect(fd, to: address) {

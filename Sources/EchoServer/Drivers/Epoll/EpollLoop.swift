@@ -490,29 +490,9 @@ final class EpollLoop<Handler: ConnectionHandler> {
     /// The connection is closed: its queued and held buffers go back, its session too, and the
     /// handler hears of it.
     private func recycle(_ c: ConnectionRef) {
-        let end: ConnectionEnd =
-            c.pointee.lifecycle.flags.contains(.abnormal) || c.pointee.output.head >= 0 || c.pointee.inbound.head >= 0
-                || c.pointee.inbound.current >= 0 ? .abnormal : .clean
-        c.pointee.lifecycle.closeCompleted()
-        var segment = core.queue.detachAll(c)
-        while segment >= 0 {
-            let following = core.queue.next[Int(segment)]
-            release(segment, of: c)
-            segment = following
-        }
-        segment = c.pointee.inbound.head
-        while segment >= 0 {
-            let following = core.queue.next[Int(segment)]
-            release(segment, of: c)
-            segment = following
-        }
-        if c.pointee.inbound.current >= 0 { release(c.pointee.inbound.current, of: c) }
-        c.pointee.inbound = InboundQueue()
+        let end = core.giveBackHeld(c) { release($0, of: c) }
         c.pointee.readiness = 0
         let id = core.connectionID(c)
-        let index = c.pointee.session.index
-        core.deferredOperations[index] = 0
-        if core.tables.closed(index) { core.wakeWriters(index) }
         let failure = core.retired(c)
         let pending = c.pointee.lifecycle.pending
         if !pending.isEmpty || !core.sessions.release(c) {
@@ -728,16 +708,7 @@ final class EpollLoop<Handler: ConnectionHandler> {
         guard !tornDown else { return }
         tornDown = true
         core.mailboxes.ports[core.ringIndex].exited.store(true, ordering: .releasing)
-        for i in 0..<core.sessions.capacity {
-            if let c = core.sessions.record(at: i) {
-                core.remote.closed(c.pointee.session.index)
-                if c.pointee.announced {
-                    handler.closed(core.connectionID(c), end: .abnormal, ring: RingContext(core))
-                } else if c.pointee.listener == ConnectionRecord.outbound {
-                    handler.connectFailed(core.connectionID(c), .cancelled, ring: RingContext(core))
-                }
-            }
-        }
+        core.endOpenConnections(&handler)
         for i in 0..<core.sessions.capacity {
             if let c = core.sessions.record(at: i), !c.pointee.lifecycle.pending.contains(.close) {
                 _ = try? Sockets.close(c.pointee.session.file.raw)
