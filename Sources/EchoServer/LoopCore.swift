@@ -8,11 +8,12 @@ import URing
 /// path: the connections (one ``ConnectionRecord`` each), the send queues, the shared request
 /// contexts, the inbox and the counters, and what handles ask of them (write, close, pause).
 /// Handles (``Connection``, ``RingContext``) reach it during callbacks. Each driver's core is a
-/// subclass (``URingCore``: the ring, its slots and what it posts), which also opens outbound
-/// connections its own way (``connect(to:timeout:)``).
+/// subclass (``URingCore``: the ring, its slots and what it posts; `EpollCore`: the epoll
+/// instance, the receive pool, the ready list), which also opens outbound connections its own way
+/// (``connect(to:timeout:)``).
 ///
-/// Not generic, so the handle types are not either; the generic driver loop (``CompletionLoop``)
-/// does the dispatching and calls the handler. Confined to the ring's thread.
+/// Not generic, so the handle types are not either; the generic driver loop (``CompletionLoop``,
+/// `EpollLoop`) does the dispatching and calls the handler. Confined to the ring's thread.
 class LoopCore {
     final let configuration: ServerConfiguration
     final let ringIndex: Int
